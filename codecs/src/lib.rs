@@ -3,3 +3,4 @@
 //! format can be tested, fuzzed and benchmarked on its own.
 
 pub mod emv_qr;
+pub mod framing;
