@@ -5,7 +5,7 @@
 //! `FramedRead`/`Framed`, but it owns no socket: it only turns bytes into frames and back, so it is
 //! tested and fuzzed on plain buffers. Decoding is two-phase: the codec first checks that a whole
 //! frame is buffered ("incomplete" is `Ok(None)`, never an error) and only then splits it off. The
-//! length a peer announces is checked against [`Framing::max_frame_len`] *before* any buffer grows,
+//! length a peer announces is checked against [`Framing::max_frame_bytes`] *before* any buffer grows,
 //! so a peer cannot make the codec buffer more than that limit.
 //!
 //! A decoded frame is the bytes between the length prefix and the end of the message: link header
@@ -36,9 +36,9 @@
 //!
 //! ```toml
 //! [framing]
-//! length = "binary2"        # binary2 | bcd2 | ascii4 | etx
-//! header = "tpdu-pos"       # none | tpdu | tpdu-pos | cups-host
-//! max_frame_len = 4096      # bytes after the length prefix; default 8192
+//! length_prefix = "binary2"   # binary2 | bcd2 | ascii4 | etx
+//! header = "tpdu-cups-pos"     # none | tpdu | tpdu-cups-pos | cups-host
+//! max_frame_bytes = 4096       # bytes after the length prefix; default 8192
 //! ```
 
 use std::fmt;
@@ -53,11 +53,11 @@ pub const ETX: u8 = 0x03;
 /// Frame size limit used when the configuration names none: ample for any ISO 8583 message seen
 /// on POS and host links (they rarely pass 2 KiB), small enough that a hostile peer cannot make a
 /// connection hold much memory.
-pub const DEFAULT_MAX_FRAME_LEN: usize = 8192;
+pub const DEFAULT_MAX_FRAME_BYTES: usize = 8192;
 
-/// The largest `max_frame_len` a configuration may ask for. A 2-byte binary length cannot express
-/// more, and nothing on an ISO 8583 link needs more; the bound also caps ETX scanning.
-pub const MAX_FRAME_LEN_LIMIT: usize = 65_535;
+/// The largest `max_frame_bytes` a configuration may ask for (1 MiB). Length prefixes cap it further
+/// (65535 for `binary2`, 9999 for `bcd2`/`ascii4`); for ETX framing it bounds the scan for the ETX.
+pub const MAX_FRAME_BYTES_LIMIT: usize = 1 << 20;
 
 /// How the end of a frame is found: a length prefix before it, or an ETX byte after it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -89,7 +89,8 @@ impl LengthPrefix {
     #[must_use]
     pub const fn max_len(self) -> usize {
         match self {
-            Self::Binary2 | Self::Etx => MAX_FRAME_LEN_LIMIT,
+            Self::Binary2 => 65_535,
+            Self::Etx => MAX_FRAME_BYTES_LIMIT,
             Self::Bcd2 | Self::Ascii4 => 9999,
         }
     }
@@ -168,7 +169,7 @@ pub enum HeaderLayout {
     /// A 5-byte TPDU ([`Tpdu`]).
     Tpdu,
     /// A TPDU followed by the UnionPay 6-byte POS application header ([`PosHeader`]): 11 bytes.
-    TpduPos,
+    TpduCupsPos,
     /// The 46-byte UnionPay host header ([`HostHeader`]).
     CupsHost,
 }
@@ -180,7 +181,7 @@ impl HeaderLayout {
         match self {
             Self::None => 0,
             Self::Tpdu => Tpdu::LEN,
-            Self::TpduPos => Tpdu::LEN + PosHeader::LEN,
+            Self::TpduCupsPos => Tpdu::LEN + PosHeader::LEN,
             Self::CupsHost => HostHeader::LEN,
         }
     }
@@ -197,14 +198,14 @@ impl fmt::Display for HeaderLayout {
         f.write_str(match self {
             Self::None => "none",
             Self::Tpdu => "tpdu",
-            Self::TpduPos => "tpdu-pos",
+            Self::TpduCupsPos => "tpdu-cups-pos",
             Self::CupsHost => "cups-host",
         })
     }
 }
 
-fn default_max_frame_len() -> usize {
-    DEFAULT_MAX_FRAME_LEN
+fn default_max_frame_bytes() -> usize {
+    DEFAULT_MAX_FRAME_BYTES
 }
 
 /// A link's framing as configuration data: how frames are delimited, which header they carry and
@@ -214,65 +215,65 @@ fn default_max_frame_len() -> usize {
 #[serde(deny_unknown_fields)]
 pub struct Framing {
     /// How a frame's end is found.
-    pub length: LengthPrefix,
+    pub length_prefix: LengthPrefix,
     /// The link header at the start of every frame.
     #[serde(default)]
     pub header: HeaderLayout,
     /// Largest frame accepted or sent, counting header and message but not the length prefix or
     /// ETX. A peer announcing more is refused before anything is buffered for it.
-    #[serde(default = "default_max_frame_len")]
-    pub max_frame_len: usize,
+    #[serde(default = "default_max_frame_bytes")]
+    pub max_frame_bytes: usize,
 }
 
 impl Framing {
     /// A framing with the given prefix and header and the default size limit.
     #[must_use]
-    pub const fn new(length: LengthPrefix, header: HeaderLayout) -> Self {
+    pub const fn new(length_prefix: LengthPrefix, header: HeaderLayout) -> Self {
         Self {
-            length,
+            length_prefix,
             header,
-            max_frame_len: DEFAULT_MAX_FRAME_LEN,
+            max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
         }
     }
 
     /// The same framing with another size limit (checked by [`Framing::validate`]).
     #[must_use]
-    pub const fn with_max_frame_len(mut self, max_frame_len: usize) -> Self {
-        self.max_frame_len = max_frame_len;
+    pub const fn with_max_frame_bytes(mut self, max_frame_bytes: usize) -> Self {
+        self.max_frame_bytes = max_frame_bytes;
         self
     }
 
-    /// The largest frame this framing lets through: `max_frame_len`, capped by what the length
+    /// The largest frame this framing lets through: `max_frame_bytes`, capped by what the length
     /// prefix can express.
     #[must_use]
     pub fn effective_max_len(&self) -> usize {
-        self.max_frame_len.min(self.length.max_len())
+        self.max_frame_bytes.min(self.length_prefix.max_len())
     }
 
     /// Checks the configuration is usable; the error names the offending key.
     ///
     /// # Errors
-    /// [`FramingError::InvalidConfig`] when `max_frame_len` cannot hold even the header, or exceeds
-    /// [`MAX_FRAME_LEN_LIMIT`].
+    /// [`FramingError::InvalidConfig`] when `max_frame_bytes` cannot hold even the header, or exceeds
+    /// [`MAX_FRAME_BYTES_LIMIT`].
     pub fn validate(&self) -> Result<(), FramingError> {
         let min = self.header.len().max(1);
-        if self.max_frame_len < min {
+        if self.max_frame_bytes < min {
             return Err(FramingError::InvalidConfig {
-                key: "max_frame_len",
+                key: "max_frame_bytes",
                 reason: format!(
                     "{} is smaller than the {}-byte {} header plus one byte",
-                    self.max_frame_len,
+                    self.max_frame_bytes,
                     self.header.len(),
                     self.header
                 ),
             });
         }
-        if self.max_frame_len > MAX_FRAME_LEN_LIMIT {
+        if self.max_frame_bytes > MAX_FRAME_BYTES_LIMIT {
             return Err(FramingError::InvalidConfig {
-                key: "max_frame_len",
+                key: "max_frame_bytes",
                 reason: format!(
-                    "{} exceeds the limit of {MAX_FRAME_LEN_LIMIT} bytes",
-                    self.max_frame_len
+                    "{} exceeds the limit of {MAX_FRAME_BYTES_LIMIT} bytes",
+                    self.max_frame_bytes
                 ),
             });
         }
@@ -300,7 +301,7 @@ impl Framing {
         let header = match self.header {
             HeaderLayout::None => FrameHeader::None,
             HeaderLayout::Tpdu => FrameHeader::Tpdu(Tpdu::parse(head)?),
-            HeaderLayout::TpduPos => FrameHeader::TpduPos {
+            HeaderLayout::TpduCupsPos => FrameHeader::TpduCupsPos {
                 tpdu: Tpdu::parse(&head[..Tpdu::LEN])?,
                 pos: PosHeader::parse(&head[Tpdu::LEN..])?,
             },
@@ -327,7 +328,7 @@ pub enum FrameHeader {
     /// A TPDU alone.
     Tpdu(Tpdu),
     /// A TPDU followed by the UnionPay POS application header.
-    TpduPos {
+    TpduCupsPos {
         /// The routing TPDU.
         tpdu: Tpdu,
         /// The application header after it.
@@ -344,7 +345,7 @@ impl FrameHeader {
         match self {
             Self::None => HeaderLayout::None,
             Self::Tpdu(_) => HeaderLayout::Tpdu,
-            Self::TpduPos { .. } => HeaderLayout::TpduPos,
+            Self::TpduCupsPos { .. } => HeaderLayout::TpduCupsPos,
             Self::CupsHost(_) => HeaderLayout::CupsHost,
         }
     }
@@ -356,7 +357,7 @@ impl FrameHeader {
         match *self {
             Self::None => Self::None,
             Self::Tpdu(tpdu) => Self::Tpdu(tpdu.reply()),
-            Self::TpduPos { tpdu, pos } => Self::TpduPos {
+            Self::TpduCupsPos { tpdu, pos } => Self::TpduCupsPos {
                 tpdu: tpdu.reply(),
                 pos,
             },
@@ -374,7 +375,7 @@ impl FrameHeader {
         match self {
             Self::None => {}
             Self::Tpdu(tpdu) => dst.put_slice(&tpdu.to_bytes()),
-            Self::TpduPos { tpdu, pos } => {
+            Self::TpduCupsPos { tpdu, pos } => {
                 let pos = pos.to_bytes()?;
                 dst.put_slice(&tpdu.to_bytes());
                 dst.put_slice(&pos);
@@ -947,8 +948,8 @@ impl FrameCodec {
         let len = header.layout().len().saturating_add(body.len());
         self.check_outbound_len(len)?;
         let start = dst.len();
-        dst.reserve(self.framing.length.prefix_len() + len + 1);
-        self.framing.length.write(len, dst);
+        dst.reserve(self.framing.length_prefix.prefix_len() + len + 1);
+        self.framing.length_prefix.write(len, dst);
         let content_start = dst.len();
         if let Err(error) = header.write(body.len(), dst) {
             dst.truncate(start);
@@ -965,7 +966,7 @@ impl FrameCodec {
         start: usize,
         content_start: usize,
     ) -> Result<(), FramingError> {
-        if self.framing.length != LengthPrefix::Etx {
+        if self.framing.length_prefix != LengthPrefix::Etx {
             return Ok(());
         }
         if let Some(offset) = dst[content_start..].iter().position(|&b| b == ETX) {
@@ -977,18 +978,18 @@ impl FrameCodec {
     }
 
     fn decode_prefixed(&mut self, src: &mut BytesMut) -> Result<Option<BytesMut>, FramingError> {
-        let prefix_len = self.framing.length.prefix_len();
+        let prefix_len = self.framing.length_prefix.prefix_len();
         let Some(prefix) = src.get(..prefix_len) else {
             return Ok(None);
         };
-        let len = self.framing.length.read(prefix)?;
+        let len = self.framing.length_prefix.read(prefix)?;
         let max = self.framing.effective_max_len();
         if len > max {
             return Err(FramingError::FrameTooLarge { len, max });
         }
         let total = prefix_len + len;
         if src.len() < total {
-            // Bounded by max_frame_len: safe to make room for the rest of this frame now.
+            // Bounded by max_frame_bytes: safe to make room for the rest of this frame now.
             src.reserve(total - src.len());
             return Ok(None);
         }
@@ -1025,7 +1026,7 @@ impl Decoder for FrameCodec {
     type Error = FramingError;
 
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<BytesMut>, FramingError> {
-        if self.framing.length == LengthPrefix::Etx {
+        if self.framing.length_prefix == LengthPrefix::Etx {
             self.decode_etx(src)
         } else {
             self.decode_prefixed(src)
@@ -1084,8 +1085,8 @@ impl Encoder<RawFrame<'_>> for FrameCodec {
         let len = frame.0.len();
         self.check_outbound_len(len)?;
         let start = dst.len();
-        dst.reserve(self.framing.length.prefix_len() + len + 1);
-        self.framing.length.write(len, dst);
+        dst.reserve(self.framing.length_prefix.prefix_len() + len + 1);
+        self.framing.length_prefix.write(len, dst);
         let content_start = dst.len();
         dst.put_slice(frame.0);
         self.finish_etx(dst, start, content_start)

@@ -4,7 +4,7 @@
 
 use bytes::{Bytes, BytesMut};
 use posbridge_codecs::framing::{
-    DEFAULT_MAX_FRAME_LEN, ETX, FrameCodec, FrameHeader, Framing, FramingError, HeaderLayout,
+    DEFAULT_MAX_FRAME_BYTES, ETX, FrameCodec, FrameHeader, Framing, FramingError, HeaderLayout,
     HostHeader, LengthPrefix, OutboundFrame, PosHeader, RawFrame, Tpdu,
 };
 use proptest::prelude::*;
@@ -115,7 +115,8 @@ fn incomplete_frame_is_none_not_error_and_consumes_nothing() {
 
 #[test]
 fn oversized_length_is_refused_before_buffering() {
-    let framing = Framing::new(LengthPrefix::Binary2, HeaderLayout::None).with_max_frame_len(1024);
+    let framing =
+        Framing::new(LengthPrefix::Binary2, HeaderLayout::None).with_max_frame_bytes(1024);
     let mut decoder = FrameCodec::new(framing).unwrap();
     // The peer announces 65535 bytes and sends only the prefix.
     let mut buffer = BytesMut::from(&[0xFF, 0xFF][..]);
@@ -137,7 +138,7 @@ fn oversized_length_is_refused_for_bcd_and_ascii() {
         (LengthPrefix::Bcd2, &[0x20, 0x01][..]),
         (LengthPrefix::Ascii4, &b"2001"[..]),
     ] {
-        let framing = Framing::new(prefix, HeaderLayout::None).with_max_frame_len(2000);
+        let framing = Framing::new(prefix, HeaderLayout::None).with_max_frame_bytes(2000);
         let mut decoder = FrameCodec::new(framing).unwrap();
         let result = decoder.decode(&mut BytesMut::from(wire));
         assert!(
@@ -155,7 +156,7 @@ fn oversized_length_is_refused_for_bcd_and_ascii() {
 
 #[test]
 fn etx_framing_without_terminator_stops_at_the_limit() {
-    let framing = Framing::new(LengthPrefix::Etx, HeaderLayout::None).with_max_frame_len(64);
+    let framing = Framing::new(LengthPrefix::Etx, HeaderLayout::None).with_max_frame_bytes(64);
     let mut decoder = FrameCodec::new(framing).unwrap();
     let mut buffer = BytesMut::new();
     let mut failed_at = None;
@@ -179,7 +180,7 @@ fn etx_framing_without_terminator_stops_at_the_limit() {
 
 #[test]
 fn oversized_outbound_frame_is_refused_and_nothing_written() {
-    let framing = Framing::new(LengthPrefix::Ascii4, HeaderLayout::None).with_max_frame_len(100);
+    let framing = Framing::new(LengthPrefix::Ascii4, HeaderLayout::None).with_max_frame_bytes(100);
     let mut encoder = FrameCodec::new(framing).unwrap();
     let mut out = BytesMut::from(&b"kept"[..]);
     let result = encoder.encode(&text_body(101)[..], &mut out);
@@ -190,7 +191,7 @@ fn oversized_outbound_frame_is_refused_and_nothing_written() {
     assert_eq!(&out[..], b"kept");
 
     // bcd2 cannot express more than 9999 even when the limit allows it.
-    let framing = Framing::new(LengthPrefix::Bcd2, HeaderLayout::None).with_max_frame_len(20_000);
+    let framing = Framing::new(LengthPrefix::Bcd2, HeaderLayout::None).with_max_frame_bytes(20_000);
     let mut encoder = FrameCodec::new(framing).unwrap();
     let result = encoder.encode(&text_body(10_000)[..], &mut BytesMut::new());
     assert!(matches!(
@@ -277,7 +278,7 @@ fn tpdu_reply_swaps_destination_and_source() {
 
 #[test]
 fn cups_pos_frame_round_trips_with_the_reply_header() {
-    let framing = Framing::new(LengthPrefix::Binary2, HeaderLayout::TpduPos);
+    let framing = Framing::new(LengthPrefix::Binary2, HeaderLayout::TpduCupsPos);
     let mut codec = FrameCodec::new(framing).unwrap();
     // 2-byte length 0x0015 = 21: TPDU 5 + POS header 6 + MTI 2 + bitmap 8.
     let wire = hex("0015 6000030000 603100000000 0800 0020000000C00012");
@@ -286,7 +287,7 @@ fn cups_pos_frame_round_trips_with_the_reply_header() {
         .unwrap()
         .unwrap();
     let (header, body) = codec.framing().split_header(&frame).unwrap();
-    let FrameHeader::TpduPos { tpdu, pos } = header else {
+    let FrameHeader::TpduCupsPos { tpdu, pos } = header else {
         panic!("expected TPDU + POS header, got {header:?}")
     };
     assert_eq!(tpdu, Tpdu::new([0x00, 0x03], [0x00, 0x00]));
@@ -474,25 +475,26 @@ fn framing_is_read_from_a_dialect_spec() {
         framing: Framing,
     }
     let spec: Spec = toml::from_str(
-        "[framing]\nlength = \"binary2\"\nheader = \"tpdu-pos\"\nmax_frame_len = 4096\n",
+        "[framing]\nlength_prefix = \"binary2\"\nheader = \"tpdu-cups-pos\"\nmax_frame_bytes = 4096\n",
     )
     .unwrap();
     assert_eq!(
         spec.framing,
-        Framing::new(LengthPrefix::Binary2, HeaderLayout::TpduPos).with_max_frame_len(4096)
+        Framing::new(LengthPrefix::Binary2, HeaderLayout::TpduCupsPos).with_max_frame_bytes(4096)
     );
 
-    let defaults: Spec = toml::from_str("[framing]\nlength = \"ascii4\"\n").unwrap();
+    let defaults: Spec = toml::from_str("[framing]\nlength_prefix = \"ascii4\"\n").unwrap();
     assert_eq!(defaults.framing.header, HeaderLayout::None);
-    assert_eq!(defaults.framing.max_frame_len, DEFAULT_MAX_FRAME_LEN);
+    assert_eq!(defaults.framing.max_frame_bytes, DEFAULT_MAX_FRAME_BYTES);
 
-    assert!(toml::from_str::<Spec>("[framing]\nlength = \"bcd3\"\n").is_err());
-    assert!(toml::from_str::<Spec>("[framing]\nlength = \"etx\"\nmax_len = 5\n").is_err());
+    assert!(toml::from_str::<Spec>("[framing]\nlength_prefix = \"bcd3\"\n").is_err());
+    assert!(toml::from_str::<Spec>("[framing]\nlength_prefix = \"etx\"\nmax_len = 5\n").is_err());
 
-    let tiny = Framing::new(LengthPrefix::Ascii4, HeaderLayout::CupsHost).with_max_frame_len(40);
+    let tiny = Framing::new(LengthPrefix::Ascii4, HeaderLayout::CupsHost).with_max_frame_bytes(40);
     let error = FrameCodec::new(tiny).unwrap_err();
-    assert!(error.to_string().contains("max_frame_len"), "{error}");
-    let huge = Framing::new(LengthPrefix::Binary2, HeaderLayout::None).with_max_frame_len(1 << 20);
+    assert!(error.to_string().contains("max_frame_bytes"), "{error}");
+    let huge =
+        Framing::new(LengthPrefix::Binary2, HeaderLayout::None).with_max_frame_bytes((1 << 20) + 1);
     assert!(FrameCodec::new(huge).is_err());
 }
 
@@ -509,11 +511,11 @@ fn any_framing() -> impl Strategy<Value = Framing> {
     let header = prop::sample::select(vec![
         HeaderLayout::None,
         HeaderLayout::Tpdu,
-        HeaderLayout::TpduPos,
+        HeaderLayout::TpduCupsPos,
         HeaderLayout::CupsHost,
     ]);
     (prefix, header, 46usize..3000)
-        .prop_map(|(prefix, header, max)| Framing::new(prefix, header).with_max_frame_len(max))
+        .prop_map(|(prefix, header, max)| Framing::new(prefix, header).with_max_frame_bytes(max))
 }
 
 proptest! {
@@ -536,7 +538,7 @@ proptest! {
             loop {
                 match decoder.decode(&mut buffer) {
                     Ok(Some(frame)) => {
-                        prop_assert!(frame.len() <= framing.max_frame_len);
+                        prop_assert!(frame.len() <= framing.max_frame_bytes);
                         let _ = framing.split_header(&frame);
                     }
                     Ok(None) => break,
