@@ -1,0 +1,74 @@
+//! Which security module to open: the `[hsm]` table of the gateway's configuration.
+//!
+//! ```toml
+//! [hsm]
+//! backend = "software"            # not for production
+//! key_file = "keys/dev.toml"      # optional: the embedded demo keys otherwise
+//!
+//! [hsm]
+//! backend = "pkcs11"
+//! module = "/usr/lib/softhsm/libsofthsm2.so"
+//! token_label = "posbridge"
+//! pin_env = "POSBRIDGE_HSM_PIN"   # or pin_file = "/run/secrets/hsm-pin"
+//! pool_size = 4
+//! ```
+
+use serde::Deserialize;
+use std::path::PathBuf;
+
+/// The environment variable the PKCS#11 user PIN is read from when neither `pin_env` nor
+/// `pin_file` is set.
+pub const DEFAULT_PIN_ENV: &str = "POSBRIDGE_HSM_PIN";
+
+/// Default number of logged-in PKCS#11 sessions.
+pub const DEFAULT_POOL_SIZE: usize = 4;
+
+/// Upper bound on the session pool: tokens limit sessions, and more sessions than cores gain
+/// nothing.
+pub const MAX_POOL_SIZE: usize = 64;
+
+/// The security module configuration, tagged by `backend`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(tag = "backend", rename_all = "lowercase", deny_unknown_fields)]
+pub enum HsmConfig {
+    /// Keys in process memory (RustCrypto). Not for production.
+    Software {
+        /// A TOML key file (`[[keys]]` with label, type, value, optional kcv). Without one, the
+        /// embedded demo keys.
+        #[serde(default)]
+        key_file: Option<PathBuf>,
+        /// Write imported and generated keys back to `key_file`.
+        #[serde(default)]
+        persist: bool,
+    },
+    /// A PKCS#11 token through its vendor library.
+    Pkcs11 {
+        /// Path of the PKCS#11 library (e.g. `/usr/lib/softhsm/libsofthsm2.so`).
+        module: PathBuf,
+        /// The token's label.
+        token_label: String,
+        /// Environment variable holding the user PIN (default `POSBRIDGE_HSM_PIN`).
+        #[serde(default)]
+        pin_env: Option<String>,
+        /// File holding the user PIN (first line); takes precedence over `pin_env`.
+        #[serde(default)]
+        pin_file: Option<PathBuf>,
+        /// Number of logged-in sessions shared by all callers (1 to 64, default 4).
+        #[serde(default = "default_pool_size")]
+        pool_size: usize,
+    },
+}
+
+fn default_pool_size() -> usize {
+    DEFAULT_POOL_SIZE
+}
+
+impl Default for HsmConfig {
+    /// The software module with the embedded demo keys.
+    fn default() -> Self {
+        HsmConfig::Software {
+            key_file: None,
+            persist: false,
+        }
+    }
+}

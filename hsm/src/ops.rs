@@ -1,0 +1,274 @@
+//! The few block-cipher operations every algorithm in this crate is built from, as a trait both
+//! backends implement for "a key in use": the software backend with RustCrypto over a clear key,
+//! the PKCS#11 backend with token calls on key handles. PIN block, MAC, KCV and PVV logic is then
+//! written once (in `pin_block`, `mac`, `pvv`) and the conformance suite checks both backends.
+
+use crate::error::{HsmError, Result};
+use crate::keys::{Family, KeyType};
+use crate::secret::ClearKey;
+use aes::{Aes128, Aes192, Aes256};
+use cipher::{BlockDecrypt, BlockEncrypt, KeyInit, generic_array::GenericArray};
+use cmac::{Cmac, Mac};
+use des::{Des, TdesEde3};
+use zeroize::Zeroizing;
+
+/// One key, ready to use.
+pub(crate) trait KeyOps {
+    /// The key's label (for error messages).
+    fn label(&self) -> &str;
+    /// The key's type.
+    fn key_type(&self) -> KeyType;
+    /// ECB encryption of whole blocks.
+    fn ecb_encrypt(&self, data: &[u8]) -> Result<Zeroizing<Vec<u8>>>;
+    /// ECB decryption of whole blocks.
+    fn ecb_decrypt(&self, data: &[u8]) -> Result<Zeroizing<Vec<u8>>>;
+    /// CBC encryption of whole blocks from `iv`; returns only the last cipher block.
+    fn cbc_last(&self, iv: &[u8], data: &[u8]) -> Result<Vec<u8>>;
+    /// As `cbc_last`, with single DES under the key's left half K1 (ISO 9797-1 algorithm 3's
+    /// chaining steps). Only for `Des` and `Tdes2` keys.
+    fn left_cbc_last(&self, iv: &[u8], data: &[u8]) -> Result<Vec<u8>>;
+    /// AES-CMAC (RFC 4493), full 16 bytes. Only for AES keys.
+    fn aes_cmac(&self, data: &[u8]) -> Result<Vec<u8>>;
+
+    /// Block length.
+    fn block_len(&self) -> usize {
+        self.key_type().block_len()
+    }
+
+    /// Fails with `WrongKey` unless the key is of `family`.
+    fn require_family(&self, family: Family, what: &str) -> Result<()> {
+        if self.key_type().family() == family {
+            Ok(())
+        } else {
+            Err(HsmError::wrong_key(
+                self.label(),
+                format!(
+                    "{what} needs a {family:?}-family key, this is {}",
+                    self.key_type()
+                ),
+            ))
+        }
+    }
+}
+
+/// Full check block: DES family encrypts 8 zero bytes; AES takes the CMAC of 16 zero bytes.
+pub(crate) fn check_block(key: &dyn KeyOps) -> Result<Vec<u8>> {
+    match key.key_type().family() {
+        Family::Des => Ok(key.ecb_encrypt(&[0u8; 8])?.to_vec()),
+        Family::Aes => key.aes_cmac(&[0u8; 16]),
+    }
+}
+
+/// Standard key check value (3 bytes DES family, 5 bytes AES).
+pub(crate) fn kcv(key: &dyn KeyOps) -> Result<Vec<u8>> {
+    let mut block = check_block(key)?;
+    block.truncate(key.key_type().kcv_len());
+    Ok(block)
+}
+
+/// Compares `expected` (2 to 8 bytes DES family, 2 to 16 AES) with the key's check block prefix.
+pub(crate) fn kcv_matches(key: &dyn KeyOps, expected: &[u8]) -> Result<(bool, Vec<u8>)> {
+    let block = check_block(key)?;
+    if expected.len() < 2 || expected.len() > block.len() {
+        return Err(HsmError::invalid(format!(
+            "check value must be 2 to {} bytes",
+            block.len()
+        )));
+    }
+    let computed = block[..expected.len()].to_vec();
+    Ok((constant_time_eq(&computed, expected), computed))
+}
+
+/// Equality that does not stop at the first differing byte (MACs, PVVs, check values).
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn check_blocks(data: &[u8], block_len: usize) -> Result<()> {
+    if data.len() % block_len == 0 {
+        Ok(())
+    } else {
+        Err(HsmError::invalid(format!(
+            "data must be whole {block_len}-byte blocks"
+        )))
+    }
+}
+
+/// The RustCrypto cipher behind a clear key.
+enum SoftCipher {
+    Tdes(Box<TdesEde3>),
+    Aes128(Box<Aes128>),
+    Aes192(Box<Aes192>),
+    Aes256(Box<Aes256>),
+}
+
+/// A clear key in host memory, used by the software backend and the operator's calculator.
+pub(crate) struct SoftKey {
+    label: String,
+    key_type: KeyType,
+    cipher: SoftCipher,
+    /// Single DES under the left half, for X9.19 (only `Des` and `Tdes2`).
+    left: Option<Box<Des>>,
+    /// Kept for CMAC, which needs its own key schedule.
+    key: ClearKey,
+}
+
+impl SoftKey {
+    /// Prepares a clear key of `key_type` for use.
+    pub(crate) fn new(label: &str, key_type: KeyType, key: &ClearKey) -> Result<Self> {
+        let bytes = key.expose_secret();
+        if bytes.len() != key_type.key_len() {
+            return Err(HsmError::wrong_key(
+                label,
+                format!(
+                    "a {key_type} key is {} bytes, got {}",
+                    key_type.key_len(),
+                    bytes.len()
+                ),
+            ));
+        }
+        let bad = |_| HsmError::wrong_key(label, "key rejected by the cipher");
+        // Triple DES with K1|K2|K3; single and double length expand to K|K|K and K1|K2|K1,
+        // which compute the same results as DES and two-key TDES.
+        let mut tdes_key = Zeroizing::new([0u8; 24]);
+        let cipher = match key_type {
+            KeyType::Des | KeyType::Tdes2 | KeyType::Tdes3 => {
+                for (i, byte) in tdes_key.iter_mut().enumerate() {
+                    *byte = bytes[i % bytes.len()];
+                }
+                SoftCipher::Tdes(Box::new(
+                    TdesEde3::new_from_slice(&tdes_key[..]).map_err(bad)?,
+                ))
+            }
+            KeyType::Aes128 => {
+                SoftCipher::Aes128(Box::new(Aes128::new_from_slice(bytes).map_err(bad)?))
+            }
+            KeyType::Aes192 => {
+                SoftCipher::Aes192(Box::new(Aes192::new_from_slice(bytes).map_err(bad)?))
+            }
+            KeyType::Aes256 => {
+                SoftCipher::Aes256(Box::new(Aes256::new_from_slice(bytes).map_err(bad)?))
+            }
+        };
+        let left = match key_type {
+            KeyType::Des | KeyType::Tdes2 => {
+                Some(Box::new(Des::new_from_slice(&bytes[..8]).map_err(bad)?))
+            }
+            _ => None,
+        };
+        Ok(Self {
+            label: label.to_owned(),
+            key_type,
+            cipher,
+            left,
+            key: key.clone(),
+        })
+    }
+
+    fn encrypt_block(&self, block: &mut [u8]) {
+        match &self.cipher {
+            SoftCipher::Tdes(c) => c.encrypt_block(GenericArray::from_mut_slice(block)),
+            SoftCipher::Aes128(c) => c.encrypt_block(GenericArray::from_mut_slice(block)),
+            SoftCipher::Aes192(c) => c.encrypt_block(GenericArray::from_mut_slice(block)),
+            SoftCipher::Aes256(c) => c.encrypt_block(GenericArray::from_mut_slice(block)),
+        }
+    }
+
+    fn decrypt_block(&self, block: &mut [u8]) {
+        match &self.cipher {
+            SoftCipher::Tdes(c) => c.decrypt_block(GenericArray::from_mut_slice(block)),
+            SoftCipher::Aes128(c) => c.decrypt_block(GenericArray::from_mut_slice(block)),
+            SoftCipher::Aes192(c) => c.decrypt_block(GenericArray::from_mut_slice(block)),
+            SoftCipher::Aes256(c) => c.decrypt_block(GenericArray::from_mut_slice(block)),
+        }
+    }
+
+    fn cbc_with(&self, iv: &[u8], data: &[u8], encrypt: impl Fn(&mut [u8])) -> Result<Vec<u8>> {
+        let block_len = self.block_len();
+        check_blocks(data, block_len)?;
+        if iv.len() != block_len {
+            return Err(HsmError::invalid("IV length differs from the block length"));
+        }
+        let mut chain = Zeroizing::new(iv.to_vec());
+        for block in data.chunks(block_len) {
+            for (c, d) in chain.iter_mut().zip(block) {
+                *c ^= d;
+            }
+            encrypt(&mut chain);
+        }
+        Ok(chain.to_vec())
+    }
+}
+
+impl KeyOps for SoftKey {
+    fn label(&self) -> &str {
+        &self.label
+    }
+
+    fn key_type(&self) -> KeyType {
+        self.key_type
+    }
+
+    fn ecb_encrypt(&self, data: &[u8]) -> Result<Zeroizing<Vec<u8>>> {
+        check_blocks(data, self.block_len())?;
+        let mut out = Zeroizing::new(data.to_vec());
+        for block in out.chunks_mut(self.block_len()) {
+            self.encrypt_block(block);
+        }
+        Ok(out)
+    }
+
+    fn ecb_decrypt(&self, data: &[u8]) -> Result<Zeroizing<Vec<u8>>> {
+        check_blocks(data, self.block_len())?;
+        let mut out = Zeroizing::new(data.to_vec());
+        for block in out.chunks_mut(self.block_len()) {
+            self.decrypt_block(block);
+        }
+        Ok(out)
+    }
+
+    fn cbc_last(&self, iv: &[u8], data: &[u8]) -> Result<Vec<u8>> {
+        self.cbc_with(iv, data, |block| self.encrypt_block(block))
+    }
+
+    fn left_cbc_last(&self, iv: &[u8], data: &[u8]) -> Result<Vec<u8>> {
+        let left = self.left.as_ref().ok_or_else(|| {
+            HsmError::wrong_key(
+                &self.label,
+                "ISO 9797-1 algorithm 3 needs a des or tdes2 key",
+            )
+        })?;
+        self.cbc_with(iv, data, |block| {
+            left.encrypt_block(GenericArray::from_mut_slice(block))
+        })
+    }
+
+    fn aes_cmac(&self, data: &[u8]) -> Result<Vec<u8>> {
+        let bytes = self.key.expose_secret();
+        let bad = |_| HsmError::wrong_key(&self.label, "AES-CMAC needs an AES key");
+        let tag = match self.key_type {
+            KeyType::Aes128 => {
+                let mut mac = <Cmac<Aes128> as Mac>::new_from_slice(bytes).map_err(bad)?;
+                mac.update(data);
+                mac.finalize().into_bytes().to_vec()
+            }
+            KeyType::Aes192 => {
+                let mut mac = <Cmac<Aes192> as Mac>::new_from_slice(bytes).map_err(bad)?;
+                mac.update(data);
+                mac.finalize().into_bytes().to_vec()
+            }
+            KeyType::Aes256 => {
+                let mut mac = <Cmac<Aes256> as Mac>::new_from_slice(bytes).map_err(bad)?;
+                mac.update(data);
+                mac.finalize().into_bytes().to_vec()
+            }
+            _ => {
+                return Err(HsmError::wrong_key(
+                    &self.label,
+                    "AES-CMAC needs an AES key",
+                ));
+            }
+        };
+        Ok(tag)
+    }
+}

@@ -1,0 +1,119 @@
+//! Test support: the two backends loaded with fixtures/hsm/test-keys.toml.
+//!
+//! The PKCS#11 backend runs against a real SoftHSM2 token created in a temporary directory. SoftHSM
+//! reads its configuration path from `SOFTHSM2_CONF` at `C_Initialize`, and this workspace forbids
+//! `unsafe` (so no `std::env::set_var` in a threaded test process): a PKCS#11 test therefore
+//! re-runs itself in a child process of the same test binary with `SOFTHSM2_CONF` pointing at a
+//! fresh token. This works the same under nextest (a process per test) and `cargo test` (many
+//! threads in one process), and no test ever touches the system's token directory.
+#![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
+
+use posbridge_hsm::pkcs11::{Pkcs11Module, Pkcs11Options, UserPin};
+use posbridge_hsm::software::{KeyFile, SoftwareModule};
+use posbridge_hsm::{ClearKey, KeyType};
+use std::path::PathBuf;
+use std::process::Command;
+
+/// Marks the child process that owns a throwaway token.
+const CHILD_ENV: &str = "POSBRIDGE_HSM_TEST_CHILD";
+pub const TOKEN_LABEL: &str = "posbridge-test";
+pub const USER_PIN: &str = "246810";
+const SO_PIN: &str = "13579246";
+
+pub fn key_file_path() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fixtures/hsm/test-keys.toml")
+}
+
+/// The clear value of a fixture key (for cross-checks with the calculator).
+pub fn clear_key(label: &str) -> (KeyType, ClearKey) {
+    let keys = KeyFile::load(&key_file_path())
+        .unwrap()
+        .into_keys("fixtures")
+        .unwrap();
+    let (_, kind, key) = keys.into_iter().find(|(l, _, _)| l == label).unwrap();
+    (kind, key)
+}
+
+pub fn software() -> SoftwareModule {
+    SoftwareModule::open(&key_file_path(), false).unwrap()
+}
+
+pub fn pkcs11_library() -> PathBuf {
+    let path = std::env::var("POSBRIDGE_TEST_PKCS11_MODULE")
+        .unwrap_or_else(|_| "/usr/lib/softhsm/libsofthsm2.so".into());
+    let path = PathBuf::from(path);
+    assert!(
+        path.exists(),
+        "PKCS#11 library {} not found: install softhsm2 (./scripts/test does) or set \
+         POSBRIDGE_TEST_PKCS11_MODULE",
+        path.display()
+    );
+    path
+}
+
+/// Creates a SoftHSM2 configuration and an initialised token in a new temporary directory.
+pub fn create_token() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens");
+    std::fs::create_dir(&tokens).unwrap();
+    let conf = dir.path().join("softhsm2.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\nslots.removable = false\n",
+            tokens.display()
+        ),
+    )
+    .unwrap();
+    let output = Command::new("softhsm2-util")
+        .env("SOFTHSM2_CONF", &conf)
+        .args(["--init-token", "--free", "--label", TOKEN_LABEL])
+        .args(["--so-pin", SO_PIN, "--pin", USER_PIN])
+        .output()
+        .expect("softhsm2-util not found: install softhsm2 (./scripts/test does)");
+    assert!(
+        output.status.success(),
+        "softhsm2-util --init-token failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    dir
+}
+
+/// Opens the test token (in the child process) and provisions the fixture keys.
+pub fn open_test_token(pool_size: usize) -> Pkcs11Module {
+    let options = Pkcs11Options {
+        module: pkcs11_library(),
+        token_label: TOKEN_LABEL.into(),
+        pool_size,
+    };
+    let module = Pkcs11Module::open(&options, &UserPin::new(USER_PIN)).unwrap();
+    let file = KeyFile::load(&key_file_path()).unwrap();
+    module.provision_key_file(file, "fixtures").unwrap();
+    module
+}
+
+/// Runs `body` with a PKCS#11 module on a fresh SoftHSM2 token. `test_path` is the test's name as
+/// the harness knows it (module path inside the test binary, e.g. `pkcs11::x919_vector`).
+pub fn with_softhsm(test_path: &str, body: impl FnOnce(&Pkcs11Module)) {
+    if std::env::var_os(CHILD_ENV).is_some() {
+        let module = open_test_token(2);
+        body(&module);
+        return;
+    }
+    let dir = create_token();
+    let output = Command::new(std::env::current_exe().unwrap())
+        .args([test_path, "--exact", "--nocapture", "--test-threads", "1"])
+        .env("SOFTHSM2_CONF", dir.path().join("softhsm2.conf"))
+        .env(CHILD_ENV, "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    print!("{stdout}");
+    eprint!("{stderr}");
+    assert!(output.status.success(), "child test {test_path} failed");
+    assert!(
+        stdout.contains("1 passed"),
+        "child process did not run {test_path}: {stdout}"
+    );
+}
