@@ -1,0 +1,568 @@
+//! One data element on the wire: length prefixes, BCD packing with alignment and pad, hex text,
+//! EBCDIC, and the checks that keep a peer's bytes inside the field's definition. Decoding here
+//! never copies: it returns where the data lies; conversion to the field's value (digits, text,
+//! bytes) happens only when someone asks for it.
+
+use std::borrow::Cow;
+
+use crate::ebcdic::CodePage;
+use crate::error::{DecodeError, DecodeErrorKind, EncodeError, Location};
+use crate::spec::{
+    Align, Charset, DataEncoding, FieldDef, LengthPrefix, NumberEncoding, ValueKind,
+};
+
+/// A buffer the encoder can append to and patch (the MAC). Implemented for `Vec<u8>` and
+/// `bytes::BytesMut`; neither allocates once it has capacity.
+pub trait EncodeBuffer {
+    /// Appends bytes.
+    fn put(&mut self, bytes: &[u8]);
+    /// Appends one byte.
+    fn put_byte(&mut self, byte: u8);
+    /// Everything written so far.
+    fn written(&self) -> &[u8];
+    /// Everything written so far, mutable (to patch a MAC in place).
+    fn written_mut(&mut self) -> &mut [u8];
+    /// Drops everything after `len` (used to undo a failed encode).
+    fn truncate_to(&mut self, len: usize);
+}
+
+impl EncodeBuffer for Vec<u8> {
+    #[inline]
+    fn put(&mut self, bytes: &[u8]) {
+        self.extend_from_slice(bytes);
+    }
+    #[inline]
+    fn put_byte(&mut self, byte: u8) {
+        self.push(byte);
+    }
+    fn written(&self) -> &[u8] {
+        self
+    }
+    fn written_mut(&mut self) -> &mut [u8] {
+        self
+    }
+    fn truncate_to(&mut self, len: usize) {
+        self.truncate(len);
+    }
+}
+
+impl EncodeBuffer for bytes::BytesMut {
+    #[inline]
+    fn put(&mut self, bytes: &[u8]) {
+        self.extend_from_slice(bytes);
+    }
+    #[inline]
+    fn put_byte(&mut self, byte: u8) {
+        self.extend_from_slice(&[byte]);
+    }
+    fn written(&self) -> &[u8] {
+        self
+    }
+    fn written_mut(&mut self) -> &mut [u8] {
+        self
+    }
+    fn truncate_to(&mut self, len: usize) {
+        self.truncate(len);
+    }
+}
+
+/// Where a decoded field's data lies in the input.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Slot {
+    /// Offset of the data (after the length prefix).
+    pub start: u32,
+    /// Data bytes on the wire.
+    pub wire_len: u16,
+    /// Length in the field's `counts` units (needed to place an odd BCD pad).
+    pub units: u16,
+}
+
+const HEX_UPPER: &[u8; 16] = b"0123456789ABCDEF";
+
+#[inline]
+fn hex_value(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'A'..=b'F' => Some(c - b'A' + 10),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        _ => None,
+    }
+}
+
+/// Reads a length prefix; `None` if it is not a number in its encoding.
+#[inline]
+fn read_prefix(prefix: &LengthPrefix, cp: CodePage, bytes: &[u8]) -> Option<usize> {
+    let mut n = 0usize;
+    match prefix.encoding {
+        NumberEncoding::Ascii => {
+            for &b in bytes {
+                if !b.is_ascii_digit() {
+                    return None;
+                }
+                n = n * 10 + usize::from(b - b'0');
+            }
+        }
+        NumberEncoding::Ebcdic => {
+            for &b in bytes {
+                let c = cp.to_ascii(b).filter(u8::is_ascii_digit)?;
+                n = n * 10 + usize::from(c - b'0');
+            }
+        }
+        NumberEncoding::Bcd => {
+            for &b in bytes {
+                let (hi, lo) = (b >> 4, b & 0xF);
+                if hi > 9 || lo > 9 {
+                    return None;
+                }
+                n = n * 100 + usize::from(hi) * 10 + usize::from(lo);
+            }
+        }
+        NumberEncoding::Binary => {
+            for &b in bytes {
+                n = (n << 8) | usize::from(b);
+            }
+        }
+    }
+    Some(n)
+}
+
+/// Writes a length prefix (the caller has checked `n <= prefix.capacity`).
+#[inline]
+fn write_prefix<B: EncodeBuffer>(prefix: &LengthPrefix, cp: CodePage, n: usize, out: &mut B) {
+    let width = usize::from(prefix.width);
+    let mut tmp = [0u8; 4];
+    match prefix.encoding {
+        NumberEncoding::Ascii | NumberEncoding::Ebcdic => {
+            let mut v = n;
+            for slot in tmp[..width].iter_mut().rev() {
+                let digit = b'0' + (v % 10) as u8;
+                *slot = match prefix.encoding {
+                    NumberEncoding::Ebcdic => cp.from_ascii(digit).unwrap_or(0xF0),
+                    _ => digit,
+                };
+                v /= 10;
+            }
+        }
+        NumberEncoding::Bcd => {
+            let mut v = n;
+            for slot in tmp[..width].iter_mut().rev() {
+                let lo = (v % 10) as u8;
+                let hi = ((v / 10) % 10) as u8;
+                *slot = (hi << 4) | lo;
+                v /= 100;
+            }
+        }
+        NumberEncoding::Binary => {
+            let mut v = n;
+            for slot in tmp[..width].iter_mut().rev() {
+                *slot = (v & 0xFF) as u8;
+                v >>= 8;
+            }
+        }
+    }
+    out.put(&tmp[..width]);
+}
+
+/// Decodes the field starting at `pos`: returns where its data lies and the offset after it.
+#[inline]
+pub(crate) fn decode_field(
+    def: &FieldDef,
+    cp: CodePage,
+    input: &[u8],
+    pos: usize,
+) -> Result<(Slot, usize), DecodeError> {
+    let loc = Location::Field(def.number);
+    let mut at = pos;
+    let units = match &def.prefix {
+        None => def.max,
+        Some(prefix) => {
+            let width = usize::from(prefix.width);
+            let bytes = input.get(at..at + width).ok_or_else(|| {
+                DecodeError::new(
+                    loc,
+                    at,
+                    DecodeErrorKind::Truncated {
+                        needed: width,
+                        available: input.len().saturating_sub(at),
+                    },
+                )
+            })?;
+            let n = read_prefix(prefix, cp, bytes).ok_or_else(|| {
+                DecodeError::new(
+                    loc,
+                    at,
+                    DecodeErrorKind::BadLengthPrefix {
+                        encoding: prefix.encoding.name(),
+                    },
+                )
+            })?;
+            if n > def.max {
+                return Err(DecodeError::new(
+                    loc,
+                    at,
+                    DecodeErrorKind::TooLong {
+                        length: n,
+                        max: def.max,
+                    },
+                ));
+            }
+            at += width;
+            n
+        }
+    };
+    let wire_len = def.wire_len(units).map_err(|why| {
+        DecodeError::new(
+            loc,
+            pos,
+            DecodeErrorKind::ImpossibleLength { length: units, why },
+        )
+    })?;
+    let data = input.get(at..at + wire_len).ok_or_else(|| {
+        DecodeError::new(
+            loc,
+            at,
+            DecodeErrorKind::Truncated {
+                needed: wire_len,
+                available: input.len().saturating_sub(at),
+            },
+        )
+    })?;
+    check_data(def, cp, data, units)
+        .map_err(|(position, kind)| DecodeError::new(loc, at + position, kind))?;
+    // Lengths are bounded by the spec (<= 65535) and the input by the frame limit, so they fit.
+    let slot = Slot {
+        start: at as u32,
+        wire_len: wire_len as u16,
+        units: units as u16,
+    };
+    Ok((slot, at + wire_len))
+}
+
+/// Checks a field's wire data against its encoding and charset. Returns the byte offset inside
+/// the data and the problem.
+#[inline]
+fn check_data(
+    def: &FieldDef,
+    cp: CodePage,
+    data: &[u8],
+    units: usize,
+) -> Result<(), (usize, DecodeErrorKind)> {
+    let bad = |i: usize, what: &'static str, value: u8| {
+        Err((
+            i,
+            DecodeErrorKind::BadData {
+                what,
+                value,
+                position: i,
+            },
+        ))
+    };
+    match def.data {
+        DataEncoding::Binary => Ok(()),
+        DataEncoding::Ascii => {
+            if def.charset == Charset::Numeric
+                && let Some(i) = data.iter().position(|b| !b.is_ascii_digit())
+            {
+                return bad(i, "digit", data[i]);
+            }
+            Ok(())
+        }
+        DataEncoding::Ebcdic => {
+            for (i, &b) in data.iter().enumerate() {
+                match cp.to_ascii(b) {
+                    None => return bad(i, "EBCDIC character", b),
+                    Some(c) if def.charset == Charset::Numeric && !c.is_ascii_digit() => {
+                        return bad(i, "EBCDIC digit", b);
+                    }
+                    Some(_) => {}
+                }
+            }
+            Ok(())
+        }
+        DataEncoding::Hex => {
+            if let Some(i) = data.iter().position(|&b| hex_value(b).is_none()) {
+                return bad(i, "hex digit", data[i]);
+            }
+            Ok(())
+        }
+        DataEncoding::Bcd => {
+            let (skip_first, skip_last) = bcd_pad(def, data.len(), units);
+            let nibbles = data.len() * 2;
+            for (i, &b) in data.iter().enumerate() {
+                for (k, nib) in [(2 * i, b >> 4), (2 * i + 1, b & 0xF)] {
+                    let is_pad = (k == 0 && skip_first) || (k + 1 == nibbles && skip_last);
+                    if is_pad {
+                        if nib != def.pad {
+                            return bad(i, "pad nibble", nib);
+                        }
+                    } else if nib > 9 && !(nib == 0xD && def.charset == Charset::Track2) {
+                        return bad(i, "BCD digit", nib);
+                    }
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Whether the first or the last nibble of BCD data is padding.
+#[inline]
+fn bcd_pad(def: &FieldDef, wire_len: usize, units: usize) -> (bool, bool) {
+    let digits = def.value_len_of_units(units);
+    if digits == wire_len * 2 {
+        return (false, false);
+    }
+    match def.align {
+        Align::Right => (true, false),
+        Align::Left => (false, true),
+    }
+}
+
+#[inline]
+fn bcd_char(nib: u8) -> u8 {
+    match nib {
+        0..=9 => b'0' + nib,
+        0xD => b'=',
+        _ => HEX_UPPER[usize::from(nib & 0xF)],
+    }
+}
+
+/// The value of a field from its wire data: borrowed when the wire form is the value (ASCII
+/// text, binary), converted otherwise.
+pub(crate) fn value<'a>(
+    def: &FieldDef,
+    cp: CodePage,
+    wire: &'a [u8],
+    units: usize,
+) -> Cow<'a, [u8]> {
+    match def.data {
+        DataEncoding::Ascii | DataEncoding::Binary => Cow::Borrowed(wire),
+        _ => {
+            let mut out = Vec::with_capacity(wire.len() * 2);
+            append_value(def, cp, wire, units, &mut out);
+            Cow::Owned(out)
+        }
+    }
+}
+
+/// Appends the value of a field (see [`value`]) to `out`.
+pub(crate) fn append_value(
+    def: &FieldDef,
+    cp: CodePage,
+    wire: &[u8],
+    units: usize,
+    out: &mut Vec<u8>,
+) {
+    match def.data {
+        DataEncoding::Ascii | DataEncoding::Binary => out.extend_from_slice(wire),
+        DataEncoding::Ebcdic => out.extend(wire.iter().map(|&b| cp.to_ascii(b).unwrap_or(b'?'))),
+        DataEncoding::Hex => {
+            out.extend(
+                wire.chunks_exact(2)
+                    .map(|p| (hex_value(p[0]).unwrap_or(0) << 4) | hex_value(p[1]).unwrap_or(0)),
+            );
+        }
+        DataEncoding::Bcd => {
+            let (skip_first, skip_last) = bcd_pad(def, wire.len(), units);
+            let nibbles = wire.len() * 2;
+            for (i, &b) in wire.iter().enumerate() {
+                if !(i == 0 && skip_first) {
+                    out.push(bcd_char(b >> 4));
+                }
+                if !(2 * i + 2 == nibbles && skip_last) {
+                    out.push(bcd_char(b & 0xF));
+                }
+            }
+        }
+    }
+}
+
+/// The field's value as text: characters for text (bytes above 0x7F as Latin-1), digits for BCD,
+/// uppercase hex for binary and hex-text fields. This is the JSON form of the inspector.
+pub(crate) fn value_text(def: &FieldDef, value: &[u8]) -> String {
+    match def.value_kind() {
+        ValueKind::Text | ValueKind::Digits => value.iter().map(|&b| char::from(b)).collect(),
+        ValueKind::Bytes => to_hex(value),
+    }
+}
+
+/// Uppercase hex of bytes.
+pub fn to_hex(bytes: &[u8]) -> String {
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for &b in bytes {
+        s.push(char::from(HEX_UPPER[usize::from(b >> 4)]));
+        s.push(char::from(HEX_UPPER[usize::from(b & 0xF)]));
+    }
+    s
+}
+
+/// Parses hex text (either case, even length).
+pub fn from_hex(text: &str) -> Option<Vec<u8>> {
+    let bytes = text.as_bytes();
+    if bytes.len() % 2 == 1 {
+        return None;
+    }
+    bytes
+        .chunks_exact(2)
+        .map(|p| Some((hex_value(p[0])? << 4) | hex_value(p[1])?))
+        .collect()
+}
+
+/// Parses the text form of a value (see [`value_text`]) back into the value.
+pub(crate) fn parse_value_text(def: &FieldDef, text: &str) -> Result<Vec<u8>, EncodeError> {
+    match def.value_kind() {
+        ValueKind::Text | ValueKind::Digits => text
+            .chars()
+            .enumerate()
+            .map(|(i, c)| {
+                u8::try_from(u32::from(c)).map_err(|_| EncodeError::BadCharacter {
+                    field: def.number,
+                    what: format!("character {c:?} (beyond Latin-1)"),
+                    position: i,
+                })
+            })
+            .collect(),
+        ValueKind::Bytes => from_hex(text).ok_or_else(|| EncodeError::BadCharacter {
+            field: def.number,
+            what: "hex text (needs an even number of hex digits)".into(),
+            position: 0,
+        }),
+    }
+}
+
+/// Checks a value against the field and returns its length in `counts` units.
+pub(crate) fn check_value(
+    def: &FieldDef,
+    cp: CodePage,
+    value: &[u8],
+) -> Result<usize, EncodeError> {
+    let field = def.number;
+    let units = def
+        .units_of_value(value.len())
+        .map_err(|why| EncodeError::BadCharacter {
+            field,
+            what: why.into(),
+            position: value.len(),
+        })?;
+    if def.is_fixed() {
+        if units != def.max {
+            return Err(EncodeError::WrongLength {
+                field,
+                expected: def.max,
+                actual: units,
+            });
+        }
+    } else if units > def.max {
+        return Err(EncodeError::TooLong {
+            field,
+            max: def.max,
+            actual: units,
+        });
+    }
+    let bad = |i: usize, what: &str| {
+        Err(EncodeError::BadCharacter {
+            field,
+            what: format!("{what} {:?}", char::from(value[i])),
+            position: i,
+        })
+    };
+    match def.data {
+        DataEncoding::Binary | DataEncoding::Hex => {}
+        DataEncoding::Ascii => {
+            if def.charset == Charset::Numeric
+                && let Some(i) = value.iter().position(|b| !b.is_ascii_digit())
+            {
+                return bad(i, "non-digit");
+            }
+        }
+        DataEncoding::Ebcdic => {
+            for (i, &c) in value.iter().enumerate() {
+                if cp.from_ascii(c).is_none() {
+                    return bad(i, "character without an EBCDIC mapping");
+                }
+                if def.charset == Charset::Numeric && !c.is_ascii_digit() {
+                    return bad(i, "non-digit");
+                }
+            }
+        }
+        DataEncoding::Bcd => {
+            for (i, &c) in value.iter().enumerate() {
+                let ok = c.is_ascii_digit() || (c == b'=' && def.charset == Charset::Track2);
+                if !ok {
+                    return bad(i, "non-digit");
+                }
+            }
+        }
+    }
+    Ok(units)
+}
+
+#[inline]
+fn bcd_nibble(c: u8) -> u8 {
+    if c == b'=' {
+        0xD
+    } else {
+        c.wrapping_sub(b'0') & 0xF
+    }
+}
+
+/// Writes a field (prefix and data). The value must have passed [`check_value`], which returned
+/// `units`.
+#[inline]
+pub(crate) fn write_field<B: EncodeBuffer>(
+    def: &FieldDef,
+    cp: CodePage,
+    value: &[u8],
+    units: usize,
+    out: &mut B,
+) {
+    if let Some(prefix) = &def.prefix {
+        write_prefix(prefix, cp, units, out);
+    }
+    match def.data {
+        DataEncoding::Ascii | DataEncoding::Binary => out.put(value),
+        DataEncoding::Ebcdic => {
+            for &c in value {
+                out.put_byte(cp.from_ascii(c).unwrap_or(0x40));
+            }
+        }
+        DataEncoding::Hex => {
+            for &b in value {
+                out.put(&[
+                    HEX_UPPER[usize::from(b >> 4)],
+                    HEX_UPPER[usize::from(b & 0xF)],
+                ]);
+            }
+        }
+        DataEncoding::Bcd => write_bcd(def, value, out),
+    }
+}
+
+#[inline]
+fn write_bcd<B: EncodeBuffer>(def: &FieldDef, digits: &[u8], out: &mut B) {
+    let odd = digits.len() % 2 == 1;
+    let mut chunk = [0u8; 64];
+    let mut n = 0;
+    let mut push = |byte: u8, out: &mut B| {
+        chunk[n] = byte;
+        n += 1;
+        if n == chunk.len() {
+            out.put(&chunk);
+            n = 0;
+        }
+    };
+    let mut rest = digits;
+    if odd && def.align == Align::Right {
+        let first = digits.first().copied().unwrap_or(b'0');
+        push((def.pad << 4) | bcd_nibble(first), out);
+        rest = digits.get(1..).unwrap_or_default();
+    }
+    let mut pairs = rest.chunks_exact(2);
+    for p in &mut pairs {
+        push((bcd_nibble(p[0]) << 4) | bcd_nibble(p[1]), out);
+    }
+    if let [last] = pairs.remainder() {
+        push((bcd_nibble(*last) << 4) | def.pad, out);
+    }
+    out.put(&chunk[..n]);
+}
