@@ -3,4 +3,18 @@
 //! The binary (`src/main.rs`) only parses arguments; everything it runs lives here so that tests
 //! drive the same code as operators do.
 
+pub mod admin;
 pub mod cli;
+pub mod config;
+pub mod health;
+pub mod journal;
+pub mod ledger;
+pub mod metrics;
+pub mod money;
+pub mod orders;
+pub mod outbox;
+pub mod qr;
+pub mod security;
+pub mod server;
+pub mod terminal;
+pub mod wallet_api;

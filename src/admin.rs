@@ -1,0 +1,316 @@
+//! Registration of merchants, terminals, payer accounts and wallet apps: what the operator's
+//! admin commands and the demo set up before the first payment.
+
+use crate::journal::{JournalError, Row, Store, Tx, new_id, now_ms};
+use crate::ledger::{self, AccountKind, NewAccount};
+use crate::money::Money;
+use crate::orders::OrderService;
+use crate::orders::service::OrderError;
+use posbridge_hsm::{Pan, Pin};
+use sha2::{Digest, Sha256};
+
+/// A merchant.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+pub struct Merchant {
+    /// Merchant number (F42, 15 characters on UnionPay).
+    pub mid: String,
+    /// Name shown on the code and the receipt (at most 25 characters in the code).
+    pub name: String,
+    /// City (at most 15 characters in the code).
+    pub city: String,
+    /// Merchant category code.
+    pub mcc: String,
+    /// ISO 3166 alpha-2 country.
+    pub country: String,
+    /// ISO 4217 numeric currency.
+    pub currency: u16,
+    /// Ledger account credited with its sales.
+    #[serde(default)]
+    pub account_id: String,
+    /// Where static-code payments are notified (optional).
+    #[serde(default)]
+    pub webhook_url: Option<String>,
+    /// Key the notifications are signed with (HMAC-SHA256).
+    #[serde(default)]
+    pub webhook_secret: Option<String>,
+}
+
+/// A registered terminal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Terminal {
+    /// Terminal ID (F41, 8 characters).
+    pub tid: String,
+    /// Its merchant.
+    pub mid: String,
+    /// Acquiring institution code.
+    pub acquirer: String,
+    /// Security-module label of its terminal master key.
+    pub master_key_label: String,
+    /// Whether it may transact.
+    pub enabled: bool,
+}
+
+/// Registers a merchant and opens its settlement account.
+pub async fn register_merchant(
+    store: &Store,
+    merchant: &Merchant,
+) -> Result<Merchant, JournalError> {
+    let mut merchant = merchant.clone();
+    if merchant.account_id.is_empty() {
+        merchant.account_id = format!("merchant:{}", merchant.mid);
+    }
+    let mut tx = store.begin().await?;
+    ledger::create_account(
+        &mut tx,
+        &NewAccount {
+            account_id: merchant.account_id.clone(),
+            kind: AccountKind::Merchant,
+            holder: merchant.name.clone(),
+            pan_truncated: None,
+            pan_hash: None,
+            opening: Money {
+                amount_minor: 0,
+                currency: merchant.currency,
+            },
+            pvv: None,
+            pvki: None,
+        },
+    )
+    .await?;
+    tx.execute(
+        "INSERT INTO merchants (mid, name, city, mcc, country, currency, account_id, webhook_url, webhook_secret, created_at_ms) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        &[
+            merchant.mid.as_str().into(),
+            merchant.name.as_str().into(),
+            merchant.city.as_str().into(),
+            merchant.mcc.as_str().into(),
+            merchant.country.as_str().into(),
+            i64::from(merchant.currency).into(),
+            merchant.account_id.as_str().into(),
+            merchant.webhook_url.clone().into(),
+            merchant.webhook_secret.clone().into(),
+            now_ms().into(),
+        ],
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(merchant)
+}
+
+/// Reads a merchant.
+pub async fn merchant(tx: &mut Tx, mid: &str) -> Result<Option<Merchant>, JournalError> {
+    let row = tx
+        .query_opt(
+            "SELECT mid, name, city, mcc, country, currency, account_id, webhook_url, webhook_secret FROM merchants WHERE mid = $1",
+            &[mid.into()],
+        )
+        .await?;
+    row.map(|row| {
+        Ok(Merchant {
+            mid: row.text(0)?,
+            name: row.text(1)?,
+            city: row.text(2)?,
+            mcc: row.text(3)?,
+            country: row.text(4)?,
+            currency: u16::try_from(row.i64(5)?)
+                .map_err(|e| JournalError::Schema(e.to_string()))?,
+            account_id: row.text(6)?,
+            webhook_url: row.opt_text(7)?,
+            webhook_secret: row.opt_text(8)?,
+        })
+    })
+    .transpose()
+}
+
+/// Registers a terminal of a merchant.
+pub async fn register_terminal(store: &Store, terminal: &Terminal) -> Result<(), JournalError> {
+    let mut tx = store.begin().await?;
+    tx.execute(
+        "INSERT INTO terminals (tid, mid, acquirer, master_key_label, enabled, created_at_ms) VALUES ($1, $2, $3, $4, $5, $6)",
+        &[
+            terminal.tid.as_str().into(),
+            terminal.mid.as_str().into(),
+            terminal.acquirer.as_str().into(),
+            terminal.master_key_label.as_str().into(),
+            i64::from(terminal.enabled).into(),
+            now_ms().into(),
+        ],
+    )
+    .await?;
+    tx.commit().await
+}
+
+fn terminal_from_row(row: &Row) -> Result<Terminal, JournalError> {
+    Ok(Terminal {
+        tid: row.text(0)?,
+        mid: row.text(1)?,
+        acquirer: row.text(2)?,
+        master_key_label: row.text(3)?,
+        enabled: row.i64(4)? != 0,
+    })
+}
+
+/// Reads a terminal.
+pub async fn terminal(store: &Store, tid: &str) -> Result<Option<Terminal>, JournalError> {
+    let mut tx = store.begin().await?;
+    let row = tx
+        .query_opt(
+            "SELECT tid, mid, acquirer, master_key_label, enabled FROM terminals WHERE tid = $1",
+            &[tid.into()],
+        )
+        .await?;
+    tx.commit().await?;
+    row.as_ref().map(terminal_from_row).transpose()
+}
+
+/// A payer account to open.
+#[derive(Debug)]
+pub struct NewPayer {
+    /// Account identifier.
+    pub account_id: String,
+    /// Holder's name.
+    pub holder: String,
+    /// Card / account number the wallet app sends.
+    pub pan: Pan,
+    /// The PIN, if the account has one (only its verification value is kept).
+    pub pin: Option<Pin>,
+    /// Opening balance.
+    pub opening: Money,
+}
+
+/// Opens a stored-value payer account. Keeps the card number only truncated plus a keyed hash,
+/// and the PIN only as its verification value computed by the security module.
+pub async fn register_payer(
+    orders: &OrderService,
+    payer: NewPayer,
+    pvk_label: &str,
+) -> Result<(), OrderError> {
+    let pan_hash = orders.pan_hash(&payer.pan).await?;
+    const PVKI: u8 = 1;
+    let pvv = match payer.pin {
+        Some(pin) => Some(
+            orders
+                .security()
+                .pin_verification_value(pvk_label.to_owned(), payer.pan.clone(), pin, PVKI)
+                .await
+                .map_err(|e| OrderError::Security(e.to_string()))?,
+        ),
+        None => None,
+    };
+    let mut tx = orders.store().begin().await?;
+    ledger::create_account(
+        &mut tx,
+        &NewAccount {
+            account_id: payer.account_id,
+            kind: AccountKind::Payer,
+            holder: payer.holder,
+            pan_truncated: Some(payer.pan.masked()),
+            pan_hash: Some(pan_hash),
+            opening: payer.opening,
+            pvki: pvv.as_ref().map(|_| PVKI),
+            pvv,
+        },
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// A wallet app allowed to call the wallet API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WalletApp {
+    /// Identifier.
+    pub app_id: String,
+    /// Name.
+    pub name: String,
+    /// Security-module key it encrypts PIN blocks under.
+    pub pek_label: String,
+}
+
+/// Registers a wallet app and returns its API key (shown once; only its hash is kept).
+pub async fn register_wallet_app(
+    store: &Store,
+    app: &WalletApp,
+    api_key: Option<String>,
+) -> Result<String, JournalError> {
+    let api_key = api_key.unwrap_or_else(|| format!("pbk_{}", new_id()));
+    let mut tx = store.begin().await?;
+    tx.execute(
+        "INSERT INTO wallet_apps (app_id, name, key_hash, pek_label, created_at_ms) VALUES ($1, $2, $3, $4, $5)",
+        &[
+            app.app_id.as_str().into(),
+            app.name.as_str().into(),
+            key_hash(&api_key).into(),
+            app.pek_label.as_str().into(),
+            now_ms().into(),
+        ],
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(api_key)
+}
+
+/// Finds the wallet app an API key belongs to.
+pub async fn wallet_app_by_key(
+    store: &Store,
+    app_id: &str,
+    api_key: &str,
+) -> Result<Option<WalletApp>, JournalError> {
+    let mut tx = store.begin().await?;
+    let row = tx
+        .query_opt(
+            "SELECT app_id, name, pek_label, key_hash FROM wallet_apps WHERE app_id = $1",
+            &[app_id.into()],
+        )
+        .await?;
+    tx.commit().await?;
+    let Some(row) = row else { return Ok(None) };
+    if !constant_time_eq(&row.bytes(3)?, &key_hash(api_key)) {
+        return Ok(None);
+    }
+    Ok(Some(WalletApp {
+        app_id: row.text(0)?,
+        name: row.text(1)?,
+        pek_label: row.text(2)?,
+    }))
+}
+
+fn key_hash(api_key: &str) -> Vec<u8> {
+    Sha256::digest(api_key.as_bytes()).to_vec()
+}
+
+/// Compares secrets without an early exit (no timing hint).
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Issues a merchant's static (printed) code and records it, so payments against it are
+/// recognised as the merchant's.
+pub async fn create_static_code(
+    store: &Store,
+    gui: &str,
+    mid: &str,
+    label: Option<&str>,
+) -> Result<String, OrderError> {
+    let mut tx = store.begin().await?;
+    let merchant = merchant(&mut tx, mid)
+        .await?
+        .ok_or_else(|| OrderError::Refused {
+            code: crate::orders::ResponseCode::InvalidMerchant,
+            reason: format!("unknown merchant {mid}"),
+        })?;
+    let payload = crate::orders::payload::build_static(gui, &merchant, label).map_err(|e| {
+        OrderError::Refused {
+            code: crate::orders::ResponseCode::FormatError,
+            reason: e.to_string(),
+        }
+    })?;
+    tx.execute(
+        "INSERT INTO static_codes (code_id, mid, label, payload, created_at_ms) VALUES ($1, $2, $3, $4, $5)",
+        &[new_id().into(), mid.into(), label.unwrap_or("").into(), payload.as_str().into(), now_ms().into()],
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(payload)
+}

@@ -1,0 +1,288 @@
+//! Configuration, layered: built-in defaults, then the file (`--config posbridge.toml`), then
+//! `POSBRIDGE__SECTION__KEY` environment variables (e.g. `POSBRIDGE__JOURNAL__URL`). Validated
+//! at start; errors name the key. `posbridge.example.toml` documents every key.
+
+use crate::journal::JournalConfig;
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use posbridge_hsm::HsmConfig;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::Path;
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Gateway-wide settings.
+    #[serde(default)]
+    pub gateway: GatewayConfig,
+    /// The terminal (ISO 8583) listener.
+    #[serde(default)]
+    pub terminal: TerminalConfig,
+    /// The wallet API (HTTP) listener.
+    #[serde(default)]
+    pub wallet_api: WalletApiConfig,
+    /// Metrics and health endpoints.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+    /// Journal and ledger storage.
+    #[serde(default)]
+    pub journal: JournalConfig,
+    /// The security module.
+    #[serde(default)]
+    pub hsm: HsmConfig,
+    /// Key labels in the security module.
+    #[serde(default)]
+    pub keys: KeyLabels,
+    /// Logging.
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+/// `[gateway]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GatewayConfig {
+    /// Globally unique identifier written in posbridge's QR templates.
+    pub gui: String,
+    /// ISO 3166 alpha-2 country of the merchants.
+    pub country: String,
+    /// How long an order's code stays payable, seconds.
+    pub order_ttl_secs: u64,
+    /// How often expired orders are swept, milliseconds.
+    pub expiry_sweep_ms: u64,
+    /// How often a waiting request re-reads the journal (changes by other processes), ms.
+    pub poll_interval_ms: u64,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig {
+            gui: posbridge_codecs::emv_qr::POSBRIDGE_GUI.to_owned(),
+            country: "CN".to_owned(),
+            order_ttl_secs: 120,
+            expiry_sweep_ms: 1_000,
+            poll_interval_ms: 1_000,
+        }
+    }
+}
+
+/// `[terminal]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TerminalConfig {
+    /// Address the terminal listener binds.
+    pub listen: SocketAddr,
+    /// ISO 8583 dialect spoken to terminals (a built-in name or a spec file path).
+    pub dialect: String,
+    /// Most terminal connections held at once; more wait before accept.
+    pub max_connections: usize,
+    /// A connection idle this long is closed, seconds.
+    pub idle_timeout_secs: u64,
+    /// A message started but not finished within this is abandoned, seconds.
+    pub read_timeout_secs: u64,
+    /// Longest a result query or held sale waits for the phone, seconds.
+    pub hold_secs: u64,
+    /// How long shutdown waits for in-flight transactions, seconds.
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for TerminalConfig {
+    fn default() -> Self {
+        TerminalConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8583)),
+            dialect: "cups-pos".to_owned(),
+            max_connections: 20_000,
+            idle_timeout_secs: 300,
+            read_timeout_secs: 30,
+            hold_secs: 60,
+            shutdown_grace_secs: 30,
+        }
+    }
+}
+
+/// `[wallet_api]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WalletApiConfig {
+    /// Address the wallet API binds.
+    pub listen: SocketAddr,
+    /// PEM certificate chain; with `tls_key`, the API speaks HTTPS (rustls).
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// PEM private key.
+    pub tls_key: Option<std::path::PathBuf>,
+}
+
+impl Default for WalletApiConfig {
+    fn default() -> Self {
+        WalletApiConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            tls_cert: None,
+            tls_key: None,
+        }
+    }
+}
+
+/// `[metrics]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Address of the Prometheus metrics and health endpoints; none disables them.
+    pub listen: Option<SocketAddr>,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            listen: Some(SocketAddr::from(([127, 0, 0, 1], 9102))),
+        }
+    }
+}
+
+/// `[keys]`: labels of the gateway's own keys in the security module.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KeyLabels {
+    /// PIN verification key (Visa PVV) of the stored-value accounts.
+    pub pvk: String,
+    /// AES key that signs gateway-made QR codes.
+    pub qr_sign: String,
+    /// AES key of the card-number hash.
+    pub pan_hash: String,
+}
+
+impl Default for KeyLabels {
+    fn default() -> Self {
+        KeyLabels {
+            pvk: "pvk/wallet".to_owned(),
+            qr_sign: "qr/sign".to_owned(),
+            pan_hash: "pan/hash".to_owned(),
+        }
+    }
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `text` or `json`.
+    pub format: String,
+    /// A tracing filter, e.g. `info` or `posbridge=debug`.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: "text".to_owned(),
+            level: "info".to_owned(),
+        }
+    }
+}
+
+/// Where the configuration came from, for the start-up log line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// Built-in defaults (and environment variables) only.
+    Defaults,
+    /// A file (and environment variables).
+    File(String),
+}
+
+/// Loads and validates the configuration: defaults, then `file` if given, then environment.
+pub fn load(file: Option<&Path>) -> anyhow::Result<(Config, Source)> {
+    let mut figment = Figment::new();
+    let source = match file {
+        Some(path) => {
+            if !path.is_file() {
+                anyhow::bail!("configuration file {} not found", path.display());
+            }
+            figment = figment.merge(Toml::file_exact(path));
+            Source::File(path.display().to_string())
+        }
+        None => Source::Defaults,
+    };
+    figment = figment.merge(Env::prefixed("POSBRIDGE__").split("__").lowercase(true));
+    let config: Config = figment
+        .extract()
+        .map_err(|e| anyhow::anyhow!("configuration: {}", one_line(&e)))?;
+    validate(&config)?;
+    Ok((config, source))
+}
+
+fn one_line(error: &figment::Error) -> String {
+    error
+        .clone()
+        .into_iter()
+        .map(|e| e.to_string())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Checks values serde cannot: ranges and combinations. Errors name the key.
+pub fn validate(config: &Config) -> anyhow::Result<()> {
+    let check = |ok: bool, key: &str, why: &str| {
+        if ok {
+            Ok(())
+        } else {
+            Err(anyhow::anyhow!("configuration key {key}: {why}"))
+        }
+    };
+    check(
+        config.gateway.order_ttl_secs > 0 && config.gateway.order_ttl_secs <= 3600,
+        "gateway.order_ttl_secs",
+        "1 to 3600",
+    )?;
+    check(
+        config.gateway.country.len() == 2,
+        "gateway.country",
+        "ISO 3166 alpha-2 (two letters)",
+    )?;
+    check(
+        config.gateway.expiry_sweep_ms >= 10,
+        "gateway.expiry_sweep_ms",
+        "at least 10",
+    )?;
+    check(
+        config.gateway.poll_interval_ms >= 10,
+        "gateway.poll_interval_ms",
+        "at least 10",
+    )?;
+    check(
+        config.terminal.max_connections > 0,
+        "terminal.max_connections",
+        "at least 1",
+    )?;
+    check(
+        config.terminal.hold_secs > 0,
+        "terminal.hold_secs",
+        "at least 1",
+    )?;
+    check(
+        config.terminal.read_timeout_secs > 0,
+        "terminal.read_timeout_secs",
+        "at least 1",
+    )?;
+    check(
+        config.terminal.idle_timeout_secs > 0,
+        "terminal.idle_timeout_secs",
+        "at least 1",
+    )?;
+    check(
+        config.wallet_api.tls_cert.is_some() == config.wallet_api.tls_key.is_some(),
+        "wallet_api.tls_cert",
+        "tls_cert and tls_key go together",
+    )?;
+    check(
+        matches!(config.log.format.as_str(), "text" | "json"),
+        "log.format",
+        "text or json",
+    )?;
+    check(
+        config.journal.pool_size > 0,
+        "journal.pool_size",
+        "at least 1",
+    )?;
+    Ok(())
+}

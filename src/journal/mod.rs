@@ -1,0 +1,149 @@
+//! The journal: durable record of orders, payment attempts, ledger postings and notifications,
+//! in PostgreSQL (production) or an embedded SQLite file (demo, development).
+//!
+//! Everything that moves money or changes an order's state is written here inside one
+//! transaction before anyone is told about it.
+
+pub mod db;
+
+pub use db::{Dialect, Row, Store, Tx, Value};
+
+use serde::Deserialize;
+
+/// Journal errors, by who is at fault.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum JournalError {
+    /// The configuration is wrong (bad URL, bad schema name, unreadable file).
+    #[error("journal configuration: {0}")]
+    Config(String),
+    /// The database cannot be reached or has no free connection.
+    #[error("journal unavailable: {0}")]
+    Unavailable(String),
+    /// The database refused a statement.
+    #[error("journal database error: {0}")]
+    Database(String),
+    /// The stored data does not have the shape the code expects.
+    #[error("journal schema mismatch: {0}")]
+    Schema(String),
+    /// A bug in posbridge.
+    #[error("journal internal error: {0}")]
+    Internal(String),
+}
+
+/// Where the journal lives (`[journal]` in the configuration).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct JournalConfig {
+    /// PostgreSQL URL (`postgres://user@host:port/db`). Without it the embedded SQLite file
+    /// `sqlite_path` is used.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// PostgreSQL schema holding posbridge's tables (created if missing).
+    #[serde(default = "default_schema")]
+    pub schema: String,
+    /// PostgreSQL pool size.
+    #[serde(default = "default_pool_size")]
+    pub pool_size: usize,
+    /// SQLite file for the embedded journal; `:memory:` keeps it in memory (demo only).
+    #[serde(default = "default_sqlite_path")]
+    pub sqlite_path: String,
+}
+
+fn default_schema() -> String {
+    "posbridge".into()
+}
+fn default_pool_size() -> usize {
+    16
+}
+fn default_sqlite_path() -> String {
+    "posbridge-journal.sqlite".into()
+}
+
+impl Default for JournalConfig {
+    fn default() -> Self {
+        JournalConfig {
+            url: None,
+            schema: default_schema(),
+            pool_size: default_pool_size(),
+            sqlite_path: default_sqlite_path(),
+        }
+    }
+}
+
+/// Opens the configured journal and brings its schema up to date.
+pub async fn open(config: &JournalConfig) -> Result<Store, JournalError> {
+    let store = match &config.url {
+        Some(url) => {
+            Store::Postgres(db::PgStore::connect(url, &config.schema, config.pool_size).await?)
+        }
+        None => Store::Sqlite(db::SqliteStore::open(&config.sqlite_path)?),
+    };
+    migrate(&store).await?;
+    Ok(store)
+}
+
+/// The schema versions, applied in order, each in its own transaction.
+const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("migrations/0001_core.sql"))];
+
+/// Applies the migrations not yet recorded in `schema_migrations`. Several gateways starting
+/// at once on PostgreSQL serialise on an advisory lock.
+pub async fn migrate(store: &Store) -> Result<(), JournalError> {
+    let mut tx = store.begin().await?;
+    if tx.dialect() == Dialect::Postgres {
+        tx.execute("SELECT pg_advisory_xact_lock(8583001)", &[])
+            .await?;
+    }
+    tx.execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, applied_at_ms BIGINT NOT NULL)",
+        &[],
+    )
+    .await?;
+    for (version, sql) in MIGRATIONS {
+        let applied = tx
+            .query_opt(
+                "SELECT version FROM schema_migrations WHERE version = $1",
+                &[(*version).into()],
+            )
+            .await?;
+        if applied.is_some() {
+            continue;
+        }
+        let bytes_type = match tx.dialect() {
+            Dialect::Postgres => "BYTEA",
+            Dialect::Sqlite => "BLOB",
+        };
+        let sql = strip_comments(&sql.replace("{BYTES}", bytes_type));
+        for statement in sql.split(';').filter(|s| !s.trim().is_empty()) {
+            tx.execute(statement, &[]).await?;
+        }
+        tx.execute(
+            "INSERT INTO schema_migrations (version, applied_at_ms) VALUES ($1, $2)",
+            &[(*version).into(), now_ms().into()],
+        )
+        .await?;
+    }
+    tx.commit().await
+}
+
+fn strip_comments(statement: &str) -> String {
+    statement
+        .lines()
+        .map(|line| line.split("--").next().unwrap_or(""))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Milliseconds since the Unix epoch, the journal's only time unit.
+pub fn now_ms() -> i64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(now.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// A fresh random identifier (128 bits, hex), used as primary key for journal rows.
+pub fn new_id() -> String {
+    let bytes: [u8; 16] = rand::random();
+    hex::encode(bytes)
+}

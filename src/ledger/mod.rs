@@ -1,0 +1,346 @@
+//! The stored-value ledger of the "standard" deployment: posbridge is issuer, acquirer and
+//! clearing house, so it keeps the accounts itself.
+//!
+//! Money moves only as double-entry postings written in the same transaction as the balance
+//! changes and the order's state change, so the sum of all balances never changes.
+
+use crate::journal::{JournalError, Row, Tx, new_id, now_ms};
+use crate::money::Money;
+
+/// What kind of holder an account belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccountKind {
+    /// A payer: a stored-value or consumption card used from a wallet app.
+    Payer,
+    /// A merchant's settlement account.
+    Merchant,
+}
+
+impl AccountKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            AccountKind::Payer => "payer",
+            AccountKind::Merchant => "merchant",
+        }
+    }
+}
+
+/// A new account, as the admin command registers it.
+#[derive(Debug, Clone)]
+pub struct NewAccount {
+    /// Stable identifier.
+    pub account_id: String,
+    /// Payer or merchant.
+    pub kind: AccountKind,
+    /// Holder's name.
+    pub holder: String,
+    /// Card number truncated to first 6 + last 4 (payers).
+    pub pan_truncated: Option<String>,
+    /// Keyed hash of the card number, for lookup (payers).
+    pub pan_hash: Option<Vec<u8>>,
+    /// Opening balance.
+    pub opening: Money,
+    /// PIN verification value (payers with a PIN).
+    pub pvv: Option<String>,
+    /// PIN verification key index.
+    pub pvki: Option<u8>,
+}
+
+/// An account as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Account {
+    /// Identifier.
+    pub account_id: String,
+    /// `payer` or `merchant`.
+    pub kind: String,
+    /// Holder's name.
+    pub holder: String,
+    /// First 6 + last 4 of the card number.
+    pub pan_truncated: Option<String>,
+    /// Balance.
+    pub balance: Money,
+    /// PIN verification value.
+    pub pvv: Option<String>,
+    /// PIN verification key index.
+    pub pvki: Option<u8>,
+    /// Consecutive wrong PIN entries.
+    pub pin_tries: i64,
+}
+
+const ACCOUNT_COLUMNS: &str =
+    "account_id, kind, holder, pan_truncated, balance_minor, currency, pvv, pvki, pin_tries";
+
+fn account_from_row(row: &Row) -> Result<Account, JournalError> {
+    Ok(Account {
+        account_id: row.text(0)?,
+        kind: row.text(1)?,
+        holder: row.text(2)?,
+        pan_truncated: row.opt_text(3)?,
+        balance: Money {
+            amount_minor: row.i64(4)?,
+            currency: u16::try_from(row.i64(5)?)
+                .map_err(|e| JournalError::Schema(e.to_string()))?,
+        },
+        pvv: row.opt_text(6)?,
+        pvki: row
+            .opt_i64(7)?
+            .map(u8::try_from)
+            .transpose()
+            .map_err(|e| JournalError::Schema(e.to_string()))?,
+        pin_tries: row.i64(8)?,
+    })
+}
+
+/// Creates an account. The opening balance is posted against the `funding` order so that the
+/// postings always explain every balance.
+pub async fn create_account(tx: &mut Tx, account: &NewAccount) -> Result<(), JournalError> {
+    let now = now_ms();
+    tx.execute(
+        "INSERT INTO accounts (account_id, kind, holder, pan_truncated, pan_hash, currency, balance_minor, pvv, pvki, pin_tries, created_at_ms) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 0, $10)",
+        &[
+            account.account_id.as_str().into(),
+            account.kind.as_str().into(),
+            account.holder.as_str().into(),
+            account.pan_truncated.clone().into(),
+            account.pan_hash.clone().into(),
+            i64::from(account.opening.currency).into(),
+            account.opening.amount_minor.into(),
+            account.pvv.clone().into(),
+            account.pvki.map(i64::from).into(),
+            now.into(),
+        ],
+    )
+    .await?;
+    if account.opening.amount_minor != 0 {
+        insert_posting(
+            tx,
+            "funding",
+            &account.account_id,
+            account.opening.amount_minor,
+            account.opening.currency,
+            "funding",
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// Reads an account by identifier.
+pub async fn account(tx: &mut Tx, account_id: &str) -> Result<Option<Account>, JournalError> {
+    let sql = format!("SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE account_id = $1");
+    tx.query_opt(&sql, &[account_id.into()])
+        .await?
+        .as_ref()
+        .map(account_from_row)
+        .transpose()
+}
+
+/// Finds a payer account by the keyed hash of its card number, locking it for this transaction.
+pub async fn payer_by_pan_hash_for_update(
+    tx: &mut Tx,
+    pan_hash: &[u8],
+) -> Result<Option<Account>, JournalError> {
+    let sql = format!(
+        "SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE pan_hash = $1 AND kind = 'payer'{}",
+        tx.for_update()
+    );
+    tx.query_opt(&sql, &[pan_hash.to_vec().into()])
+        .await?
+        .as_ref()
+        .map(account_from_row)
+        .transpose()
+}
+
+/// Records the outcome of a PIN check: a wrong PIN counts a try, a right one clears the count.
+pub async fn record_pin_result(
+    tx: &mut Tx,
+    account_id: &str,
+    correct: bool,
+) -> Result<i64, JournalError> {
+    let sql = if correct {
+        "UPDATE accounts SET pin_tries = 0 WHERE account_id = $1 RETURNING pin_tries"
+    } else {
+        "UPDATE accounts SET pin_tries = pin_tries + 1 WHERE account_id = $1 RETURNING pin_tries"
+    };
+    let row = tx
+        .query_opt(sql, &[account_id.into()])
+        .await?
+        .ok_or_else(|| JournalError::Internal(format!("account {account_id} vanished")))?;
+    row.i64(0)
+}
+
+/// Result of trying to move money.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransferOutcome {
+    /// Posted.
+    Done,
+    /// The payer's balance is too low (response code 51); nothing was posted.
+    InsufficientFunds,
+    /// The payer's account is in another currency; nothing was posted.
+    CurrencyMismatch,
+}
+
+/// Moves `amount` from `payer` to `merchant` for `order_id`: two balance updates and two
+/// postings. Both accounts are locked in identifier order, so concurrent payments to the same
+/// merchant never deadlock.
+pub async fn transfer(
+    tx: &mut Tx,
+    order_id: &str,
+    payer: &str,
+    merchant: &str,
+    amount: Money,
+    kind: &str,
+) -> Result<TransferOutcome, JournalError> {
+    assert!(amount.amount_minor > 0, "transfers move a positive amount");
+    assert_ne!(payer, merchant, "an account cannot pay itself");
+    let mut ids = [payer, merchant];
+    ids.sort_unstable();
+    let lock_sql = format!(
+        "SELECT balance_minor, currency FROM accounts WHERE account_id = $1{}",
+        tx.for_update()
+    );
+    let mut payer_state = None;
+    for id in ids {
+        let row = tx
+            .query_opt(&lock_sql, &[id.into()])
+            .await?
+            .ok_or_else(|| JournalError::Internal(format!("account {id} missing")))?;
+        if id == payer {
+            payer_state = Some((row.i64(0)?, row.i64(1)?));
+        }
+    }
+    let (balance, currency) =
+        payer_state.ok_or_else(|| JournalError::Internal("payer not locked".into()))?;
+    if currency != i64::from(amount.currency) {
+        return Ok(TransferOutcome::CurrencyMismatch);
+    }
+    if balance < amount.amount_minor {
+        return Ok(TransferOutcome::InsufficientFunds);
+    }
+    move_balance(tx, payer, -amount.amount_minor).await?;
+    move_balance(tx, merchant, amount.amount_minor).await?;
+    insert_posting(
+        tx,
+        order_id,
+        payer,
+        -amount.amount_minor,
+        amount.currency,
+        kind,
+    )
+    .await?;
+    insert_posting(
+        tx,
+        order_id,
+        merchant,
+        amount.amount_minor,
+        amount.currency,
+        kind,
+    )
+    .await?;
+    Ok(TransferOutcome::Done)
+}
+
+/// Undoes every `sale` posting of an order with opposite `reversal` postings (money back).
+/// Returns how many postings were reversed; 0 when the order moved no money or was already
+/// reversed.
+pub async fn reverse(tx: &mut Tx, order_id: &str) -> Result<usize, JournalError> {
+    let already = tx
+        .query_opt(
+            "SELECT 1 FROM postings WHERE order_id = $1 AND kind = 'reversal'",
+            &[order_id.into()],
+        )
+        .await?;
+    if already.is_some() {
+        return Ok(0);
+    }
+    let mut rows = tx
+        .query(
+            "SELECT account_id, amount_minor, currency FROM postings WHERE order_id = $1 AND kind = 'sale'",
+            &[order_id.into()],
+        )
+        .await?;
+    // Lock in account order, as transfer() does.
+    rows.sort_by_key(|row| row.text(0).unwrap_or_default());
+    let lock_sql = format!(
+        "SELECT 1 FROM accounts WHERE account_id = $1{}",
+        tx.for_update()
+    );
+    for row in &rows {
+        tx.query(&lock_sql, &[row.text(0)?.into()]).await?;
+    }
+    for row in &rows {
+        let account = row.text(0)?;
+        let amount = row.i64(1)?;
+        let currency =
+            u16::try_from(row.i64(2)?).map_err(|e| JournalError::Schema(e.to_string()))?;
+        move_balance(tx, &account, -amount).await?;
+        insert_posting(tx, order_id, &account, -amount, currency, "reversal").await?;
+    }
+    Ok(rows.len())
+}
+
+async fn move_balance(tx: &mut Tx, account_id: &str, delta: i64) -> Result<(), JournalError> {
+    let changed = tx
+        .execute(
+            "UPDATE accounts SET balance_minor = balance_minor + $1 WHERE account_id = $2",
+            &[delta.into(), account_id.into()],
+        )
+        .await?;
+    if changed != 1 {
+        return Err(JournalError::Internal(format!(
+            "balance update of {account_id} changed {changed} rows"
+        )));
+    }
+    Ok(())
+}
+
+async fn insert_posting(
+    tx: &mut Tx,
+    order_id: &str,
+    account_id: &str,
+    amount_minor: i64,
+    currency: u16,
+    kind: &str,
+) -> Result<(), JournalError> {
+    tx.execute(
+        "INSERT INTO postings (posting_id, order_id, account_id, amount_minor, currency, kind, created_at_ms) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        &[
+            new_id().into(),
+            order_id.into(),
+            account_id.into(),
+            amount_minor.into(),
+            i64::from(currency).into(),
+            kind.into(),
+            now_ms().into(),
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Sum of all balances and sum of all postings, per currency: equal when the ledger is sound.
+pub async fn totals(tx: &mut Tx) -> Result<Vec<(u16, i64, i64)>, JournalError> {
+    let balances = tx
+        .query("SELECT currency, CAST(SUM(balance_minor) AS BIGINT) FROM accounts GROUP BY currency ORDER BY currency", &[])
+        .await?;
+    let mut out = Vec::new();
+    for row in balances {
+        let currency = row.i64(0)?;
+        let balance = row.opt_i64(1)?.unwrap_or(0);
+        let postings = tx
+            .query("SELECT CAST(COALESCE(SUM(amount_minor), 0) AS BIGINT) FROM postings WHERE currency = $1", &[currency.into()])
+            .await?;
+        let posted = match postings.first() {
+            Some(row) => row.opt_i64(0)?.unwrap_or(0),
+            None => 0,
+        };
+        out.push((
+            u16::try_from(currency).map_err(|e| JournalError::Schema(e.to_string()))?,
+            balance,
+            posted,
+        ));
+    }
+    Ok(out)
+}

@@ -1,0 +1,168 @@
+//! The gateway's async face of the security module: each call runs on tokio's blocking pool
+//! (PKCS#11 calls block), never on a runtime worker.
+
+use posbridge_hsm::{
+    ExportedKey, HsmError, KeyInfo, KeyType, MacAlgorithm, Pan, Pin, PinBlock, PinBlockFormat,
+    SecurityModule,
+};
+use std::sync::Arc;
+
+/// A security-module call that failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SecurityError {
+    /// The module refused or failed the operation.
+    #[error(transparent)]
+    Hsm(#[from] HsmError),
+    /// The blocking task running the call died (a bug or a panic in a driver).
+    #[error("security module call did not complete: {0}")]
+    Task(String),
+}
+
+/// A shared handle on the configured security module.
+#[derive(Clone)]
+pub struct Security(Arc<dyn SecurityModule>);
+
+impl std::fmt::Debug for Security {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Security")
+            .field(&self.0.capabilities().backend)
+            .finish()
+    }
+}
+
+impl Security {
+    /// Wraps a module.
+    pub fn new(module: Arc<dyn SecurityModule>) -> Security {
+        Security(module)
+    }
+
+    /// The module itself, for synchronous callers (CLI, simulators).
+    pub fn module(&self) -> &Arc<dyn SecurityModule> {
+        &self.0
+    }
+
+    async fn run<T, F>(&self, call: F) -> Result<T, SecurityError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&dyn SecurityModule) -> Result<T, HsmError> + Send + 'static,
+    {
+        let module = Arc::clone(&self.0);
+        let started = std::time::Instant::now();
+        let outcome = tokio::task::spawn_blocking(move || call(module.as_ref()))
+            .await
+            .map_err(|e| SecurityError::Task(e.to_string()))?;
+        crate::metrics::record_hsm_call(started.elapsed(), outcome.is_ok());
+        Ok(outcome?)
+    }
+
+    /// Generates a MAC.
+    pub async fn generate_mac(
+        &self,
+        key: String,
+        algorithm: MacAlgorithm,
+        data: Vec<u8>,
+    ) -> Result<Vec<u8>, SecurityError> {
+        self.run(move |m| m.generate_mac(&key, algorithm, &data))
+            .await
+    }
+
+    /// AES-CMAC, used for order signatures and card-number hashes.
+    pub async fn mac_aes_cmac(&self, key: &str, data: Vec<u8>) -> Result<Vec<u8>, SecurityError> {
+        self.generate_mac(key.to_owned(), MacAlgorithm::AesCmac, data)
+            .await
+    }
+
+    /// Verifies a MAC (`Err(Hsm(MacMismatch))` when it does not verify).
+    pub async fn verify_mac(
+        &self,
+        key: String,
+        algorithm: MacAlgorithm,
+        data: Vec<u8>,
+        mac: Vec<u8>,
+    ) -> Result<(), SecurityError> {
+        self.run(move |m| m.verify_mac(&key, algorithm, &data, &mac))
+            .await
+    }
+
+    /// Verifies a PIN block against a stored PVV.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn verify_pin(
+        &self,
+        block: PinBlock,
+        pek: String,
+        format: PinBlockFormat,
+        pan: Pan,
+        pvk: String,
+        pvki: u8,
+        pvv: String,
+    ) -> Result<bool, SecurityError> {
+        self.run(move |m| m.verify_pin(&block, &pek, format, &pan, &pvk, pvki, &pvv))
+            .await
+    }
+
+    /// Computes the PVV of a PIN (account enrolment).
+    pub async fn pin_verification_value(
+        &self,
+        pvk: String,
+        pan: Pan,
+        pin: Pin,
+        pvki: u8,
+    ) -> Result<String, SecurityError> {
+        self.run(move |m| m.pin_verification_value(&pvk, &pan, &pin, pvki))
+            .await
+    }
+
+    /// Encrypts a PIN (simulated phones and terminals).
+    pub async fn encrypt_pin(
+        &self,
+        pin: Pin,
+        pan: Pan,
+        format: PinBlockFormat,
+        key: String,
+    ) -> Result<PinBlock, SecurityError> {
+        self.run(move |m| m.encrypt_pin(&pin, &pan, format, &key))
+            .await
+    }
+
+    /// Translates a PIN block to another key and format.
+    pub async fn translate_pin(
+        &self,
+        block: PinBlock,
+        src: (String, PinBlockFormat),
+        dst: (String, PinBlockFormat),
+        pan: Option<Pan>,
+    ) -> Result<PinBlock, SecurityError> {
+        self.run(move |m| m.translate_pin(&block, &src.0, src.1, &dst.0, dst.1, pan.as_ref()))
+            .await
+    }
+
+    /// Generates a working key and exports it under a key-encryption key.
+    pub async fn generate_key(
+        &self,
+        label: String,
+        key_type: KeyType,
+        export_under: String,
+    ) -> Result<ExportedKey, SecurityError> {
+        self.run(move |m| m.generate_key(&label, key_type, &export_under))
+            .await
+    }
+
+    /// Imports a working key encrypted under a key-encryption key, checking its KCV.
+    pub async fn import_key(
+        &self,
+        kek: String,
+        label: String,
+        key_type: KeyType,
+        cryptogram: Vec<u8>,
+        kcv: Vec<u8>,
+    ) -> Result<KeyInfo, SecurityError> {
+        self.run(move |m| m.import_key(&kek, &label, key_type, &cryptogram, &kcv))
+            .await
+    }
+
+    /// Looks a key up.
+    pub async fn find_key(&self, label: String) -> Result<KeyInfo, SecurityError> {
+        self.run(move |m| m.find_key(&label)).await
+    }
+}

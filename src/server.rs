@@ -1,0 +1,207 @@
+//! Running the gateway: open the journal and the security module, then serve terminals (ISO
+//! 8583), wallet apps (HTTP) and operators (metrics, health) until shutdown, with the
+//! background workers (order expiry, merchant notifications).
+//!
+//! Listeners are bound by the caller and passed in, so tests and the demo run on port 0.
+
+use crate::config::Config;
+use crate::orders::OrderService;
+use crate::orders::service::{OrderKeys, OrderSettings};
+use crate::security::Security;
+use crate::terminal;
+use anyhow::Context;
+use std::future::Future;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// Everything a running gateway shares.
+#[derive(Clone, Debug)]
+pub struct Gateway {
+    /// The configuration it runs with.
+    pub config: Arc<Config>,
+    /// The order service (journal, ledger, security module).
+    pub orders: OrderService,
+}
+
+/// Opens the journal (migrating it) and the security module.
+pub async fn open(config: Config) -> anyhow::Result<Gateway> {
+    let store = crate::journal::open(&config.journal)
+        .await
+        .context("opening the journal")?;
+    let module = posbridge_hsm::open(&config.hsm).context("opening the security module")?;
+    let capabilities = module.capabilities();
+    tracing::info!(backend = %capabilities.backend, production = capabilities.production, "security module ready");
+    if !capabilities.production {
+        tracing::warn!(
+            "security module {} is not for production",
+            capabilities.backend
+        );
+    }
+    let orders = OrderService::new(
+        store,
+        Security::new(module),
+        OrderSettings {
+            keys: OrderKeys {
+                pvk: config.keys.pvk.clone(),
+                qr_sign: config.keys.qr_sign.clone(),
+                pan_hash: config.keys.pan_hash.clone(),
+            },
+            gui: config.gateway.gui.clone(),
+            country: config.gateway.country.clone(),
+            poll_interval: Duration::from_millis(config.gateway.poll_interval_ms),
+        },
+    );
+    Ok(Gateway {
+        config: Arc::new(config),
+        orders,
+    })
+}
+
+/// The sockets a gateway serves on.
+#[derive(Debug)]
+pub struct Listeners {
+    /// ISO 8583 terminals.
+    pub terminal: TcpListener,
+    /// Wallet API.
+    pub wallet_api: TcpListener,
+    /// Metrics and health, if enabled.
+    pub metrics: Option<TcpListener>,
+}
+
+impl Listeners {
+    /// Binds the configured addresses.
+    pub async fn bind(config: &Config) -> anyhow::Result<Listeners> {
+        let bind = |addr| async move {
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding {addr}"))
+        };
+        Ok(Listeners {
+            terminal: bind(config.terminal.listen).await?,
+            wallet_api: bind(config.wallet_api.listen).await?,
+            metrics: match config.metrics.listen {
+                Some(addr) => Some(bind(addr).await?),
+                None => None,
+            },
+        })
+    }
+}
+
+/// Serves until `shutdown` completes, then stops accepting, lets in-flight transactions finish
+/// (bounded by `terminal.shutdown_grace_secs`) and returns.
+pub async fn run(
+    gateway: Gateway,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(expiry_worker(gateway.clone(), stop_rx.clone()));
+    tasks.spawn(outbox_worker(gateway.clone(), stop_rx.clone()));
+    let wallet = crate::wallet_api::router(gateway.orders.clone());
+    let wallet_stop = wait_stop(stop_rx.clone());
+    tasks.spawn(async move {
+        if let Err(error) = axum::serve(listeners.wallet_api, wallet)
+            .with_graceful_shutdown(wallet_stop)
+            .await
+        {
+            tracing::error!(%error, "wallet API server failed");
+        }
+    });
+    if let Some(listener) = listeners.metrics {
+        let router = crate::health::router(gateway.clone(), prometheus_handle());
+        let stop = wait_stop(stop_rx.clone());
+        tasks.spawn(async move {
+            if let Err(error) = axum::serve(listener, router)
+                .with_graceful_shutdown(stop)
+                .await
+            {
+                tracing::error!(%error, "metrics server failed");
+            }
+        });
+    }
+    let terminal_server =
+        terminal::server::serve(gateway.clone(), listeners.terminal, stop_rx.clone());
+    tokio::pin!(terminal_server);
+    tokio::select! {
+        result = &mut terminal_server => {
+            let _ = stop_tx.send(true);
+            result?;
+        }
+        () = shutdown => {
+            tracing::info!("shutting down: no new connections; finishing in-flight transactions");
+            let _ = stop_tx.send(true);
+            terminal_server.await?;
+        }
+    }
+    while tasks.join_next().await.is_some() {}
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn wait_stop(mut stop: watch::Receiver<bool>) {
+    while !*stop.borrow_and_update() {
+        if stop.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn expiry_worker(gateway: Gateway, stop: watch::Receiver<bool>) {
+    let every = Duration::from_millis(gateway.config.gateway.expiry_sweep_ms);
+    periodic(stop, every, || async {
+        match gateway.orders.expire_due().await {
+            Ok(expired) if !expired.is_empty() => {
+                tracing::info!(count = expired.len(), "orders expired")
+            }
+            Ok(_) => {}
+            Err(error) => tracing::warn!(%error, "expiry sweep failed; will retry"),
+        }
+    })
+    .await;
+}
+
+async fn outbox_worker(gateway: Gateway, stop: watch::Receiver<bool>) {
+    let client = reqwest::Client::new();
+    periodic(stop, Duration::from_millis(500), || async {
+        if let Err(error) = crate::outbox::deliver_due(gateway.orders.store(), &client).await {
+            tracing::warn!(%error, "notification delivery failed; will retry");
+        }
+    })
+    .await;
+}
+
+async fn periodic<F, Fut>(mut stop: watch::Receiver<bool>, every: Duration, mut work: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => work().await,
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+/// The process-wide Prometheus recorder (installed once; later gateways in the same process,
+/// as in tests, share it).
+pub fn prometheus_handle() -> Option<metrics_exporter_prometheus::PrometheusHandle> {
+    static HANDLE: OnceLock<Option<metrics_exporter_prometheus::PrometheusHandle>> =
+        OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            metrics_exporter_prometheus::PrometheusBuilder::new()
+                .set_buckets(&[
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                ])
+                .ok()?
+                .install_recorder()
+                .ok()
+        })
+        .clone()
+}

@@ -1,0 +1,222 @@
+//! Shared set-up for the end-to-end tests: a journal on SQLite or on a private PostgreSQL schema
+//! (dropped afterwards), the software security module, and a seeded merchant, terminal, payer
+//! and wallet app.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use posbridge::admin::{self, Merchant, NewPayer, Terminal, WalletApp};
+use posbridge::config::Config;
+use posbridge::journal::{self, JournalConfig, Store};
+use posbridge::money::Money;
+use posbridge::orders::OrderService;
+use posbridge::server::{self, Gateway};
+use posbridge_hsm::{Pan, Pin, PinBlock, PinBlockFormat};
+
+/// Which journal a test runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// A journal that cleans up after itself.
+pub struct TestJournal {
+    pub config: JournalConfig,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl TestJournal {
+    pub fn new(backend: Backend) -> TestJournal {
+        match backend {
+            Backend::Sqlite => {
+                let dir = tempfile::tempdir().unwrap();
+                let path = dir.path().join("journal.sqlite").display().to_string();
+                TestJournal {
+                    config: JournalConfig {
+                        sqlite_path: path,
+                        ..JournalConfig::default()
+                    },
+                    _dir: Some(dir),
+                }
+            }
+            Backend::Postgres => {
+                let url = std::env::var("DATABASE_URL")
+                    .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+                let schema = format!("pbtest_{}", journal::new_id());
+                TestJournal {
+                    config: JournalConfig {
+                        url: Some(url),
+                        schema,
+                        pool_size: 8,
+                        ..JournalConfig::default()
+                    },
+                    _dir: None,
+                }
+            }
+        }
+    }
+}
+
+impl Drop for TestJournal {
+    fn drop(&mut self) {
+        let Some(url) = self.config.url.clone() else {
+            return;
+        };
+        let schema = self.config.schema.clone();
+        // Drop the schema from a fresh runtime on its own thread: Drop cannot await, and the
+        // test's runtime may be gone already.
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                if let Ok(store) = journal::db::PgStore::connect(&url, &schema, 1).await {
+                    let _ = store.drop_schema().await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+pub fn config(journal: &TestJournal) -> Config {
+    let mut config = Config::default();
+    config.journal = journal.config.clone();
+    config.terminal.listen = "127.0.0.1:0".parse().unwrap();
+    config.wallet_api.listen = "127.0.0.1:0".parse().unwrap();
+    config.metrics.listen = Some("127.0.0.1:0".parse().unwrap());
+    config.gateway.poll_interval_ms = 50;
+    config.gateway.expiry_sweep_ms = 50;
+    config
+}
+
+pub const MID: &str = "898310048160001";
+pub const TID: &str = "10000001";
+pub const PAYER_PAN: &str = "6222021234567890123";
+pub const PAYER_PIN: &str = "1234";
+pub const OPENING: i64 = 100_000;
+pub const APP_ID: &str = "wallet-test";
+pub const APP_KEY: &str = "pbk_test_wallet_key";
+pub const CNY: u16 = 156;
+
+pub struct Seeded {
+    pub gateway: Gateway,
+    pub orders: OrderService,
+    pub store: Store,
+}
+
+pub async fn seeded(journal: &TestJournal) -> Seeded {
+    let gateway = server::open(config(journal))
+        .await
+        .map_err(|e| format!("{e:#}"))
+        .unwrap();
+    let orders = gateway.orders.clone();
+    let store = orders.store().clone();
+    admin::register_merchant(
+        &store,
+        &Merchant {
+            mid: MID.into(),
+            name: "BEST TRANSPORT".into(),
+            city: "BEIJING".into(),
+            mcc: "4111".into(),
+            country: "CN".into(),
+            currency: CNY,
+            account_id: String::new(),
+            webhook_url: None,
+            webhook_secret: Some("merchant-secret".into()),
+        },
+    )
+    .await
+    .unwrap();
+    admin::register_terminal(
+        &store,
+        &Terminal {
+            tid: TID.into(),
+            mid: MID.into(),
+            acquirer: "48020000".into(),
+            master_key_label: "tmk/demo".into(),
+            enabled: true,
+        },
+    )
+    .await
+    .unwrap();
+    admin::register_payer(
+        &orders,
+        NewPayer {
+            account_id: "payer-1".into(),
+            holder: "Li Lei".into(),
+            pan: Pan::new(PAYER_PAN).unwrap(),
+            pin: Some(Pin::new(PAYER_PIN).unwrap()),
+            opening: Money {
+                amount_minor: OPENING,
+                currency: CNY,
+            },
+        },
+        &gateway.config.keys.pvk,
+    )
+    .await
+    .unwrap();
+    admin::register_wallet_app(
+        &store,
+        &WalletApp {
+            app_id: APP_ID.into(),
+            name: "Test wallet".into(),
+            pek_label: "pek/wallet".into(),
+        },
+        Some(APP_KEY.into()),
+    )
+    .await
+    .unwrap();
+    Seeded {
+        gateway,
+        orders,
+        store,
+    }
+}
+
+/// What the phone does at PIN entry: a format 4 block under the wallet's AES PIN key.
+pub async fn pin_block(orders: &OrderService, pin: &str, pan: &str) -> PinBlock {
+    orders
+        .security()
+        .encrypt_pin(
+            Pin::new(pin).unwrap(),
+            Pan::new(pan).unwrap(),
+            PinBlockFormat::Iso4,
+            "pek/wallet".into(),
+        )
+        .await
+        .unwrap()
+}
+
+/// Sum of all balances must equal the sum of all postings, per currency.
+pub async fn assert_ledger_conserved(store: &Store) -> i64 {
+    let mut tx = store.begin().await.unwrap();
+    let totals = posbridge::ledger::totals(&mut tx).await.unwrap();
+    tx.commit().await.unwrap();
+    let mut sum = 0;
+    for (currency, balances, postings) in totals {
+        assert_eq!(
+            balances, postings,
+            "currency {currency}: balances {balances} != postings {postings}"
+        );
+        sum += balances;
+    }
+    sum
+}
+
+/// Declares one test per journal backend.
+#[macro_export]
+macro_rules! on_both_journals {
+    ($name:ident, $body:path) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                $body($crate::common::Backend::Sqlite).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                $body($crate::common::Backend::Postgres).await;
+            }
+        }
+    };
+}

@@ -1,0 +1,481 @@
+//! The order flow (S101-S108) against the journal and ledger, on SQLite and PostgreSQL, with the
+//! software security module: every refusal of the list, idempotency, concurrency,
+//! restarts and ledger conservation.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::*;
+use posbridge::money::Money;
+use posbridge::orders::service::{NewOrder, OrderError};
+use posbridge::orders::{
+    OrderService, OrderState, Origin, PayRequest, PaymentResult, ResponseCode,
+};
+use posbridge_hsm::{Pan, PinBlockFormat};
+use std::time::Duration;
+
+fn new_order(voucher: &str, amount_minor: i64) -> NewOrder {
+    NewOrder {
+        origin: Origin::GatewayCode,
+        mid: MID.into(),
+        tid: Some(TID.into()),
+        operator: Some("01".into()),
+        acquirer: Some("48020000".into()),
+        txn_type: "22".into(),
+        batch: Some("000001".into()),
+        voucher: Some(voucher.into()),
+        amount: Money {
+            amount_minor,
+            currency: CNY,
+        },
+        ttl: Duration::from_secs(120),
+        terminal_payload: None,
+    }
+}
+
+async fn pay(orders: &OrderService, payload: &str, pin: Option<&str>, key: &str) -> PaymentResult {
+    pay_with(orders, payload, PAYER_PAN, pin, key, None).await
+}
+
+async fn pay_with(
+    orders: &OrderService,
+    payload: &str,
+    pan: &str,
+    pin: Option<&str>,
+    key: &str,
+    amount: Option<Money>,
+) -> PaymentResult {
+    let pin_block = match pin {
+        Some(pin) => Some(pin_block(orders, pin, pan).await),
+        None => None,
+    };
+    orders
+        .pay(PayRequest {
+            app_id: APP_ID.into(),
+            pek_label: "pek/wallet".into(),
+            idempotency_key: key.into(),
+            payload: payload.into(),
+            pan: Pan::new(pan).unwrap(),
+            pin_block,
+            pin_format: PinBlockFormat::Iso4,
+            amount,
+        })
+        .await
+        .unwrap()
+}
+
+async fn balance(orders: &OrderService, account: &str) -> i64 {
+    let mut tx = orders.store().begin().await.unwrap();
+    let account = posbridge::ledger::account(&mut tx, account)
+        .await
+        .unwrap()
+        .unwrap();
+    tx.commit().await.unwrap();
+    account.balance.amount_minor
+}
+
+async fn happy_path(backend: Backend) {
+    let journal = TestJournal::new(backend);
+    let s = seeded(&journal).await;
+    let order = s.orders.create(new_order("000011", 2372)).await.unwrap();
+    assert_eq!(order.state(), OrderState::Created);
+    // The phone sees the stored order.
+    let resolved = s.orders.resolve(&order.payload).await.unwrap();
+    assert_eq!(resolved.amount.amount_minor, 2372);
+    assert_eq!(resolved.merchant_name, "BEST TRANSPORT");
+    // The terminal waits while the phone pays.
+    let waiter = {
+        let orders = s.orders.clone();
+        let id = order.order_id.clone();
+        tokio::spawn(async move { orders.wait_final(&id, Duration::from_secs(30)).await })
+    };
+    let result = pay(&s.orders, &order.payload, Some(PAYER_PIN), "k1").await;
+    assert_eq!(result.code(), ResponseCode::Approved, "{result:?}");
+    let paid = result.order.unwrap();
+    assert_eq!(paid.state(), OrderState::Paid);
+    assert_eq!(paid.rrn.as_ref().unwrap().len(), 12);
+    assert_eq!(paid.auth_code.as_ref().unwrap().len(), 6);
+    assert_eq!(
+        paid.payer_pan_masked.as_deref(),
+        Some("622202*********0123")
+    );
+    let seen = waiter.await.unwrap().unwrap().unwrap();
+    assert_eq!(seen.state(), OrderState::Paid);
+    assert_eq!(balance(&s.orders, "payer-1").await, OPENING - 2372);
+    assert_eq!(balance(&s.orders, &format!("merchant:{MID}")).await, 2372);
+    assert_eq!(assert_ledger_conserved(&s.store).await, OPENING);
+}
+on_both_journals!(happy_path_gateway_code, super::happy_path);
+
+async fn wrong_pin_then_lockout(backend: Backend) {
+    let journal = TestJournal::new(backend);
+    let s = seeded(&journal).await;
+    let order = s.orders.create(new_order("000012", 100)).await.unwrap();
+    let first = pay(&s.orders, &order.payload, Some("9999"), "w1").await;
+    assert_eq!(first.code(), ResponseCode::WrongPin);
+    assert_eq!(
+        first.order.as_ref().unwrap().state(),
+        OrderState::Created,
+        "a wrong PIN leaves the order open"
+    );
+    assert_eq!(
+        pay(&s.orders, &order.payload, Some("9998"), "w2")
+            .await
+            .code(),
+        ResponseCode::WrongPin
+    );
+    let third = pay(&s.orders, &order.payload, Some("9997"), "w3").await;
+    assert_eq!(third.code(), ResponseCode::PinTriesExceeded);
+    assert_eq!(third.order.unwrap().state(), OrderState::Declined);
+    // Locked: even the right PIN is refused on a new order.
+    let next = s.orders.create(new_order("000013", 100)).await.unwrap();
+    assert_eq!(
+        pay(&s.orders, &next.payload, Some(PAYER_PIN), "w4")
+            .await
+            .code(),
+        ResponseCode::PinTriesExceeded
+    );
+    // No PIN at all for an account with one: refused.
+    assert_eq!(balance(&s.orders, "payer-1").await, OPENING);
+}
+on_both_journals!(wrong_pin_then_lockout, super::wrong_pin_then_lockout);
+
+async fn insufficient_funds(backend: Backend) {
+    let journal = TestJournal::new(backend);
+    let s = seeded(&journal).await;
+    let order = s
+        .orders
+        .create(new_order("000014", OPENING + 1))
+        .await
+        .unwrap();
+    let result = pay(&s.orders, &order.payload, Some(PAYER_PIN), "i1").await;
+    assert_eq!(result.code(), ResponseCode::InsufficientFunds);
+    assert_eq!(result.order.unwrap().state(), OrderState::Declined);
+    assert_eq!(balance(&s.orders, "payer-1").await, OPENING);
+    assert_ledger_conserved(&s.store).await;
+}
+on_both_journals!(insufficient_funds, super::insufficient_funds);
+
+async fn expired_and_restart(backend: Backend) {
+    let journal = TestJournal::new(backend);
+    let s = seeded(&journal).await;
+    let mut short = new_order("000015", 100);
+    short.ttl = Duration::from_millis(1);
+    let order = s.orders.create(short).await.unwrap();
+    let unpaid = s.orders.create(new_order("000016", 100)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    // A new gateway on the same journal (a restart) still expires the old order.
+    drop(s);
+    let restarted = posbridge::server::open(config(&journal)).await.unwrap();
+    let expired = restarted.orders.expire_due().await.unwrap();
+    assert_eq!(expired, vec![order.order_id.clone()]);
+    let result = pay(&restarted.orders, &order.payload, Some(PAYER_PIN), "e1").await;
+    assert_eq!(result.code(), ResponseCode::Expired);
+    assert_eq!(
+        restarted
+            .orders
+            .order(&unpaid.order_id)
+            .await
+            .unwrap()
+            .unwrap()
+            .state(),
+        OrderState::Created
+    );
+}
+on_both_journals!(expired_and_restart, super::expired_and_restart);
+
+async fn replay_tamper_duplicate(backend: Backend) {
+    let journal = TestJournal::new(backend);
+    let s = seeded(&journal).await;
+    let order = s.orders.create(new_order("000017", 500)).await.unwrap();
+    // Duplicate voucher: refused with 94.
+    match s.orders.create(new_order("000017", 500)).await {
+        Err(OrderError::Refused {
+            code: ResponseCode::Duplicate,
+            ..
+        }) => {}
+        other => panic!("expected 94, got {other:?}"),
+    }
+    // Changed amount with a recomputed CRC: the CRC is fine, the code is not ours.
+    let tampered = tamper_amount(&order.payload, "5.00", "0.01");
+    assert!(
+        posbridge_codecs::emv_qr::Payload::parse(&tampered).is_ok(),
+        "CRC recomputed"
+    );
+    let result = pay(&s.orders, &tampered, Some(PAYER_PIN), "t1").await;
+    assert_eq!(result.code(), ResponseCode::InvalidTransaction);
+    assert!(s.orders.resolve(&tampered).await.is_err());
+    // Paid once; the replayed reference is refused.
+    assert_eq!(
+        pay(&s.orders, &order.payload, Some(PAYER_PIN), "t2")
+            .await
+            .code(),
+        ResponseCode::Approved
+    );
+    assert_eq!(
+        pay(&s.orders, &order.payload, Some(PAYER_PIN), "t3")
+            .await
+            .code(),
+        ResponseCode::Duplicate
+    );
+    // The same idempotency key returns the first result and pays nothing more.
+    let again = pay(&s.orders, &order.payload, Some(PAYER_PIN), "t2").await;
+    assert_eq!(again.code(), ResponseCode::Approved);
+    assert_eq!(balance(&s.orders, "payer-1").await, OPENING - 500);
+    // Every attempt is recorded, refused ones too.
+    let mut tx = s.store.begin().await.unwrap();
+    let rows = tx
+        .query(
+            "SELECT response_code FROM attempts ORDER BY created_at_ms",
+            &[],
+        )
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let codes: Vec<String> = rows.iter().map(|r| r.text(0).unwrap()).collect();
+    assert_eq!(codes, vec!["12", "00", "94"]);
+}
+on_both_journals!(replay_tamper_duplicate, super::replay_tamper_duplicate);
+
+/// Rewrites tag 54 and recomputes the CRC, as an attacker can.
+fn tamper_amount(payload: &str, from: &str, to: &str) -> String {
+    let old = format!("54{:02}{from}", from.len());
+    let new = format!("54{:02}{to}", to.len());
+    assert!(payload.contains(&old), "{payload} has no {old}");
+    let body = payload.replacen(&old, &new, 1);
+    let body = &body[..body.len() - 4];
+    format!(
+        "{body}{:04X}",
+        posbridge_codecs::emv_qr::crc16(body.as_bytes())
+    )
+}
+
+async fn concurrent_payers_one_wins(backend: Backend) {
+    let journal = TestJournal::new(backend);
+    let s = seeded(&journal).await;
+    let order = s.orders.create(new_order("000018", 700)).await.unwrap();
+    let mut tasks = tokio::task::JoinSet::new();
+    for attempt in 0..50 {
+        let orders = s.orders.clone();
+        let payload = order.payload.clone();
+        tasks.spawn(async move {
+            pay(&orders, &payload, Some(PAYER_PIN), &format!("c{attempt}"))
+                .await
+                .code()
+        });
+    }
+    let mut approved = 0;
+    while let Some(code) = tasks.join_next().await {
+        match code.unwrap() {
+            ResponseCode::Approved => approved += 1,
+            ResponseCode::Duplicate => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(approved, 1);
+    assert_eq!(balance(&s.orders, "payer-1").await, OPENING - 700);
+    assert_ledger_conserved(&s.store).await;
+}
+on_both_journals!(
+    concurrent_payers_one_wins,
+    super::concurrent_payers_one_wins
+);
+
+async fn reversal_and_cancel(backend: Backend) {
+    let journal = TestJournal::new(backend);
+    let s = seeded(&journal).await;
+    let paid = s.orders.create(new_order("000019", 900)).await.unwrap();
+    assert_eq!(
+        pay(&s.orders, &paid.payload, Some(PAYER_PIN), "r1")
+            .await
+            .code(),
+        ResponseCode::Approved
+    );
+    let reversed = s
+        .orders
+        .reverse(TID, "000001", "000019", "terminal reversal")
+        .await
+        .unwrap();
+    assert_eq!(reversed.state(), OrderState::Reversed);
+    assert_eq!(balance(&s.orders, "payer-1").await, OPENING, "money back");
+    // Reversing twice changes nothing.
+    s.orders
+        .reverse(TID, "000001", "000019", "again")
+        .await
+        .unwrap();
+    assert_eq!(balance(&s.orders, "payer-1").await, OPENING);
+    // An unpaid order is cancelled and can no longer be paid.
+    let unpaid = s.orders.create(new_order("000020", 900)).await.unwrap();
+    s.orders
+        .cancel(&unpaid.order_id, "terminal disconnected")
+        .await
+        .unwrap();
+    assert_eq!(
+        pay(&s.orders, &unpaid.payload, Some(PAYER_PIN), "r2")
+            .await
+            .code(),
+        ResponseCode::NotPermitted
+    );
+    assert_eq!(balance(&s.orders, "payer-1").await, OPENING);
+    assert_eq!(assert_ledger_conserved(&s.store).await, OPENING);
+}
+on_both_journals!(reversal_and_cancel, super::reversal_and_cancel);
+
+async fn static_code(backend: Backend) {
+    let journal = TestJournal::new(backend);
+    let s = seeded(&journal).await;
+    let payload = posbridge::admin::create_static_code(
+        &s.store,
+        &s.gateway.config.gateway.gui,
+        MID,
+        Some("STALL 7"),
+    )
+    .await
+    .unwrap();
+    let parsed = posbridge_codecs::emv_qr::Payload::parse(&payload).unwrap();
+    assert_eq!(
+        parsed.amount_text(),
+        None,
+        "a static code carries no amount"
+    );
+    let amount = Money {
+        amount_minor: 1250,
+        currency: CNY,
+    };
+    let result = pay_with(
+        &s.orders,
+        &payload,
+        PAYER_PAN,
+        Some(PAYER_PIN),
+        "s1",
+        Some(amount),
+    )
+    .await;
+    assert_eq!(result.code(), ResponseCode::Approved, "{result:?}");
+    let second = pay_with(
+        &s.orders,
+        &payload,
+        PAYER_PAN,
+        Some(PAYER_PIN),
+        "s2",
+        Some(amount),
+    )
+    .await;
+    assert_eq!(
+        second.code(),
+        ResponseCode::Approved,
+        "a static code is paid many times"
+    );
+    assert_eq!(balance(&s.orders, &format!("merchant:{MID}")).await, 2500);
+    let none = pay_with(&s.orders, &payload, PAYER_PAN, Some(PAYER_PIN), "s3", None).await;
+    assert_eq!(none.code(), ResponseCode::InvalidAmount);
+    let listed = s.orders.merchant_orders(MID, 10).await.unwrap();
+    assert_eq!(
+        listed
+            .iter()
+            .filter(|o| o.state() == OrderState::Paid)
+            .count(),
+        2
+    );
+}
+on_both_journals!(static_code, super::static_code);
+
+async fn randomised_run_conserves_money(backend: Backend) {
+    use rand::{Rng, SeedableRng};
+    let seed: u64 = std::env::var("POSBRIDGE_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(8583);
+    println!("seed {seed}");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let journal = TestJournal::new(backend);
+    let s = seeded(&journal).await;
+    // A second payer without a PIN, so most operations move money.
+    posbridge::admin::register_payer(
+        &s.orders,
+        posbridge::admin::NewPayer {
+            account_id: "payer-2".into(),
+            holder: "Han Meimei".into(),
+            pan: Pan::new("6222020000000000018").unwrap(),
+            pin: None,
+            opening: Money {
+                amount_minor: 50_000,
+                currency: CNY,
+            },
+        },
+        &s.gateway.config.keys.pvk,
+    )
+    .await
+    .unwrap();
+    let total = assert_ledger_conserved(&s.store).await;
+    let mut open: Vec<(String, String)> = Vec::new();
+    let mut paid: Vec<String> = Vec::new();
+    for step in 0..2_000u32 {
+        match rng.random_range(0..10) {
+            0..=3 => {
+                let voucher = format!("{:06}", 100_000 + step);
+                let order = s
+                    .orders
+                    .create(new_order(&voucher, rng.random_range(1..20_000)))
+                    .await
+                    .unwrap();
+                open.push((order.payload, voucher));
+            }
+            4..=6 if !open.is_empty() => {
+                let (payload, voucher) = open.swap_remove(rng.random_range(0..open.len()));
+                let result = pay_with(
+                    &s.orders,
+                    &payload,
+                    "6222020000000000018",
+                    None,
+                    &format!("p{step}"),
+                    None,
+                )
+                .await;
+                if result.code() == ResponseCode::Approved {
+                    paid.push(voucher);
+                }
+            }
+            7 if !paid.is_empty() => {
+                let voucher = paid.swap_remove(rng.random_range(0..paid.len()));
+                s.orders
+                    .reverse(TID, "000001", &voucher, "random reversal")
+                    .await
+                    .unwrap();
+            }
+            8 if !open.is_empty() => {
+                let (_, voucher) = open.swap_remove(rng.random_range(0..open.len()));
+                s.orders
+                    .reverse(TID, "000001", &voucher, "random cancel")
+                    .await
+                    .unwrap();
+            }
+            _ => {
+                let (payload, _) = match open.last() {
+                    Some(last) => last.clone(),
+                    None => continue,
+                };
+                // A replay with another key never pays twice.
+                let _ = pay_with(
+                    &s.orders,
+                    &payload,
+                    "6222020000000000018",
+                    None,
+                    &format!("x{step}"),
+                    None,
+                )
+                .await;
+                open.pop();
+            }
+        }
+    }
+    assert_eq!(
+        assert_ledger_conserved(&s.store).await,
+        total,
+        "seed {seed}"
+    );
+}
+on_both_journals!(
+    randomised_run_conserves_money,
+    super::randomised_run_conserves_money
+);
