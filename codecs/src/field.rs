@@ -260,9 +260,11 @@ fn check_data(
     match def.data {
         DataEncoding::Binary => Ok(()),
         DataEncoding::Ascii => {
-            if def.charset == Charset::Numeric
-                && let Some(i) = data.iter().position(|b| !b.is_ascii_digit())
-            {
+            let first_bad = match def.charset {
+                Charset::Numeric => data.iter().position(|b| !b.is_ascii_digit()),
+                _ => None,
+            };
+            if let Some(i) = first_bad {
                 return bad(i, "digit", data[i]);
             }
             Ok(())
@@ -469,9 +471,11 @@ pub(crate) fn check_value(
     match def.data {
         DataEncoding::Binary | DataEncoding::Hex => {}
         DataEncoding::Ascii => {
-            if def.charset == Charset::Numeric
-                && let Some(i) = value.iter().position(|b| !b.is_ascii_digit())
-            {
+            let first_bad = match def.charset {
+                Charset::Numeric => value.iter().position(|b| !b.is_ascii_digit()),
+                _ => None,
+            };
+            if let Some(i) = first_bad {
                 return bad(i, "non-digit");
             }
         }

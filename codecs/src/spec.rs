@@ -940,9 +940,7 @@ fn compile_field(ctx: &Ctx<'_>, n: u16, raw: &RawField) -> Result<FieldDef, Spec
         }
     };
     let max = usize::try_from(max).map_err(|_| err("max", "length out of range".into()))?;
-    if let Some(p) = &prefix
-        && max > p.capacity
-    {
+    if let Some(p) = prefix.as_ref().filter(|p| max > p.capacity) {
         return Err(err(
             "max",
             format!(
@@ -996,9 +994,7 @@ fn compile_field(ctx: &Ctx<'_>, n: u16, raw: &RawField) -> Result<FieldDef, Spec
         subfields: None,
     };
     // A length that can never describe whole bytes is a contradiction, caught here, not on the wire.
-    if def.is_fixed()
-        && let Err(why) = def.wire_len(max)
-    {
+    if let (true, Err(why)) = (def.is_fixed(), def.wire_len(max)) {
         return Err(err("length", why.into()));
     }
     let subfields = compile_subfields(ctx, &def, raw)?;
