@@ -72,3 +72,65 @@ impl Default for HsmConfig {
         }
     }
 }
+
+impl HsmConfig {
+    /// Reads the `[hsm]` table of a TOML configuration file (other tables are ignored: the same
+    /// file configures the whole gateway).
+    pub fn from_toml_file(path: &std::path::Path) -> crate::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|error| crate::HsmError::Config(format!("{}: {error}", path.display())))?;
+        Self::from_toml_str(&text)
+            .map_err(|error| crate::HsmError::Config(format!("{}: {error}", path.display())))
+    }
+
+    /// Parses the `[hsm]` table of a TOML document.
+    pub fn from_toml_str(text: &str) -> crate::Result<Self> {
+        let mut document: toml::Table = toml::from_str(text)
+            .map_err(|error| crate::HsmError::Config(error.message().to_owned()))?;
+        let table = document
+            .remove("hsm")
+            .ok_or_else(|| crate::HsmError::Config("no [hsm] table".into()))?;
+        table.try_into().map_err(|error: toml::de::Error| {
+            crate::HsmError::Config(format!("hsm: {}", error.message()))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    #[test]
+    fn hsm_table_parses_both_backends() {
+        let software = HsmConfig::from_toml_str("[hsm]\nbackend = \"software\"\n").unwrap();
+        assert_eq!(software, HsmConfig::default());
+        let pkcs11 = HsmConfig::from_toml_str(
+            "[server]\nport = 1\n[hsm]\nbackend = \"pkcs11\"\nmodule = \"/lib/x.so\"\ntoken_label = \"t\"\npin_env = \"P\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            pkcs11,
+            HsmConfig::Pkcs11 {
+                module: "/lib/x.so".into(),
+                token_label: "t".into(),
+                pin_env: Some("P".into()),
+                pin_file: None,
+                pool_size: DEFAULT_POOL_SIZE,
+            }
+        );
+    }
+
+    #[test]
+    fn mistakes_name_the_setting() {
+        let error = HsmConfig::from_toml_str("[hsm]\nbackend = \"pkcs11\"\nmodule = \"/x\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("token_label"), "{error}");
+        let error = HsmConfig::from_toml_str("[hsm]\nbackend = \"software\"\nkey_fiel = \"k\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("key_fiel"), "{error}");
+        assert!(HsmConfig::from_toml_str("[other]\n").is_err());
+    }
+}
