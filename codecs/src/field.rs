@@ -282,8 +282,12 @@ fn check_data(
             Ok(())
         }
         DataEncoding::Hex => {
-            if let Some(i) = data.iter().position(|&b| hex_value(b).is_none()) {
-                return bad(i, "hex digit", data[i]);
+            // Uppercase only: a message that is accepted re-encodes to the very same bytes.
+            if let Some(i) = data
+                .iter()
+                .position(|&b| !matches!(b, b'0'..=b'9' | b'A'..=b'F'))
+            {
+                return bad(i, "uppercase hex digit", data[i]);
             }
             Ok(())
         }

@@ -283,13 +283,13 @@ fn read_bitmap(spec: &Spec, input: &[u8], pos: usize, which: u8) -> Result<u64, 
                 let v = match c {
                     b'0'..=b'9' => c - b'0',
                     b'A'..=b'F' => c - b'A' + 10,
-                    b'a'..=b'f' => c - b'a' + 10,
+                    // Uppercase only, so that an accepted message re-encodes byte for byte.
                     _ => {
                         return Err(DecodeError::new(
                             Location::Bitmap(which),
                             pos + i,
                             DecodeErrorKind::BadData {
-                                what: "hex digit",
+                                what: "uppercase hex digit",
                                 value: c,
                                 position: i,
                             },
@@ -456,11 +456,22 @@ impl<'a> Message<'a> {
     /// change some fields and encode a reply or a re-send.
     pub fn to_builder(&self) -> MessageBuilder<'a> {
         let entries = self.fields().map(|f| (f.number(), f.value())).collect();
+        // Keep a secondary/tertiary bitmap the sender included even if it announces nothing, so
+        // the message re-encodes byte for byte.
+        let words = self.bitmap.words();
+        let min_bitmaps = if words[0] >> 63 == 0 {
+            1
+        } else if self.spec.max_bitmaps == 3 && words[1] >> 63 == 1 {
+            3
+        } else {
+            2
+        };
         MessageBuilder {
             spec: self.spec,
             mti: self.mti,
             header: Cow::Borrowed(self.header()),
             entries,
+            min_bitmaps,
         }
     }
 }
@@ -497,6 +508,8 @@ pub struct MessageBuilder<'a> {
     header: Cow<'a, [u8]>,
     /// Sorted by field number.
     entries: Vec<(u16, Cow<'a, [u8]>)>,
+    /// Bitmaps written even when no field needs them (kept from a decoded message).
+    min_bitmaps: u8,
 }
 
 fn parse_mti(mti: &str) -> Result<[u8; 4], EncodeError> {
@@ -514,6 +527,7 @@ impl<'a> MessageBuilder<'a> {
             mti: parse_mti(mti)?,
             header: Cow::Owned(vec![0; spec.header.length]),
             entries: Vec::with_capacity(24),
+            min_bitmaps: 1,
         })
     }
 
@@ -665,6 +679,7 @@ impl<'a> MessageBuilder<'a> {
                 .into_iter()
                 .map(|(n, v)| (n, Cow::Owned(v.into_owned())))
                 .collect(),
+            min_bitmaps: self.min_bitmaps,
         }
     }
 
@@ -728,10 +743,18 @@ impl<'a> MessageBuilder<'a> {
             bitmap.insert(m);
         }
         let highest = bitmap.iter().last().unwrap_or(0);
-        if highest > 64 {
+        let count = if highest > 128 {
+            3
+        } else if highest > 64 {
+            2
+        } else {
+            1
+        }
+        .max(self.min_bitmaps.min(spec.max_bitmaps));
+        if count >= 2 {
             bitmap.insert(1);
         }
-        if highest > 128 {
+        if count == 3 {
             bitmap.insert(65);
         }
 
@@ -739,14 +762,7 @@ impl<'a> MessageBuilder<'a> {
         let mti_offset = out.written().len();
         write_mti(spec, &self.mti, out);
         let words = bitmap.words();
-        let count = if highest > 128 {
-            3
-        } else if highest > 64 {
-            2
-        } else {
-            1
-        };
-        for word in words.iter().take(count) {
+        for word in words.iter().take(usize::from(count)) {
             write_bitmap(spec.bitmap, *word, out);
         }
 

@@ -255,7 +255,7 @@ impl FieldDef {
 
     /// Wire bytes of the data for a length in `counts` units, or why that length is impossible.
     #[inline]
-    pub(crate) fn wire_len(&self, units: usize) -> Result<usize, &'static str> {
+    pub fn wire_len(&self, units: usize) -> Result<usize, &'static str> {
         match (self.data, self.counts) {
             (DataEncoding::Ascii | DataEncoding::Ebcdic, _) | (_, LengthUnit::Bytes) => {
                 if self.data == DataEncoding::Hex && units % 2 == 1 {
@@ -284,7 +284,7 @@ impl FieldDef {
     /// Length in `counts` units of a value of `value_len` characters/digits/bytes, or why the
     /// value cannot be written.
     #[inline]
-    pub(crate) fn units_of_value(&self, value_len: usize) -> Result<usize, &'static str> {
+    pub fn units_of_value(&self, value_len: usize) -> Result<usize, &'static str> {
         match (self.data, self.counts) {
             (DataEncoding::Ascii | DataEncoding::Ebcdic, _) => Ok(value_len),
             (DataEncoding::Bcd, LengthUnit::Digits) => Ok(value_len),
@@ -304,7 +304,7 @@ impl FieldDef {
 
     /// Value length (characters/digits/bytes) for a length in `counts` units.
     #[inline]
-    pub(crate) fn value_len_of_units(&self, units: usize) -> usize {
+    pub fn value_len_of_units(&self, units: usize) -> usize {
         match (self.data, self.counts) {
             (DataEncoding::Ascii | DataEncoding::Ebcdic, _) => units,
             (DataEncoding::Bcd, LengthUnit::Digits) => units,
