@@ -26,9 +26,7 @@ impl Rng {
 }
 
 fn random_value(def: &FieldDef, rng: &mut Rng) -> Vec<u8> {
-    let mut units = if def.is_fixed() {
-        def.max
-    } else if rng.below(8) == 0 {
+    let mut units = if def.is_fixed() || rng.below(8) == 0 {
         def.max
     } else {
         rng.below(def.max.min(48) + 1)
