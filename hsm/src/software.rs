@@ -272,6 +272,8 @@ impl SecurityModule for SoftwareModule {
         dst_format: PinBlockFormat,
         pan: Option<&Pan>,
     ) -> Result<PinBlock> {
+        // Labels, formats and the masked PAN only: never the block, even encrypted (PCI PIN).
+        tracing::debug!(src_key, %src_format, dst_key, %dst_format, pan = ?pan, "translate PIN block");
         let pin = self.with_key(src_key, |key| {
             pin_block::decipher(key, src_format, block, pan)
         })?;
@@ -291,6 +293,7 @@ impl SecurityModule for SoftwareModule {
     }
 
     fn generate_mac(&self, key: &str, algorithm: MacAlgorithm, data: &[u8]) -> Result<Vec<u8>> {
+        tracing::trace!(key, %algorithm, data_bytes = data.len(), "generate MAC");
         self.with_key(key, |key| mac::compute(key, algorithm, data))
     }
 

@@ -685,6 +685,8 @@ impl SecurityModule for Pkcs11Module {
         dst_format: PinBlockFormat,
         pan: Option<&Pan>,
     ) -> Result<PinBlock> {
+        // Labels, formats and the masked PAN only: never the block, even encrypted (PCI PIN).
+        tracing::debug!(src_key, %src_format, dst_key, %dst_format, pan = ?pan, "translate PIN block");
         let same_des_format = src_format == dst_format && src_format.family() == Family::Des;
         if self.translation == PinTranslation::InToken && same_des_format {
             return self.translate_in_token(block, src_key, dst_key);
@@ -718,6 +720,7 @@ impl SecurityModule for Pkcs11Module {
     }
 
     fn generate_mac(&self, key: &str, algorithm: MacAlgorithm, data: &[u8]) -> Result<Vec<u8>> {
+        tracing::trace!(key, %algorithm, data_bytes = data.len(), "generate MAC");
         self.with_key(key, |key| mac::compute(key, algorithm, data))
     }
 

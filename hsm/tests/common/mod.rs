@@ -95,9 +95,14 @@ pub fn open_test_token(pool_size: usize) -> Pkcs11Module {
 /// Runs `body` with a PKCS#11 module on a fresh SoftHSM2 token. `test_path` is the test's name as
 /// the harness knows it (module path inside the test binary, e.g. `pkcs11::x919_vector`).
 pub fn with_softhsm(test_path: &str, body: impl FnOnce(&Pkcs11Module)) {
+    in_softhsm_child(test_path, || body(&open_test_token(2)));
+}
+
+/// Runs `body` in a child process of this test binary whose `SOFTHSM2_CONF` points at a fresh,
+/// initialised (empty) token; `body` opens the module itself (see [`open_test_token`]).
+pub fn in_softhsm_child(test_path: &str, body: impl FnOnce()) {
     if std::env::var_os(CHILD_ENV).is_some() {
-        let module = open_test_token(2);
-        body(&module);
+        body();
         return;
     }
     let dir = create_token();
