@@ -395,6 +395,9 @@ impl<'a> Message<'a> {
             .spec
             .field(number)
             .ok_or(PathError::UnknownField(number))?;
+        if sub.is_some() && def.subfields.is_none() {
+            return Err(PathError::NoSubfields(number));
+        }
         let Some(field) = self.field(number) else {
             return Ok(None);
         };
@@ -415,6 +418,9 @@ impl<'a> Message<'a> {
             .spec
             .field(number)
             .ok_or(PathError::UnknownField(number))?;
+        if def.subfields.is_none() {
+            return Err(PathError::NoSubfields(number));
+        }
         let Some(field) = self.field(number) else {
             return Ok(Vec::new());
         };
@@ -610,6 +616,15 @@ impl<'a> MessageBuilder<'a> {
         self.set(number, value)
     }
 
+    /// Starts over with a new MTI, keeping the header and the allocated capacity, so a builder
+    /// reused per message does not allocate.
+    pub fn clear(&mut self, mti: &str) -> Result<&mut Self, EncodeError> {
+        self.mti = parse_mti(mti)?;
+        self.entries.clear();
+        self.min_bitmaps = 1;
+        Ok(self)
+    }
+
     /// Removes a field.
     pub fn remove(&mut self, number: u16) -> &mut Self {
         self.entries.retain(|(n, _)| *n != number);
@@ -645,6 +660,9 @@ impl<'a> MessageBuilder<'a> {
             .spec
             .field(number)
             .ok_or(PathError::UnknownField(number))?;
+        if sub.is_some() && def.subfields.is_none() {
+            return Err(PathError::NoSubfields(number));
+        }
         let Some(value) = self.value(number) else {
             return Ok(None);
         };
