@@ -258,7 +258,7 @@ fn malformed_input_fails_with_one_line_naming_field_and_offset() {
     let err = String::from_utf8(out.stderr).unwrap();
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.starts_with("error: "), "{err}");
-    assert!(err.contains("field 60 at byte "), "{err}");
+    assert!(err.contains("field 55 at byte 81: truncated"), "{err}");
 
     // With --frame, offsets count from the first byte given (the prefix included).
     let framed = format!("{:04X}{cut}", cut.len() / 2);
@@ -266,7 +266,7 @@ fn malformed_input_fails_with_one_line_naming_field_and_offset() {
         "iso8583", "decode", "--spec", "cups-pos", "--hex", &framed, "--frame",
     ]);
     let err = String::from_utf8(out.stderr).unwrap();
-    assert!(err.contains("field 60 at byte "), "{err}");
+    assert!(err.contains("field 55 at byte 83: truncated"), "{err}");
 
     for bad in ["zz", "60", ""] {
         let out = run(&["iso8583", "decode", "--spec", "cups-pos", "--hex", bad]);
