@@ -13,6 +13,10 @@ use crate::field::{self, EncodeBuffer, Slot};
 use crate::spec::{BitmapEncoding, DataEncoding, FieldDef, MtiEncoding, Spec, ValueKind};
 use crate::subfield::{self, SubfieldEntry};
 
+/// Zero bytes a new builder's header borrows (spec headers are at most 256 bytes), so creating
+/// a builder does not allocate for it.
+static ZERO_HEADER: [u8; 256] = [0; 256];
+
 /// Most fields a message can carry (three bitmaps).
 const SLOTS: usize = 192;
 
@@ -531,7 +535,7 @@ impl<'a> MessageBuilder<'a> {
         Ok(MessageBuilder {
             spec,
             mti: parse_mti(mti)?,
-            header: Cow::Owned(vec![0; spec.header.length]),
+            header: Cow::Borrowed(ZERO_HEADER.get(..spec.header.length).unwrap_or_default()),
             entries: Vec::with_capacity(24),
             min_bitmaps: 1,
         })
