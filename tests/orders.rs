@@ -1,7 +1,7 @@
 //! The order flow (S101-S108) against the journal and ledger, on SQLite and PostgreSQL, with the
 //! software security module: every refusal of the list, idempotency, concurrency,
 //! restarts and ledger conservation.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 

@@ -1,19 +1,181 @@
-//! Terminal listener (being written).
+//! The terminal listener: one task per connection, a bounded number of connections (a permit
+//! is taken before accept, so excess terminals wait in the kernel's backlog, not in memory),
+//! read and idle timeouts, and a graceful stop that lets the request in progress finish.
+//!
+//! A connection handles one request at a time, as POS terminals send them. While a request is
+//! held (result query, sale with a terminal-made code), the connection keeps reading: if the
+//! terminal goes away, its unpaid order is cancelled; a message that arrives meanwhile (say, a
+//! 0400 for that voucher) is handled right after.
 
+use super::protocol::{self, Hold};
 use crate::server::Gateway;
-use tokio::net::TcpListener;
-use tokio::sync::watch;
+use bytes::BytesMut;
+use futures_util::{SinkExt, StreamExt};
+use posbridge_codecs::Spec;
+use posbridge_codecs::framing::{FrameCodec, Framing, HeaderLayout, LengthPrefix};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, watch};
+use tokio_util::codec::Framed;
 
-/// Serves terminals until `stop` turns true.
+/// The frame codec for a dialect: its length prefix and size limit; the header stays in the
+/// frame for the message decoder.
+pub fn frame_codec(spec: &Spec) -> anyhow::Result<FrameCodec> {
+    use posbridge_codecs::FrameLength;
+    let length_prefix = match spec.framing.length {
+        FrameLength::Binary2 => LengthPrefix::Binary2,
+        FrameLength::Bcd2 => LengthPrefix::Bcd2,
+        FrameLength::Ascii4 => LengthPrefix::Ascii4,
+        FrameLength::Etx => LengthPrefix::Etx,
+        FrameLength::None => {
+            anyhow::bail!("dialect {} has no framing; a TCP link needs one", spec.name)
+        }
+    };
+    let framing = Framing::new(length_prefix, HeaderLayout::None)
+        .with_max_frame_bytes(spec.framing.max_frame_bytes);
+    Ok(FrameCodec::new(framing)?)
+}
+
+/// Serves terminals until `stop` turns true, then waits (bounded) for connections to finish.
 pub async fn serve(
-    _gateway: Gateway,
-    _listener: TcpListener,
+    gateway: Gateway,
+    listener: TcpListener,
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    while !*stop.borrow_and_update() {
-        if stop.changed().await.is_err() {
-            break;
-        }
+    let spec = Arc::new(Spec::load(&gateway.config.terminal.dialect)?);
+    frame_codec(&spec)?;
+    let permits = Arc::new(Semaphore::new(gateway.config.terminal.max_connections));
+    let open = Arc::new(AtomicUsize::new(0));
+    let mut connections = tokio::task::JoinSet::new();
+    tracing::info!(addr = %listener.local_addr()?, dialect = %spec.name, "terminal listener ready");
+    loop {
+        let permit = tokio::select! {
+            permit = Arc::clone(&permits).acquire_owned() => permit?,
+            _ = stop.changed() => break,
+        };
+        let (socket, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = stop.changed() => break,
+        };
+        let _ = socket.set_nodelay(true);
+        let (gateway, spec, stop, open) = (
+            gateway.clone(),
+            Arc::clone(&spec),
+            stop.clone(),
+            Arc::clone(&open),
+        );
+        connections.spawn(async move {
+            crate::metrics::set_terminal_connections(open.fetch_add(1, Ordering::Relaxed) + 1);
+            if let Err(error) = connection(&gateway, &spec, socket, stop).await {
+                tracing::debug!(%peer, %error, "terminal connection ended");
+            }
+            crate::metrics::set_terminal_connections(
+                open.fetch_sub(1, Ordering::Relaxed).saturating_sub(1),
+            );
+            drop(permit);
+        });
+        while connections.try_join_next().is_some() {}
+    }
+    drop(listener);
+    let grace = Duration::from_secs(gateway.config.terminal.shutdown_grace_secs);
+    if tokio::time::timeout(grace, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await
+    .is_err()
+    {
+        tracing::warn!("shutdown grace period over; closing remaining terminal connections");
+        connections.shutdown().await;
     }
     Ok(())
+}
+
+async fn connection(
+    gateway: &Gateway,
+    spec: &Spec,
+    socket: TcpStream,
+    mut stop: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let mut framed = Framed::new(socket, frame_codec(spec)?);
+    let idle = Duration::from_secs(gateway.config.terminal.idle_timeout_secs);
+    let mut pending: Option<BytesMut> = None;
+    loop {
+        let frame = match pending.take() {
+            Some(frame) => frame,
+            None => {
+                tokio::select! {
+                    next = tokio::time::timeout(idle, framed.next()) => match next {
+                        Ok(Some(frame)) => frame?,
+                        Ok(None) => return Ok(()),
+                        Err(_) => anyhow::bail!("idle timeout"),
+                    },
+                    // Stop between requests only.
+                    _ = stop.changed() => return Ok(()),
+                }
+            }
+        };
+        let outcome = protocol::handle(gateway, spec, &frame).await;
+        if let Some(response) = outcome.response {
+            framed.send(response.as_slice()).await?;
+        }
+        if let Some(hold) = outcome.hold {
+            match hold_open(gateway, spec, &mut framed, hold, &mut stop).await? {
+                HoldEnd::Answered(next) => pending = next,
+                HoldEnd::TerminalGone => return Ok(()),
+            }
+        }
+    }
+}
+
+enum HoldEnd {
+    Answered(Option<BytesMut>),
+    TerminalGone,
+}
+
+/// Waits for the held order to become final (or the hold time, or shutdown), watching the
+/// socket: a terminal that disconnects cancels its unpaid order.
+async fn hold_open(
+    gateway: &Gateway,
+    spec: &Spec,
+    framed: &mut Framed<TcpStream, FrameCodec>,
+    hold: Hold,
+    stop: &mut watch::Receiver<bool>,
+) -> anyhow::Result<HoldEnd> {
+    let hold_for = Duration::from_secs(gateway.config.terminal.hold_secs);
+    let wait = gateway.orders.wait_final(&hold.order_id, hold_for);
+    tokio::pin!(wait);
+    let mut early: Option<BytesMut> = None;
+    let order = loop {
+        tokio::select! {
+            order = &mut wait => break order.ok().flatten(),
+            next = framed.next(), if early.is_none() => match next {
+                Some(Ok(frame)) => early = Some(frame),
+                Some(Err(_)) | None => {
+                    match gateway.orders.cancel(&hold.order_id, "terminal disconnected while waiting").await {
+                        Ok(Some(order)) => tracing::info!(order_id = %order.order_id, state = %order.state, "terminal gone during hold"),
+                        Ok(None) => {}
+                        Err(error) => tracing::error!(%error, "could not cancel the order of a departed terminal"),
+                    }
+                    return Ok(HoldEnd::TerminalGone);
+                }
+            },
+            _ = stop.changed() => break gateway.orders.order(&hold.order_id).await.ok().flatten(),
+        }
+    };
+    if let Some(response) =
+        protocol::answer_hold(gateway, spec, &hold.request, order.as_ref()).await
+    {
+        framed.send(response.as_slice()).await?;
+    }
+    Ok(HoldEnd::Answered(early))
 }

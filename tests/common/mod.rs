@@ -220,3 +220,80 @@ macro_rules! on_both_journals {
         }
     };
 }
+
+/// A gateway serving on loopback ports for one test.
+pub struct Running {
+    pub seeded: Seeded,
+    pub terminal: std::net::SocketAddr,
+    pub wallet_url: String,
+    pub metrics: std::net::SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Running {
+    /// Stops the gateway gracefully and waits for it.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.unwrap().unwrap();
+        }
+    }
+}
+
+pub async fn start(journal: &TestJournal) -> Running {
+    let seeded = seeded(journal).await;
+    let listeners = server::Listeners::bind(&seeded.gateway.config)
+        .await
+        .unwrap();
+    let terminal = listeners.terminal.local_addr().unwrap();
+    let wallet = listeners.wallet_api.local_addr().unwrap();
+    let metrics = listeners.metrics.as_ref().unwrap().local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let gateway = seeded.gateway.clone();
+    let task = tokio::spawn(server::run(gateway, listeners, async move {
+        let _ = stopped.await;
+    }));
+    Running {
+        seeded,
+        terminal,
+        wallet_url: format!("http://{wallet}"),
+        metrics,
+        stop: Some(stop),
+        task: Some(task),
+    }
+}
+
+/// The demo terminal: its own software module holding the terminal master key.
+pub async fn terminal_client(running: &Running) -> posbridge::terminal::client::TerminalClient {
+    let spec = std::sync::Arc::new(posbridge_codecs::Spec::builtin("cups-pos").unwrap());
+    let module = posbridge_hsm::open(&posbridge_hsm::HsmConfig::default()).unwrap();
+    posbridge::terminal::client::TerminalClient::connect(
+        running.terminal,
+        spec,
+        posbridge::terminal::client::TerminalIdentity {
+            tid: TID.into(),
+            mid: MID.into(),
+            master_key: "tmk/demo".into(),
+            operator: "01".into(),
+            batch: "000001".into(),
+        },
+        module,
+        100,
+    )
+    .await
+    .unwrap()
+}
+
+pub fn wallet_client(running: &Running) -> posbridge::wallet_api::client::WalletClient {
+    let module = posbridge_hsm::open(&posbridge_hsm::HsmConfig::default()).unwrap();
+    posbridge::wallet_api::client::WalletClient::new(
+        &running.wallet_url,
+        APP_ID,
+        APP_KEY,
+        module,
+        "pek/wallet",
+    )
+}

@@ -1,0 +1,295 @@
+//! End to end over real sockets: a cups-pos terminal on TCP, a wallet app over HTTP, the
+//! gateway in between, on SQLite and on PostgreSQL.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use common::*;
+use posbridge::money::Money;
+use std::time::Duration;
+
+fn cny(amount_minor: i64) -> Money {
+    Money {
+        amount_minor,
+        currency: CNY,
+    }
+}
+
+async fn both_flows_and_receipts(backend: Backend) {
+    let journal = TestJournal::new(backend);
+    let running = start(&journal).await;
+    let mut terminal = terminal_client(&running).await;
+    let wallet = wallet_client(&running);
+    assert_eq!(terminal.sign_on().await.unwrap().response_code, "00");
+    assert_eq!(terminal.echo().await.unwrap().response_code, "00");
+
+    // (a) the gateway makes the code; the terminal then holds a result query open.
+    let answer = terminal.request_order(cny(2372)).await.unwrap();
+    assert_eq!(answer.response_code, "00", "{answer:?}");
+    let payload = answer.payload.clone().unwrap();
+    let voucher = answer.voucher.clone();
+    let view = wallet.resolve(&payload).await.unwrap();
+    assert_eq!(
+        (view.amount_minor, view.merchant_name.as_str()),
+        (2372, "BEST TRANSPORT")
+    );
+    let phone = {
+        let wallet = wallet.clone();
+        let payload = payload.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            wallet
+                .pay(&payload, PAYER_PAN, Some(PAYER_PIN), "phone-1", None)
+                .await
+                .unwrap()
+        })
+    };
+    let receipt = terminal.query_result(&voucher).await.unwrap();
+    let paid = phone.await.unwrap();
+    assert_eq!(paid.response_code(), Some("00"));
+    assert_eq!(receipt.response_code, "00", "{receipt:?}");
+    assert_eq!(receipt.amount_minor, Some(2372));
+    assert_eq!(receipt.masked_pan.as_deref(), Some("622202*********0123"));
+    assert_eq!(
+        receipt.rrn,
+        paid.payment.as_ref().unwrap().order.as_ref().unwrap().rrn
+    );
+    assert!(receipt.auth_code.is_some());
+
+    // (b) the terminal makes and signs the code itself and holds the sale open.
+    let merchant = posbridge_codecs::emv_qr::Merchant {
+        gui: posbridge_codecs::emv_qr::POSBRIDGE_GUI.into(),
+        merchant_id: MID.into(),
+        mcc: "4111".into(),
+        currency: CNY,
+        country: "CN".into(),
+        name: "BEST TRANSPORT".into(),
+        city: "BEIJING".into(),
+        alternate_language: None,
+    };
+    let (voucher_b, payload_b) = terminal
+        .send_sale_with_own_code(cny(1500), merchant, "48020000", 120)
+        .await
+        .unwrap();
+    // The order exists once the gateway has read the sale; the phone retries until it does.
+    let mut result = None;
+    for attempt in 0..50 {
+        let answer = wallet
+            .pay(
+                &payload_b,
+                PAYER_PAN,
+                Some(PAYER_PIN),
+                &format!("phone-b{attempt}"),
+                None,
+            )
+            .await
+            .unwrap();
+        if answer.response_code() == Some("00") {
+            result = Some(answer);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(result.is_some(), "the terminal-made code was never payable");
+    let receipt_b = terminal.read_answer().await.unwrap();
+    assert_eq!(
+        (receipt_b.response_code.as_str(), receipt_b.voucher.as_str()),
+        ("00", voucher_b.as_str())
+    );
+
+    // Settlement: balanced with the journal, then not.
+    assert_eq!(
+        terminal.settle(2, 2372 + 1500).await.unwrap().response_code,
+        "00"
+    );
+    assert_eq!(terminal.settle(1, 2372).await.unwrap().response_code, "95");
+
+    // Reversal of a paid sale: money back.
+    assert_eq!(
+        terminal
+            .reverse(&voucher, cny(2372))
+            .await
+            .unwrap()
+            .response_code,
+        "00"
+    );
+    let mut tx = running.seeded.store.begin().await.unwrap();
+    let payer = posbridge::ledger::account(&mut tx, "payer-1")
+        .await
+        .unwrap()
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(payer.balance.amount_minor, OPENING - 1500);
+    assert_eq!(
+        assert_ledger_conserved(&running.seeded.store).await,
+        OPENING
+    );
+    running.stop().await;
+}
+on_both_journals!(both_flows_and_receipts, super::both_flows_and_receipts);
+
+async fn refusals_on_the_wire(backend: Backend) {
+    let journal = TestJournal::new(backend);
+    let running = start(&journal).await;
+    let mut terminal = terminal_client(&running).await;
+    terminal.sign_on().await.unwrap();
+    // Duplicate voucher: 94.
+    let first = terminal.request_order(cny(100)).await.unwrap();
+    assert_eq!(first.response_code, "00");
+    let mut duplicate = terminal_client(&running).await;
+    duplicate.sign_on().await.unwrap();
+    // Same first STAN as the first client: the same voucher numbers.
+    let again = duplicate.request_order(cny(100)).await.unwrap();
+    assert_eq!(again.response_code, "94", "{again:?}");
+    // A bad MAC: A0, and no order recorded.
+    let mut frame = terminal.encode_sale_request(cny(100)).unwrap();
+    let last = frame.len() - 1;
+    frame[last] ^= 0x01;
+    terminal.send_raw(&frame).await.unwrap();
+    let refused = terminal.read_answer().await.unwrap();
+    assert_eq!(refused.response_code, "A0");
+    let mut tx = running.seeded.store.begin().await.unwrap();
+    let orders = tx.query("SELECT COUNT(*) FROM orders", &[]).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(orders[0].i64(0).unwrap(), 1);
+    running.stop().await;
+}
+on_both_journals!(refusals_on_the_wire, super::refusals_on_the_wire);
+
+async fn unknown_terminal_and_wallet_without_credentials(backend: Backend) {
+    let journal = TestJournal::new(backend);
+    let running = start(&journal).await;
+    let spec = std::sync::Arc::new(posbridge_codecs::Spec::builtin("cups-pos").unwrap());
+    let module = posbridge_hsm::open(&posbridge_hsm::HsmConfig::default()).unwrap();
+    let mut stranger = posbridge::terminal::client::TerminalClient::connect(
+        running.terminal,
+        spec,
+        posbridge::terminal::client::TerminalIdentity {
+            tid: "99999999".into(),
+            mid: MID.into(),
+            master_key: "tmk/demo".into(),
+            operator: "01".into(),
+            batch: "000001".into(),
+        },
+        module,
+        1,
+    )
+    .await
+    .unwrap();
+    let error = stranger.sign_on().await.unwrap_err().to_string();
+    assert!(error.contains("03"), "{error}");
+    // Wallet without credentials: 401, nothing touched.
+    let http = reqwest::Client::new();
+    let response = http
+        .post(format!("{}/v1/payments", running.wallet_url))
+        .header("idempotency-key", "x")
+        .json(&serde_json::json!({"payload": "000201", "pan": PAYER_PAN}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 401);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "unauthorized");
+    let wrong_key = http
+        .post(format!("{}/v1/orders/resolve", running.wallet_url))
+        .header("x-posbridge-app", APP_ID)
+        .header("authorization", "Bearer nope")
+        .json(&serde_json::json!({"payload": "000201"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong_key.status().as_u16(), 401);
+    let mut tx = running.seeded.store.begin().await.unwrap();
+    let attempts = tx
+        .query("SELECT COUNT(*) FROM attempts", &[])
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(attempts[0].i64(0).unwrap(), 0);
+    running.stop().await;
+}
+on_both_journals!(
+    unknown_terminal_and_wallet_without_credentials,
+    super::unknown_terminal_and_wallet_without_credentials
+);
+
+async fn disconnect_during_hold_cancels(backend: Backend) {
+    let journal = TestJournal::new(backend);
+    let running = start(&journal).await;
+    let mut terminal = terminal_client(&running).await;
+    terminal.sign_on().await.unwrap();
+    let answer = terminal.request_order(cny(300)).await.unwrap();
+    let payload = answer.payload.unwrap();
+    // Send the result query, then hang up before the phone pays.
+    let query = {
+        let voucher = answer.voucher.clone();
+        async move {
+            let _ =
+                tokio::time::timeout(Duration::from_millis(300), terminal.query_result(&voucher))
+                    .await;
+            drop(terminal);
+        }
+    };
+    query.await;
+    let wallet = wallet_client(&running);
+    let mut state = String::new();
+    for _ in 0..50 {
+        let view = wallet.resolve(&payload).await.unwrap();
+        state = view.state;
+        if state != "CREATED" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(state, "CANCELLED");
+    let paid = wallet
+        .pay(&payload, PAYER_PAN, Some(PAYER_PIN), "late", None)
+        .await
+        .unwrap();
+    assert_eq!(paid.response_code(), Some("57"));
+    assert_eq!(
+        assert_ledger_conserved(&running.seeded.store).await,
+        OPENING
+    );
+    running.stop().await;
+}
+on_both_journals!(
+    disconnect_during_hold_cancels,
+    super::disconnect_during_hold_cancels
+);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_and_health_endpoints() {
+    let journal = TestJournal::new(Backend::Sqlite);
+    let running = start(&journal).await;
+    let mut terminal = terminal_client(&running).await;
+    terminal.sign_on().await.unwrap();
+    terminal.request_order(cny(100)).await.unwrap();
+    let http = reqwest::Client::new();
+    let ready = http
+        .get(format!("http://{}/health/ready", running.metrics))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status().as_u16(), 200);
+    let live = http
+        .get(format!("http://{}/health/live", running.metrics))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(live.status().as_u16(), 200);
+    let metrics = http
+        .get(format!("http://{}/metrics", running.metrics))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("posbridge_messages_total"), "{metrics}");
+    assert!(
+        metrics.contains("posbridge_hsm_operation_seconds"),
+        "{metrics}"
+    );
+    running.stop().await;
+}
