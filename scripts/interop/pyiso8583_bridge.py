@@ -44,8 +44,9 @@ ISO87ASCII = copy.deepcopy(pyspecs.default_ascii)
 # --- cups-pos ------------------------------------------------------------------------------------
 # China UnionPay POS terminal dialect: 11-byte header (TPDU + 6-byte application header) carried
 # as opaque bytes, BCD MTI, binary bitmap, BCD numerics whose LL/LLL lengths are BCD and count
-# digits (nibbles), odd lengths aligned per field, text fields ASCII with BCD lengths counting
-# bytes, binary fields with BCD lengths counting bytes.
+# digits (nibbles), odd lengths aligned per field (2, 22, 32, 35, 36, 48, 60, 61 left-aligned,
+# padded at the end; 23 and the even-length fixed numerics right-aligned), text fields ASCII with
+# BCD lengths counting bytes, binary fields (52, 55, 62, 64) with BCD lengths counting bytes.
 def _bcd_fixed(digits, desc, align="right", pad="0"):
     spec = {
         "data_enc": "b",
@@ -132,9 +133,11 @@ CUPS_POS = {
     "53": _bcd_fixed(16, "Security control information"),
     "54": _text_var(3, 20, "Balance amount"),
     "55": _binary_var(3, 255, "ICC data"),
+    "58": _text_var(3, 100, "PBOC electronic data"),
+    "59": _text_var(3, 600, "Reserved (aggregator data)"),
     "60": _bcd_var(3, 17, "Reserved private (60.1 type, 60.2 batch, 60.3 NMI)", align="left"),
     "61": _bcd_var(3, 29, "Original message data", align="left"),
-    "62": _text_var(3, 512, "Reserved private"),
+    "62": _binary_var(3, 512, "Reserved private (working keys under the master key / QR TLV)"),
     "63": _text_var(3, 163, "Reserved private"),
     "64": _binary_fixed(8, "MAC"),
 }
