@@ -1,0 +1,270 @@
+//! PIN translations and MACs per second through the `pkcs11` backend (session pool, 1 and 2
+//! threads) against a tight loop of raw cryptoki calls on the same SoftHSM2 token, in the same run.
+//!
+//! ```text
+//! cargo bench -p posbridge-hsm --bench pkcs11            # 3 rounds of 2 s per measurement
+//! POSBRIDGE_BENCH_SECONDS=5 cargo bench -p posbridge-hsm --bench pkcs11
+//! ```
+//!
+//! The raw loop does the token work a translation needs and nothing else: C_Decrypt under the
+//! source key, C_Encrypt under the destination key, one session, handles looked up once. The
+//! module adds the pool checkout, the handle cache, and decoding/re-encoding the ISO format 0 block
+//! (PIN and PAN checks). For MACs the raw loop is one C_Encrypt (DES3-CBC) over the padded message.
+//!
+//! SoftHSM2 reads `SOFTHSM2_CONF` at C_Initialize, and `unsafe` (so `std::env::set_var`) is
+//! forbidden here: the benchmark creates a token in a temporary directory and re-runs itself with
+//! the variable set.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
+
+use cryptoki::mechanism::Mechanism;
+use cryptoki::object::{Attribute, ObjectClass, ObjectHandle};
+use cryptoki::session::Session;
+use posbridge_hsm::mac::pad;
+use posbridge_hsm::pkcs11::{Pkcs11Module, Pkcs11Options, UserPin};
+use posbridge_hsm::{
+    ClearKey, KeyType, MacAlgorithm, Padding, Pan, Pin, PinBlock, PinBlockFormat, SecurityModule,
+};
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const CHILD_ENV: &str = "POSBRIDGE_HSM_BENCH_CHILD";
+const TOKEN: &str = "posbridge-bench";
+const USER_PIN: &str = "246810";
+const ROUNDS: usize = 3;
+
+fn main() {
+    if std::env::var_os(CHILD_ENV).is_some() {
+        run();
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens");
+    std::fs::create_dir(&tokens).unwrap();
+    let conf = dir.path().join("softhsm2.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
+            tokens.display()
+        ),
+    )
+    .unwrap();
+    let init = Command::new("softhsm2-util")
+        .env("SOFTHSM2_CONF", &conf)
+        .args([
+            "--init-token",
+            "--free",
+            "--label",
+            TOKEN,
+            "--so-pin",
+            "13579246",
+        ])
+        .args(["--pin", USER_PIN])
+        .output()
+        .expect("softhsm2-util not found: install softhsm2");
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    // Forward cargo bench's arguments are irrelevant here; the child inherits stdout/stderr.
+    let status = Command::new(std::env::current_exe().unwrap())
+        .env("SOFTHSM2_CONF", &conf)
+        .env(CHILD_ENV, "1")
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+fn library() -> PathBuf {
+    PathBuf::from(
+        std::env::var("POSBRIDGE_TEST_PKCS11_MODULE")
+            .unwrap_or_else(|_| "/usr/lib/softhsm/libsofthsm2.so".into()),
+    )
+}
+
+fn seconds() -> Duration {
+    let secs: f64 = std::env::var("POSBRIDGE_BENCH_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2.0);
+    Duration::from_secs_f64(secs)
+}
+
+/// Runs `op` on `threads` threads for `duration`; returns operations per second.
+fn rate<F>(threads: usize, duration: Duration, make: impl Fn() -> F + Sync) -> f64
+where
+    F: FnMut(),
+{
+    let start = Instant::now();
+    let counts: Vec<u64> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut op = make();
+                    let mut count = 0u64;
+                    while start.elapsed() < duration {
+                        for _ in 0..32 {
+                            op();
+                        }
+                        count += 32;
+                    }
+                    count
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    counts.iter().sum::<u64>() as f64 / start.elapsed().as_secs_f64()
+}
+
+fn best(mut measure: impl FnMut() -> f64) -> f64 {
+    (0..ROUNDS).map(|_| measure()).fold(0.0, f64::max)
+}
+
+fn handle(session: &Session, label: &str) -> ObjectHandle {
+    session
+        .find_objects(&[
+            Attribute::Class(ObjectClass::SECRET_KEY),
+            Attribute::Label(label.as_bytes().to_vec()),
+        ])
+        .unwrap()[0]
+}
+
+fn run() {
+    let options = Pkcs11Options {
+        module: library(),
+        token_label: TOKEN.into(),
+        pool_size: 2,
+    };
+    let module = Pkcs11Module::open(&options, &UserPin::new(USER_PIN)).unwrap();
+    for (label, value) in [
+        ("zpk/a", "3B9D4F1A6E2C8D5701F4A9C3E8B2D6F4"),
+        ("zpk/b", "0123456789ABCDEFFEDCBA9876543210"),
+        ("zak/a", "5E8A1C3F7D2B9E4661A3C5E7092B4D6F"),
+    ] {
+        module
+            .provision_key(label, KeyType::Tdes2, &ClearKey::from_hex(value).unwrap())
+            .unwrap();
+    }
+    let pan = Pan::new("4321987654321098").unwrap();
+    let block = module
+        .encrypt_pin(
+            &Pin::new("1234").unwrap(),
+            &pan,
+            PinBlockFormat::Iso0,
+            "zpk/a",
+        )
+        .unwrap();
+    // A typical 0200 message body (MTI to field 63) is 100-200 bytes.
+    let message = vec![0x5Au8; 160];
+    let mac_algorithm = MacAlgorithm::Iso9797Alg1 {
+        padding: Padding::M1,
+    };
+    let duration = seconds();
+    let (context, slot) = module.raw_context();
+
+    let raw_translate = |threads| {
+        best(|| {
+            rate(threads, duration, || {
+                let session = context.open_ro_session(slot).unwrap();
+                let (a, b) = (handle(&session, "zpk/a"), handle(&session, "zpk/b"));
+                let block = block.expose_secret().to_vec();
+                move || {
+                    let clear = session.decrypt(&Mechanism::Des3Ecb, a, &block).unwrap();
+                    let out = session.encrypt(&Mechanism::Des3Ecb, b, &clear).unwrap();
+                    std::hint::black_box(out);
+                }
+            })
+        })
+    };
+    let pool_translate = |threads| {
+        best(|| {
+            rate(threads, duration, || {
+                let block: PinBlock = block.clone();
+                let pan = pan.clone();
+                let module = &module;
+                move || {
+                    let out = module
+                        .translate_pin(
+                            &block,
+                            "zpk/a",
+                            PinBlockFormat::Iso0,
+                            "zpk/b",
+                            PinBlockFormat::Iso0,
+                            Some(&pan),
+                        )
+                        .unwrap();
+                    std::hint::black_box(out);
+                }
+            })
+        })
+    };
+    let raw_mac = |threads| {
+        best(|| {
+            rate(threads, duration, || {
+                let session = context.open_ro_session(slot).unwrap();
+                let key = handle(&session, "zak/a");
+                let message = message.clone();
+                move || {
+                    let padded = pad(&message, Padding::M1, 8);
+                    let out = session
+                        .encrypt(&Mechanism::Des3Cbc([0; 8]), key, &padded)
+                        .unwrap();
+                    std::hint::black_box(&out[out.len() - 8..]);
+                }
+            })
+        })
+    };
+    let pool_mac = |threads| {
+        best(|| {
+            rate(threads, duration, || {
+                let module = &module;
+                let message = &message;
+                move || {
+                    let out = module
+                        .generate_mac("zak/a", mac_algorithm, message)
+                        .unwrap();
+                    std::hint::black_box(out);
+                }
+            })
+        })
+    };
+
+    println!(
+        "posbridge-hsm pkcs11 benchmark: SoftHSM2 token {TOKEN:?}, {} s x {ROUNDS} rounds (best), {} CPUs",
+        duration.as_secs_f64(),
+        std::thread::available_parallelism().map_or(0, usize::from)
+    );
+    println!(
+        "{:<34} {:>12} {:>12} {:>10}",
+        "operation", "raw ops/s", "pool ops/s", "overhead"
+    );
+    let mut rows = Vec::new();
+    for (name, raw, pool) in [
+        (
+            "PIN translation 0->0, 1 thread",
+            raw_translate(1),
+            pool_translate(1),
+        ),
+        (
+            "PIN translation 0->0, 2 threads",
+            raw_translate(2),
+            pool_translate(2),
+        ),
+        ("MAC ISO 9797-1 160 B, 1 thread", raw_mac(1), pool_mac(1)),
+        ("MAC ISO 9797-1 160 B, 2 threads", raw_mac(2), pool_mac(2)),
+    ] {
+        println!(
+            "{name:<34} {raw:>12.0} {pool:>12.0} {:>9.1}%",
+            (raw - pool) / raw * 100.0
+        );
+        rows.push((raw, pool));
+    }
+    println!(
+        "scaling 2 threads / 1 thread (pool): PIN translation {:.2}x, MAC {:.2}x",
+        rows[1].1 / rows[0].1,
+        rows[3].1 / rows[2].1
+    );
+}
