@@ -222,7 +222,8 @@ impl Id {
         self.0
     }
 
-    /// Whether a data object with this ID inside `parent` (`None`: the root) holds a template.
+    /// Whether a data object with this ID inside `parent` holds a template: `None` is the root,
+    /// `Some(id)` the template `id` at the root (a template two levels down holds no templates).
     pub fn is_template_in(self, parent: Option<Id>) -> bool {
         match parent {
             None => matches!(self.0, 26..=51 | 62 | 64 | 80..=99),
@@ -448,8 +449,9 @@ fn split_fields<'a>(
             });
         }
         let value_offset = reader.offset;
-        let available = reader.remaining_chars();
         let Some(value) = reader.take(usize::from(length)) else {
+            // `take` consumed nothing, so what remains is what the value would have had.
+            let available = reader.remaining_chars();
             return Err(QrError::Syntax {
                 offset: value_offset,
                 problem: format!(
@@ -1842,8 +1844,10 @@ pub fn read_order(payload: &Payload, gui: &str) -> Result<OrderView, QrError> {
     })?;
     let signature_hex = need(signature, SIGNATURE_TEMPLATE, Id(2))?;
     let signature_bytes = hex::decode(&signature_hex)
-        .map_err(|_| invalid("81.02", "signature", "must be hex digits"))?;
-    Ok(OrderView {
+        .ok()
+        .filter(|bytes| (4..=32).contains(&bytes.len()))
+        .ok_or_else(|| invalid("81.02", "signature", "must be 8 to 64 hex digits"))?;
+    let view = OrderView {
         merchant_id: need(account, Id(26), Id(1))?,
         amount_minor,
         currency: payload.currency().unwrap_or_default(),
@@ -1858,7 +1862,33 @@ pub fn read_order(payload: &Payload, gui: &str) -> Result<OrderView, QrError> {
         expires_at,
         key_id: find_text(signature, Id(1)).map(str::to_owned),
         signature: signature_bytes,
-    })
+    };
+    check_order_formats(&view)?;
+    Ok(view)
+}
+
+/// The formats [`Order::unsigned`] writes, checked again on what was read, so a code made
+/// elsewhere (a terminal) meets the same rules before anyone looks up or pays its order.
+fn check_order_formats(view: &OrderView) -> Result<(), QrError> {
+    check_printable("26.01", "merchant ID", &view.merchant_id, 15, 15)?;
+    check_reference(&view.reference)?;
+    check_printable("80.01", "terminal ID", &view.tid, 8, 8)?;
+    check_digits("80.02", "batch number", &view.batch, 6, 6)?;
+    check_digits("80.03", "voucher number", &view.voucher, 6, 6)?;
+    check_printable("80.04", "operator", &view.operator, 1, 6)?;
+    check_digits("80.05", "acquirer", &view.acquirer, 1, 11)?;
+    check_digits("80.06", "transaction type", &view.transaction_type, 2, 2)?;
+    if let Some(key_id) = &view.key_id {
+        check_printable("81.01", "key identifier", key_id, 1, 8)?;
+    }
+    if view.amount_minor == 0 {
+        return Err(invalid(
+            Id::AMOUNT,
+            "transaction amount",
+            "must be more than zero",
+        ));
+    }
+    Ok(())
 }
 
 fn posbridge_template<'a>(

@@ -775,3 +775,51 @@ fn value_accessors() {
     assert_eq!(Id::new(100), None);
     assert_eq!(Id::new(7).unwrap().to_string(), "07");
 }
+
+#[test]
+fn read_order_applies_the_writer_rules_to_codes_made_elsewhere() {
+    // A code laid out by hand (as a terminal might) with a 5-digit batch and a short reference.
+    let fields = signed_sample().into_fields();
+    let rewrite = |fields: &[Field], template: u8, sub: u8, text: &str| -> Vec<Field> {
+        fields
+            .iter()
+            .map(|field| match &field.value {
+                Value::Template(children) if field.id == id(template) => Field::template(
+                    field.id,
+                    children
+                        .iter()
+                        .map(|c| {
+                            if c.id == id(sub) {
+                                Field::text(c.id, text)
+                            } else {
+                                c.clone()
+                            }
+                        })
+                        .collect(),
+                ),
+                _ => field.clone(),
+            })
+            .collect()
+    };
+    for (template, sub, text, path) in [
+        (80, 2, "12345", "80.02"),
+        (80, 1, "TID", "80.01"),
+        (62, 5, "SHORTREF", "62.05"),
+        (81, 2, "ABCD", "81.02"),
+        (81, 2, "XYZ0XYZ0", "81.02"),
+    ] {
+        let payload = Payload::from_fields(rewrite(&fields, template, sub, text)).unwrap();
+        let parsed = Payload::parse(&payload.encode()).unwrap();
+        match read_order(&parsed, POSBRIDGE_GUI) {
+            Err(QrError::Invalid { path: found, .. }) => assert_eq!(found, path),
+            other => panic!("{path}: {other:?}"),
+        }
+        let result = verify_order(&parsed, POSBRIDGE_GUI, |_, _, _| -> Result<bool, String> {
+            panic!("the verifier must not be asked about a malformed order")
+        });
+        assert!(matches!(result, Err(VerifyError::Payload(_))));
+    }
+    // Another GUI is not posbridge's order.
+    let result = read_order(&signed_sample(), "COM.OTHER");
+    assert!(result.is_err());
+}
