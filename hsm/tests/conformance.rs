@@ -436,6 +436,42 @@ fn capabilities_are_honest(m: &dyn SecurityModule) {
     }
 }
 
+fn concurrent_callers(m: &dyn SecurityModule) {
+    // More threads than the PKCS#11 pool has sessions (2 in the tests): callers wait for a
+    // session and every result is still right.
+    let pan = Pan::new("4321987654321098").unwrap();
+    let pin = Pin::new("1234").unwrap();
+    let expected = m
+        .encrypt_pin(&pin, &pan, PinBlockFormat::Iso0, "vec/zpk")
+        .unwrap();
+    let source = m
+        .encrypt_pin(&pin, &pan, PinBlockFormat::Iso0, "zpk/a")
+        .unwrap();
+    std::thread::scope(|scope| {
+        for _ in 0..6 {
+            scope.spawn(|| {
+                for _ in 0..25 {
+                    let out = m
+                        .translate_pin(
+                            &source,
+                            "zpk/a",
+                            PinBlockFormat::Iso0,
+                            "vec/zpk",
+                            PinBlockFormat::Iso0,
+                            Some(&pan),
+                        )
+                        .unwrap();
+                    assert_eq!(out, expected);
+                    let mac = m
+                        .generate_mac("vec/x919", MacAlgorithm::X919, b"Now is the time for all ")
+                        .unwrap();
+                    assert_eq!(upper(&mac), "A1C72E74EA3FA9B6");
+                }
+            });
+        }
+    });
+}
+
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
         mod software {
@@ -475,6 +511,7 @@ conformance!(
     errors_name_the_fault,
     key_listing_and_deletion,
     capabilities_are_honest,
+    concurrent_callers,
 );
 
 #[test]
@@ -495,5 +532,45 @@ fn pkcs11_on_softhsm_translates_in_host_memory() {
             caps.pin_translation,
             posbridge_hsm::PinTranslation::HostMemory
         );
+    });
+}
+
+#[test]
+fn pkcs11_opens_from_config_with_a_pin_file() {
+    common::in_softhsm_child("pkcs11_opens_from_config_with_a_pin_file", || {
+        let dir = tempfile::tempdir().unwrap();
+        let pin_file = dir.path().join("pin");
+        std::fs::write(&pin_file, format!("{}\n", common::USER_PIN)).unwrap();
+        let config = |token_label: &str, pool_size: usize| posbridge_hsm::HsmConfig::Pkcs11 {
+            module: common::pkcs11_library(),
+            token_label: token_label.into(),
+            pin_env: None,
+            pin_file: Some(pin_file.clone()),
+            pool_size,
+        };
+        // A wrong PIN first: once a session of this process is logged in, the token treats the
+        // whole application as logged in and C_Login cannot check another PIN.
+        std::fs::write(&pin_file, "000000\n").unwrap();
+        let error = posbridge_hsm::open(&config(common::TOKEN_LABEL, 1))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(error.contains("C_Login"), "{error}");
+        assert!(!error.contains("000000"), "{error}");
+        std::fs::write(&pin_file, format!("{}\n", common::USER_PIN)).unwrap();
+        let module = posbridge_hsm::open(&config(common::TOKEN_LABEL, 3)).unwrap();
+        let caps = module.capabilities();
+        assert_eq!(caps.backend, "pkcs11");
+        assert!(caps.description.contains("3 sessions"), "{caps:?}");
+        let error = posbridge_hsm::open(&config("no-such-token", 1))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(error.contains("hsm.token_label"), "{error}");
+        let error = posbridge_hsm::open(&config(common::TOKEN_LABEL, 0))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(error.contains("hsm.pool_size"), "{error}");
     });
 }

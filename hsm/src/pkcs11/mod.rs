@@ -98,6 +98,9 @@ impl std::fmt::Debug for Pkcs11Module {
 impl Pkcs11Module {
     /// Loads the library (once per process), finds the token by label, opens and logs in the
     /// session pool and probes whether PIN translation can stay inside the token.
+    ///
+    /// PKCS#11 login state belongs to the process: while another module of this process has the
+    /// same token open, the token answers "already logged in" and `pin` is not checked again.
     pub fn open(options: &Pkcs11Options, pin: &UserPin) -> Result<Self> {
         if !(1..=MAX_POOL_SIZE).contains(&options.pool_size) {
             return Err(HsmError::Config(format!(
