@@ -6,9 +6,11 @@
 pub mod admin;
 pub mod cli;
 pub mod config;
+pub mod demo;
 pub mod health;
 pub mod journal;
 pub mod ledger;
+pub mod logging;
 pub mod metrics;
 pub mod money;
 pub mod orders;

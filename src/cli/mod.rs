@@ -1,10 +1,13 @@
 //! The command line: one sub-module per command family. Each family exposes a clap `Subcommand`
 //! (or `Args`) type and a `run` function; this file only dispatches.
 
+mod admin;
 mod crypto;
+mod gateway;
 mod hsm;
 mod iso8583;
 mod qr;
+mod sim;
 
 use clap::{Parser, Subcommand};
 
@@ -32,6 +35,19 @@ pub enum Command {
     /// Decode and render EMVCo merchant-presented QR payloads.
     #[command(subcommand)]
     Qr(qr::QrCommand),
+    /// Run the gateway (terminal listener, wallet API, metrics).
+    Serve(gateway::ServeArgs),
+    /// The whole QR payment on this machine with nothing installed: gateway, terminal, phone.
+    Demo(gateway::DemoArgs),
+    /// Drive a running gateway by hand: a simulated terminal or wallet app.
+    #[command(subcommand)]
+    Sim(sim::SimCommand),
+    /// Register merchants, terminals, accounts, wallet apps; issue static codes.
+    #[command(subcommand)]
+    Admin(admin::AdminCommand),
+    /// Check a configuration file.
+    #[command(subcommand)]
+    Config(gateway::ConfigCommand),
 }
 
 /// Runs one parsed command line.
@@ -41,5 +57,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Crypto(command) => crypto::run(command),
         Command::Hsm(command) => hsm::run(command),
         Command::Qr(command) => qr::run(command),
+        Command::Serve(args) => gateway::serve(args),
+        Command::Demo(args) => gateway::demo(args),
+        Command::Sim(command) => sim::run(command),
+        Command::Admin(command) => admin::run(command),
+        Command::Config(command) => gateway::config_command(command),
     }
 }

@@ -379,7 +379,10 @@ impl TerminalClient {
         )?;
         b.set(61, format!("{}{voucher}", self.identity.batch).into_bytes())?;
         let frame = self.encode(b, true)?;
-        self.exchange(frame).await
+        let mut receipt = self.exchange(frame).await?;
+        // The receipt names the sale's voucher, not the query's own trace number.
+        receipt.voucher = voucher.to_owned();
+        Ok(receipt)
     }
 
     /// (b) Makes the code itself, signed with its MAC key, and sends the held sale; returns the

@@ -1,0 +1,237 @@
+//! `posbridge admin ...`: registration against the configured journal and security module.
+
+use crate::admin::{self, Merchant, NewPayer, Terminal, WalletApp};
+use crate::money::Money;
+use clap::{Args, Subcommand};
+use posbridge_hsm::{Pan, Pin};
+use std::path::PathBuf;
+
+/// `posbridge admin` sub-commands.
+#[derive(Debug, Subcommand)]
+pub enum AdminCommand {
+    /// Register a merchant (and open its settlement account).
+    MerchantAdd(MerchantArgs),
+    /// Register a terminal of a merchant.
+    TerminalAdd(TerminalArgs),
+    /// Open a stored-value payer account.
+    AccountAdd(AccountArgs),
+    /// Register a wallet app; prints its API key once.
+    WalletAppAdd(WalletAppArgs),
+    /// Issue a merchant's static (printed) code.
+    StaticCode(StaticCodeArgs),
+    /// Register the demo merchant, terminal, payer and wallet app (for `posbridge sim`).
+    SeedDemo(ConfigArg),
+}
+
+/// The configuration to act on.
+#[derive(Debug, Args)]
+pub struct ConfigArg {
+    /// Configuration file; without one, the embedded defaults.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+}
+
+/// `admin merchant-add`.
+#[derive(Debug, Args)]
+pub struct MerchantArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// Merchant number (15 characters).
+    #[arg(long)]
+    mid: String,
+    /// Name (at most 25 characters).
+    #[arg(long)]
+    name: String,
+    /// City (at most 15 characters).
+    #[arg(long)]
+    city: String,
+    /// Merchant category code.
+    #[arg(long)]
+    mcc: String,
+    /// ISO 3166 alpha-2 country.
+    #[arg(long, default_value = "CN")]
+    country: String,
+    /// ISO 4217 numeric currency.
+    #[arg(long, default_value_t = 156)]
+    currency: u16,
+    /// Webhook for static-code payments.
+    #[arg(long)]
+    webhook_url: Option<String>,
+    /// Webhook signing secret (also the merchant's key for payment queries).
+    #[arg(long)]
+    webhook_secret: Option<String>,
+}
+
+/// `admin terminal-add`.
+#[derive(Debug, Args)]
+pub struct TerminalArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// Terminal ID (8 characters).
+    #[arg(long)]
+    tid: String,
+    /// Merchant number.
+    #[arg(long)]
+    mid: String,
+    /// Acquiring institution code.
+    #[arg(long)]
+    acquirer: String,
+    /// Security-module label of the terminal master key.
+    #[arg(long)]
+    tmk: String,
+}
+
+/// `admin account-add`.
+#[derive(Debug, Args)]
+pub struct AccountArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// Account id.
+    #[arg(long)]
+    id: String,
+    /// Holder's name.
+    #[arg(long)]
+    holder: String,
+    /// Card / account number.
+    #[arg(long)]
+    pan: String,
+    /// PIN (only its verification value is kept); read from POSBRIDGE_ACCOUNT_PIN if unset.
+    #[arg(long, env = "POSBRIDGE_ACCOUNT_PIN", hide_env_values = true)]
+    pin: Option<String>,
+    /// Opening balance in minor units.
+    #[arg(long)]
+    balance_minor: i64,
+    /// ISO 4217 numeric currency.
+    #[arg(long, default_value_t = 156)]
+    currency: u16,
+}
+
+/// `admin wallet-app-add`.
+#[derive(Debug, Args)]
+pub struct WalletAppArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// App id.
+    #[arg(long)]
+    id: String,
+    /// Name.
+    #[arg(long)]
+    name: String,
+    /// Security-module label of the app's PIN encryption key.
+    #[arg(long)]
+    pek: String,
+}
+
+/// `admin static-code`.
+#[derive(Debug, Args)]
+pub struct StaticCodeArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// Merchant number.
+    #[arg(long)]
+    mid: String,
+    /// Label printed with the code (62.07).
+    #[arg(long)]
+    label: Option<String>,
+}
+
+/// Runs a `posbridge admin` command.
+pub fn run(command: AdminCommand) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(run_async(command))
+}
+
+async fn open(config: &ConfigArg) -> anyhow::Result<crate::server::Gateway> {
+    let (config, _) = crate::config::load(config.config.as_deref())?;
+    crate::server::open(config).await
+}
+
+async fn run_async(command: AdminCommand) -> anyhow::Result<()> {
+    match command {
+        AdminCommand::MerchantAdd(a) => {
+            let gateway = open(&a.config).await?;
+            let merchant = Merchant {
+                mid: a.mid,
+                name: a.name,
+                city: a.city,
+                mcc: a.mcc,
+                country: a.country,
+                currency: a.currency,
+                account_id: String::new(),
+                webhook_url: a.webhook_url,
+                webhook_secret: a.webhook_secret,
+            };
+            let merchant = admin::register_merchant(gateway.orders.store(), &merchant).await?;
+            println!(
+                "merchant {} registered, settlement account {}",
+                merchant.mid, merchant.account_id
+            );
+        }
+        AdminCommand::TerminalAdd(a) => {
+            let gateway = open(&a.config).await?;
+            let terminal = Terminal {
+                tid: a.tid,
+                mid: a.mid,
+                acquirer: a.acquirer,
+                master_key_label: a.tmk,
+                enabled: true,
+            };
+            admin::register_terminal(gateway.orders.store(), &terminal).await?;
+            println!("terminal {} registered", terminal.tid);
+        }
+        AdminCommand::AccountAdd(a) => {
+            let gateway = open(&a.config).await?;
+            let payer = NewPayer {
+                account_id: a.id.clone(),
+                holder: a.holder,
+                pan: Pan::new(&a.pan)?,
+                pin: a.pin.as_deref().map(Pin::new).transpose()?,
+                opening: Money {
+                    amount_minor: a.balance_minor,
+                    currency: a.currency,
+                },
+            };
+            admin::register_payer(&gateway.orders, payer, &gateway.config.keys.pvk).await?;
+            println!("account {} opened", a.id);
+        }
+        AdminCommand::WalletAppAdd(a) => {
+            let gateway = open(&a.config).await?;
+            let app = WalletApp {
+                app_id: a.id,
+                name: a.name,
+                pek_label: a.pek,
+            };
+            let key = admin::register_wallet_app(gateway.orders.store(), &app, None).await?;
+            println!(
+                "wallet app {} registered; API key (shown once): {key}",
+                app.app_id
+            );
+        }
+        AdminCommand::StaticCode(a) => {
+            let gateway = open(&a.config).await?;
+            let payload = admin::create_static_code(
+                gateway.orders.store(),
+                &gateway.config.gateway.gui,
+                &a.mid,
+                a.label.as_deref(),
+            )
+            .await?;
+            println!("{payload}");
+        }
+        AdminCommand::SeedDemo(config) => {
+            let gateway = open(&config).await?;
+            crate::demo::seed(&gateway).await?;
+            println!(
+                "demo merchant {}, terminal {}, payer card {} (PIN {}), wallet app {} registered",
+                crate::demo::MID,
+                crate::demo::TID,
+                crate::demo::PAN,
+                crate::demo::PIN,
+                crate::demo::APP_ID
+            );
+        }
+    }
+    Ok(())
+}
