@@ -1146,10 +1146,12 @@ fn additional_data_name(id: u8) -> &'static str {
     }
 }
 
-/// The name of a sub-field of posbridge's order (80) or signature (81) template.
+/// The name of a sub-field of posbridge's merchant account (26-51), order (80) or signature (81)
+/// template.
 pub fn posbridge_name(template: Id, id: Id) -> Option<&'static str> {
     let name = match (template.0, id.0) {
-        (80 | 81, 0) => "Globally Unique Identifier",
+        (26..=51 | 80 | 81, 0) => "Globally Unique Identifier",
+        (26..=51, 1) => "Merchant ID",
         (80, 1) => "Terminal ID",
         (80, 2) => "Batch Number",
         (80, 3) => "Voucher Number",
@@ -1822,7 +1824,7 @@ pub fn read_order(payload: &Payload, gui: &str) -> Result<OrderView, QrError> {
             .map(str::to_owned)
             .ok_or_else(|| QrError::Missing {
                 path: format!("{template}.{id}"),
-                what: posbridge_name(template, id).unwrap_or("merchant ID"),
+                what: posbridge_name(template, id).unwrap_or("posbridge sub-field"),
             })
     };
     let additional = payload.additional_data();

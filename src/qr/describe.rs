@@ -4,8 +4,8 @@
 use posbridge_codecs::emv_qr::{self, Field, Id, Payload, Value};
 
 /// One line per data object, templates' sub-fields indented under them, the CRC last. Sub-fields
-/// of posbridge's order and signature templates get posbridge's names when the template carries
-/// `gui`.
+/// of posbridge's merchant account, order and signature templates get posbridge's names when the
+/// template carries `gui`.
 pub fn lines(payload: &Payload, gui: &str) -> Vec<String> {
     let mut out = Vec::new();
     for field in payload.fields() {
@@ -19,8 +19,18 @@ pub fn lines(payload: &Payload, gui: &str) -> Vec<String> {
                 ));
             }
             Value::Template(children) => {
-                out.push(format!("{} {}", field.id, emv_qr::name(None, field.id)));
                 let ours = is_posbridge_template(field, gui);
+                let role = match field.id {
+                    _ if !ours => "",
+                    emv_qr::ORDER_TEMPLATE => " (posbridge order)",
+                    emv_qr::SIGNATURE_TEMPLATE => " (posbridge signature)",
+                    _ => " (posbridge)",
+                };
+                out.push(format!(
+                    "{} {}{role}",
+                    field.id,
+                    emv_qr::name(None, field.id)
+                ));
                 template_lines(&mut out, &field.id.to_string(), field.id, children, ours);
             }
         }
@@ -55,7 +65,9 @@ fn template_lines(out: &mut Vec<String>, path: &str, parent: Id, fields: &[Field
 }
 
 fn is_posbridge_template(field: &Field, gui: &str) -> bool {
-    let template = field.id == emv_qr::ORDER_TEMPLATE || field.id == emv_qr::SIGNATURE_TEMPLATE;
+    let template = matches!(field.id.value(), 26..=51)
+        || field.id == emv_qr::ORDER_TEMPLATE
+        || field.id == emv_qr::SIGNATURE_TEMPLATE;
     let carries_gui = field
         .value
         .as_template()
