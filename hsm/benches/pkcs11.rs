@@ -119,8 +119,15 @@ where
     counts.iter().sum::<u64>() as f64 / start.elapsed().as_secs_f64()
 }
 
-fn best(mut measure: impl FnMut() -> f64) -> f64 {
-    (0..ROUNDS).map(|_| measure()).fold(0.0, f64::max)
+/// Best of `ROUNDS` for raw and pool, measured alternately so that load from other processes
+/// drifts over both sides alike.
+fn best_pair(mut raw: impl FnMut() -> f64, mut pool: impl FnMut() -> f64) -> (f64, f64) {
+    let (mut best_raw, mut best_pool) = (0.0f64, 0.0f64);
+    for _ in 0..ROUNDS {
+        best_raw = best_raw.max(raw());
+        best_pool = best_pool.max(pool());
+    }
+    (best_raw, best_pool)
 }
 
 fn handle(session: &Session, label: &str) -> ObjectHandle {
@@ -166,69 +173,61 @@ fn run() {
     let (context, slot) = module.raw_context();
 
     let raw_translate = |threads| {
-        best(|| {
-            rate(threads, duration, || {
-                let session = context.open_ro_session(slot).unwrap();
-                let (a, b) = (handle(&session, "zpk/a"), handle(&session, "zpk/b"));
-                let block = block.expose_secret().to_vec();
-                move || {
-                    let clear = session.decrypt(&Mechanism::Des3Ecb, a, &block).unwrap();
-                    let out = session.encrypt(&Mechanism::Des3Ecb, b, &clear).unwrap();
-                    std::hint::black_box(out);
-                }
-            })
+        rate(threads, duration, || {
+            let session = context.open_ro_session(slot).unwrap();
+            let (a, b) = (handle(&session, "zpk/a"), handle(&session, "zpk/b"));
+            let block = block.expose_secret().to_vec();
+            move || {
+                let clear = session.decrypt(&Mechanism::Des3Ecb, a, &block).unwrap();
+                let out = session.encrypt(&Mechanism::Des3Ecb, b, &clear).unwrap();
+                std::hint::black_box(out);
+            }
         })
     };
     let pool_translate = |threads| {
-        best(|| {
-            rate(threads, duration, || {
-                let block: PinBlock = block.clone();
-                let pan = pan.clone();
-                let module = &module;
-                move || {
-                    let out = module
-                        .translate_pin(
-                            &block,
-                            "zpk/a",
-                            PinBlockFormat::Iso0,
-                            "zpk/b",
-                            PinBlockFormat::Iso0,
-                            Some(&pan),
-                        )
-                        .unwrap();
-                    std::hint::black_box(out);
-                }
-            })
+        rate(threads, duration, || {
+            let block: PinBlock = block.clone();
+            let pan = pan.clone();
+            let module = &module;
+            move || {
+                let out = module
+                    .translate_pin(
+                        &block,
+                        "zpk/a",
+                        PinBlockFormat::Iso0,
+                        "zpk/b",
+                        PinBlockFormat::Iso0,
+                        Some(&pan),
+                    )
+                    .unwrap();
+                std::hint::black_box(out);
+            }
         })
     };
     let raw_mac = |threads| {
-        best(|| {
-            rate(threads, duration, || {
-                let session = context.open_ro_session(slot).unwrap();
-                let key = handle(&session, "zak/a");
-                let message = message.clone();
-                move || {
-                    let padded = pad(&message, Padding::M1, 8);
-                    let out = session
-                        .encrypt(&Mechanism::Des3Cbc([0; 8]), key, &padded)
-                        .unwrap();
-                    std::hint::black_box(&out[out.len() - 8..]);
-                }
-            })
+        rate(threads, duration, || {
+            let session = context.open_ro_session(slot).unwrap();
+            let key = handle(&session, "zak/a");
+            let message = message.clone();
+            move || {
+                let padded = pad(&message, Padding::M1, 8);
+                let out = session
+                    .encrypt(&Mechanism::Des3Cbc([0; 8]), key, &padded)
+                    .unwrap();
+                std::hint::black_box(&out[out.len() - 8..]);
+            }
         })
     };
     let pool_mac = |threads| {
-        best(|| {
-            rate(threads, duration, || {
-                let module = &module;
-                let message = &message;
-                move || {
-                    let out = module
-                        .generate_mac("zak/a", mac_algorithm, message)
-                        .unwrap();
-                    std::hint::black_box(out);
-                }
-            })
+        rate(threads, duration, || {
+            let module = &module;
+            let message = &message;
+            move || {
+                let out = module
+                    .generate_mac("zak/a", mac_algorithm, message)
+                    .unwrap();
+                std::hint::black_box(out);
+            }
         })
     };
 
@@ -242,20 +241,25 @@ fn run() {
         "operation", "raw ops/s", "pool ops/s", "overhead"
     );
     let mut rows = Vec::new();
-    for (name, raw, pool) in [
+    let measured = [
         (
             "PIN translation 0->0, 1 thread",
-            raw_translate(1),
-            pool_translate(1),
+            best_pair(|| raw_translate(1), || pool_translate(1)),
         ),
         (
             "PIN translation 0->0, 2 threads",
-            raw_translate(2),
-            pool_translate(2),
+            best_pair(|| raw_translate(2), || pool_translate(2)),
         ),
-        ("MAC ISO 9797-1 160 B, 1 thread", raw_mac(1), pool_mac(1)),
-        ("MAC ISO 9797-1 160 B, 2 threads", raw_mac(2), pool_mac(2)),
-    ] {
+        (
+            "MAC ISO 9797-1 160 B, 1 thread",
+            best_pair(|| raw_mac(1), || pool_mac(1)),
+        ),
+        (
+            "MAC ISO 9797-1 160 B, 2 threads",
+            best_pair(|| raw_mac(2), || pool_mac(2)),
+        ),
+    ];
+    for (name, (raw, pool)) in measured {
         println!(
             "{name:<34} {raw:>12.0} {pool:>12.0} {:>9.1}%",
             (raw - pool) / raw * 100.0
