@@ -108,13 +108,16 @@ async fn connection(
 ) -> anyhow::Result<()> {
     let mut framed = Framed::new(socket, frame_codec(spec)?);
     let idle = Duration::from_secs(gateway.config.terminal.idle_timeout_secs);
+    let read_timeout = Duration::from_secs(gateway.config.terminal.read_timeout_secs);
     let mut pending: Option<BytesMut> = None;
     loop {
         let frame = match pending.take() {
             Some(frame) => frame,
             None => {
                 tokio::select! {
-                    next = tokio::time::timeout(idle, framed.next()) => match next {
+                    // A frame already begun must finish within the read timeout; silence
+                    // between frames is allowed up to the idle timeout.
+                    next = tokio::time::timeout(if framed.read_buffer().is_empty() { idle } else { read_timeout }, framed.next()) => match next {
                         Ok(Some(frame)) => frame?,
                         Ok(None) => return Ok(()),
                         Err(_) => anyhow::bail!("idle timeout"),
