@@ -90,6 +90,33 @@ fn pin_block_clear_and_encrypted() {
 }
 
 #[test]
+fn pin_block_reads_the_pin_from_stdin() {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_posbridge"))
+        .args([
+            "crypto",
+            "pin-block",
+            "--format",
+            "0",
+            "--pin",
+            "-",
+            "--pan",
+            "4321987654321098",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"1234\n").unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success());
+    assert_eq!(
+        String::from_utf8(output.stdout).unwrap(),
+        "04122D789ABCDEF6\n"
+    );
+}
+
+#[test]
 fn pin_block_formats_1_3_4_decode_back() {
     use posbridge_hsm::{ClearKey, Pan, PinBlock, PinBlockFormat, calculator};
     let pan = Pan::new("4111111111111111").unwrap();
