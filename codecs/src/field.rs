@@ -70,11 +70,11 @@ impl EncodeBuffer for bytes::BytesMut {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct Slot {
     /// Offset of the data (after the length prefix).
-    pub start: u32,
+    pub start: usize,
     /// Data bytes on the wire.
-    pub wire_len: u16,
+    pub wire_len: usize,
     /// Length in the field's `counts` units (needed to place an odd BCD pad).
-    pub units: u16,
+    pub units: usize,
 }
 
 const HEX_UPPER: &[u8; 16] = b"0123456789ABCDEF";
@@ -128,49 +128,37 @@ fn read_prefix(prefix: &LengthPrefix, cp: CodePage, bytes: &[u8]) -> Option<usiz
 
 /// Writes a length prefix (the caller has checked `n <= prefix.capacity`).
 #[inline]
-fn write_prefix<B: EncodeBuffer>(prefix: &LengthPrefix, cp: CodePage, n: usize, out: &mut B) {
-    let width = usize::from(prefix.width);
-    let mut tmp = [0u8; 4];
-    match prefix.encoding {
-        NumberEncoding::Ascii | NumberEncoding::Ebcdic => {
-            let mut v = n;
-            for slot in tmp[..width].iter_mut().rev() {
-                let digit = b'0' + (v % 10) as u8;
-                *slot = match prefix.encoding {
-                    NumberEncoding::Ebcdic => cp.from_ascii(digit).unwrap_or(0xF0),
-                    _ => digit,
-                };
-                v /= 10;
-            }
-        }
-        NumberEncoding::Bcd => {
-            let mut v = n;
-            for slot in tmp[..width].iter_mut().rev() {
-                let lo = (v % 10) as u8;
-                let hi = ((v / 10) % 10) as u8;
-                *slot = (hi << 4) | lo;
-                v /= 100;
-            }
-        }
-        NumberEncoding::Binary => {
-            let mut v = n;
-            for slot in tmp[..width].iter_mut().rev() {
-                *slot = (v & 0xFF) as u8;
-                v >>= 8;
-            }
-        }
+fn write_prefix<B: EncodeBuffer>(prefix: &LengthPrefix, n: usize, out: &mut B) {
+    // Built right-aligned in 4 bytes; fixed-size writes below compile to plain stores.
+    let digit = |k: usize| ((n / k) % 10) as u8;
+    let tmp: [u8; 4] = match prefix.encoding {
+        NumberEncoding::Ascii => [digit(1000), digit(100), digit(10), digit(1)].map(|d| b'0' + d),
+        NumberEncoding::Ebcdic => [digit(1000), digit(100), digit(10), digit(1)].map(|d| 0xF0 | d),
+        NumberEncoding::Bcd => [
+            0,
+            0,
+            (digit(1000) << 4) | digit(100),
+            (digit(10) << 4) | digit(1),
+        ],
+        NumberEncoding::Binary => (n as u32).to_be_bytes(),
+    };
+    let [_, b, c, d] = tmp;
+    match prefix.width {
+        1 => out.put_byte(d),
+        2 => out.put(&[c, d]),
+        3 => out.put(&[b, c, d]),
+        _ => out.put(&tmp),
     }
-    out.put(&tmp[..width]);
 }
 
-/// Decodes the field starting at `pos`: returns where its data lies and the offset after it.
+/// Checks the field starting at `pos` (prefix, length, data) and returns the offset after it.
 #[inline]
 pub(crate) fn decode_field(
     def: &FieldDef,
     cp: CodePage,
     input: &[u8],
     pos: usize,
-) -> Result<(Slot, usize), DecodeError> {
+) -> Result<usize, DecodeError> {
     let loc = Location::Field(def.number);
     let mut at = pos;
     let units = match &def.prefix {
@@ -229,13 +217,58 @@ pub(crate) fn decode_field(
     })?;
     check_data(def, cp, data, units)
         .map_err(|(position, kind)| DecodeError::new(loc, at + position, kind))?;
-    // Lengths are bounded by the spec (<= 65535) and the input by the frame limit, so they fit.
-    let slot = Slot {
-        start: at as u32,
-        wire_len: wire_len as u16,
-        units: units as u16,
+    Ok(at + wire_len)
+}
+
+/// Finds again where the data of a field that [`decode_field`] accepted at `pos` lies. Decoding
+/// keeps only each field's start offset, so the message stays small; re-reading a checked prefix
+/// costs a few instructions.
+#[inline]
+pub(crate) fn locate(def: &FieldDef, cp: CodePage, input: &[u8], pos: usize) -> Option<Slot> {
+    let (units, start) = match &def.prefix {
+        None => (def.max, pos),
+        Some(prefix) => {
+            let width = usize::from(prefix.width);
+            let bytes = input.get(pos..pos + width)?;
+            (read_prefix(prefix, cp, bytes)?, pos + width)
+        }
     };
-    Ok((slot, at + wire_len))
+    let wire_len = def.wire_len(units).ok()?;
+    Some(Slot {
+        start,
+        wire_len,
+        units,
+    })
+}
+
+/// Which bytes are uppercase hex digits.
+static UPPER_HEX: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut c = 0;
+    while c < 256 {
+        t[c] = matches!(c as u8, b'0'..=b'9' | b'A'..=b'F');
+        c += 1;
+    }
+    t
+};
+
+/// True when every byte is an ASCII digit; eight bytes per step, since numeric fields are the
+/// bulk of most messages.
+#[inline]
+fn all_ascii_digits(data: &[u8]) -> bool {
+    const HIGH: u64 = 0xF0F0_F0F0_F0F0_F0F0;
+    const LOW: u64 = 0x0F0F_0F0F_0F0F_0F0F;
+    let mut chunks = data.chunks_exact(8);
+    let mut ok = true;
+    for chunk in &mut chunks {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        let v = u64::from_le_bytes(word);
+        // Each byte must be 0x3N with N <= 9: high nibble 3, and N + 6 must not reach 0x10.
+        ok &=
+            (v & HIGH) == 0x3030_3030_3030_3030 && ((v & LOW) + 0x0606_0606_0606_0606) & HIGH == 0;
+    }
+    ok && chunks.remainder().iter().all(u8::is_ascii_digit)
 }
 
 /// Checks a field's wire data against its encoding and charset. Returns the byte offset inside
@@ -260,12 +293,9 @@ fn check_data(
     match def.data {
         DataEncoding::Binary => Ok(()),
         DataEncoding::Ascii => {
-            let first_bad = match def.charset {
-                Charset::Numeric => data.iter().position(|b| !b.is_ascii_digit()),
-                _ => None,
-            };
-            if let Some(i) = first_bad {
-                return bad(i, "digit", data[i]);
+            if def.charset == Charset::Numeric && !all_ascii_digits(data) {
+                let i = data.iter().position(|b| !b.is_ascii_digit()).unwrap_or(0);
+                return bad(i, "digit", data.get(i).copied().unwrap_or(0));
             }
             Ok(())
         }
@@ -283,11 +313,15 @@ fn check_data(
         }
         DataEncoding::Hex => {
             // Uppercase only: a message that is accepted re-encodes to the very same bytes.
-            if let Some(i) = data
+            if !data
                 .iter()
-                .position(|&b| !matches!(b, b'0'..=b'9' | b'A'..=b'F'))
+                .fold(true, |ok, &b| ok & UPPER_HEX[usize::from(b)])
             {
-                return bad(i, "uppercase hex digit", data[i]);
+                let i = data
+                    .iter()
+                    .position(|&b| !UPPER_HEX[usize::from(b)])
+                    .unwrap_or(0);
+                return bad(i, "uppercase hex digit", data.get(i).copied().unwrap_or(0));
             }
             Ok(())
         }
@@ -525,7 +559,7 @@ pub(crate) fn write_field<B: EncodeBuffer>(
     out: &mut B,
 ) {
     if let Some(prefix) = &def.prefix {
-        write_prefix(prefix, cp, units, out);
+        write_prefix(prefix, units, out);
     }
     match def.data {
         DataEncoding::Ascii | DataEncoding::Binary => out.put(value),

@@ -28,9 +28,11 @@ pub struct Message<'a> {
     mti: [u8; 4],
     mti_offset: u32,
     bitmap: Bitmap,
-    /// One slot per set bit, in field order (bitmap bits 1/65 get an empty slot), so a field's
-    /// slot index is its rank in the bitmap.
-    slots: [Slot; SLOTS],
+    /// Start offset (at the length prefix) of each field, one per set bit in field order (bitmap
+    /// bits 1/65 get an unused slot), so a field's slot index is its rank in the bitmap. Offsets
+    /// fit in 16 bits because specs cap messages at 65535 bytes; 384 bytes keep the message
+    /// cheap to return and copy.
+    slots: [u16; SLOTS],
 }
 
 /// One field of a decoded message.
@@ -167,7 +169,7 @@ pub fn decode<'a>(spec: &'a Spec, input: &'a [u8]) -> Result<Message<'a>, Decode
         }
     }
 
-    let mut slots = [Slot::default(); SLOTS];
+    let mut slots = [0u16; SLOTS];
     let mut count = 0usize;
     let cp = spec.code_page;
     for (w, &word) in words.iter().enumerate() {
@@ -186,9 +188,10 @@ pub fn decode<'a>(spec: &'a Spec, input: &'a [u8]) -> Result<Message<'a>, Decode
                         },
                     )
                 })?;
-                let (slot, next) = field::decode_field(def, cp, input, pos)?;
+                let next = field::decode_field(def, cp, input, pos)?;
                 if let Some(s) = slots.get_mut(count) {
-                    *s = slot;
+                    // pos < input.len() <= max_frame_bytes <= 65535 (checked above).
+                    *s = pos as u16;
                 }
                 pos = next;
             }
@@ -356,22 +359,23 @@ impl<'a> Message<'a> {
         if !self.has(number) {
             return None;
         }
-        let slot = *self.slots.get(self.bitmap.rank(number))?;
-        Some((self.spec.field(number)?, slot))
+        let start = *self.slots.get(self.bitmap.rank(number))?;
+        let def = self.spec.field(number)?;
+        let slot = field::locate(def, self.spec.code_page, self.input, usize::from(start))?;
+        Some((def, slot))
     }
 
     /// A present field.
     #[inline]
     pub fn field(&self, number: u16) -> Option<Field<'a>> {
         let (def, slot) = self.slot(number)?;
-        let start = slot.start as usize;
-        let wire = self.input.get(start..start + usize::from(slot.wire_len))?;
+        let wire = self.input.get(slot.start..slot.start + slot.wire_len)?;
         Some(Field {
             def,
             code_page: self.spec.code_page,
             wire,
-            units: usize::from(slot.units),
-            offset: start,
+            units: slot.units,
+            offset: slot.start,
         })
     }
 
@@ -443,7 +447,7 @@ impl<'a> Message<'a> {
     pub fn mac_range(&self) -> Option<Range<usize>> {
         let mac = self.spec.mac?;
         let (def, slot) = self.slot(mac.field)?;
-        let end = slot.start as usize - def.prefix.map_or(0, |p| usize::from(p.width));
+        let end = slot.start - def.prefix.map_or(0, |p| usize::from(p.width));
         let start = if mac.from_header {
             0
         } else {
@@ -465,7 +469,11 @@ impl<'a> Message<'a> {
     /// A builder holding this message's values (borrowed where the wire form is the value), to
     /// change some fields and encode a reply or a re-send.
     pub fn to_builder(&self) -> MessageBuilder<'a> {
-        let entries = self.fields().map(|f| (f.number(), f.value())).collect();
+        let entries: Vec<_> = self.fields().map(|f| (f.number(), f.value())).collect();
+        let mut bitmap = Bitmap::new();
+        for (n, _) in &entries {
+            bitmap.insert(*n);
+        }
         // Keep a secondary/tertiary bitmap the sender included even if it announces nothing, so
         // the message re-encodes byte for byte.
         let words = self.bitmap.words();
@@ -481,6 +489,7 @@ impl<'a> Message<'a> {
             mti: self.mti,
             header: Cow::Borrowed(self.header()),
             entries,
+            bitmap,
             min_bitmaps,
         }
     }
@@ -518,6 +527,8 @@ pub struct MessageBuilder<'a> {
     header: Cow<'a, [u8]>,
     /// Sorted by field number.
     entries: Vec<(u16, Cow<'a, [u8]>)>,
+    /// The fields in `entries`, kept up to date so encoding does not rebuild it.
+    bitmap: Bitmap,
     /// Bitmaps written even when no field needs them (kept from a decoded message).
     min_bitmaps: u8,
 }
@@ -537,6 +548,7 @@ impl<'a> MessageBuilder<'a> {
             mti: parse_mti(mti)?,
             header: Cow::Borrowed(ZERO_HEADER.get(..spec.header.length).unwrap_or_default()),
             entries: Vec::with_capacity(24),
+            bitmap: Bitmap::new(),
             min_bitmaps: 1,
         })
     }
@@ -596,6 +608,12 @@ impl<'a> MessageBuilder<'a> {
         let def = self.def(number)?;
         let value = value.into();
         field::check_value(def, self.spec.code_page, &value)?;
+        self.bitmap.insert(number);
+        // Fields are usually set in ascending order: append without searching.
+        if self.entries.last().is_none_or(|(n, _)| *n < number) {
+            self.entries.push((number, value));
+            return Ok(self);
+        }
         match self.entries.binary_search_by_key(&number, |(n, _)| *n) {
             Ok(i) => {
                 if let Some(e) = self.entries.get_mut(i) {
@@ -625,6 +643,7 @@ impl<'a> MessageBuilder<'a> {
     pub fn clear(&mut self, mti: &str) -> Result<&mut Self, EncodeError> {
         self.mti = parse_mti(mti)?;
         self.entries.clear();
+        self.bitmap = Bitmap::new();
         self.min_bitmaps = 1;
         Ok(self)
     }
@@ -632,6 +651,7 @@ impl<'a> MessageBuilder<'a> {
     /// Removes a field.
     pub fn remove(&mut self, number: u16) -> &mut Self {
         self.entries.retain(|(n, _)| *n != number);
+        self.bitmap.remove(number);
         self
     }
 
@@ -701,6 +721,7 @@ impl<'a> MessageBuilder<'a> {
                 .into_iter()
                 .map(|(n, v)| (n, Cow::Owned(v.into_owned())))
                 .collect(),
+            bitmap: self.bitmap,
             min_bitmaps: self.min_bitmaps,
         }
     }
@@ -744,27 +765,40 @@ impl<'a> MessageBuilder<'a> {
         out: &mut B,
         mac_placeholder: bool,
     ) -> Result<Encoded, EncodeError> {
-        let spec = self.spec;
         let start = out.written().len();
+        let result = self.encode_body(out, start, mac_placeholder);
+        if result.is_err() {
+            out.truncate_to(start);
+        }
+        result
+    }
+
+    fn encode_body<B: EncodeBuffer>(
+        &self,
+        out: &mut B,
+        start: usize,
+        mac_placeholder: bool,
+    ) -> Result<Encoded, EncodeError> {
+        let spec = self.spec;
         if self.header.len() != spec.header.length {
             return Err(EncodeError::BadHeader {
                 expected: spec.header.length,
                 actual: self.header.len(),
             });
         }
-        let mac_field = if mac_placeholder {
-            spec.mac.map(|m| m.field)
-        } else {
-            None
-        };
-        let mut bitmap = Bitmap::new();
-        for (n, _) in &self.entries {
-            bitmap.insert(*n);
-        }
-        if let Some(m) = mac_field {
+        let mac_number = spec.mac.map(|m| m.field);
+        let mut placeholder = if mac_placeholder { mac_number } else { None };
+
+        let mut bitmap = self.bitmap;
+        if let Some(m) = placeholder {
             bitmap.insert(m);
         }
-        let highest = bitmap.iter().last().unwrap_or(0);
+        // Entries are sorted, so the highest field is the last one (or the MAC placeholder).
+        let highest = self
+            .entries
+            .last()
+            .map_or(0, |(n, _)| *n)
+            .max(placeholder.unwrap_or(0));
         let count = if highest > 128 {
             3
         } else if highest > 64 {
@@ -783,68 +817,55 @@ impl<'a> MessageBuilder<'a> {
         out.put(&self.header);
         let mti_offset = out.written().len();
         write_mti(spec, &self.mti, out);
-        let words = bitmap.words();
-        for word in words.iter().take(usize::from(count)) {
+        for word in bitmap.words().iter().take(usize::from(count)) {
             write_bitmap(spec.bitmap, *word, out);
         }
 
-        let mut mac = None;
         let cp = spec.code_page;
-        let mut write_one =
-            |def: &FieldDef, value: &[u8], out: &mut B| -> Result<(), EncodeError> {
-                let units =
-                    def.units_of_value(value.len())
-                        .map_err(|why| EncodeError::BadCharacter {
-                            field: def.number,
-                            what: why.into(),
-                            position: 0,
-                        })?;
-                let field_start = out.written().len();
-                field::write_field(def, cp, value, units, out);
-                if spec.mac.is_some_and(|m| m.field == def.number) {
-                    let prefix = def.prefix.map_or(0, |p| usize::from(p.width));
-                    let covered_start = if spec.mac.is_some_and(|m| m.from_header) {
-                        start
-                    } else {
-                        mti_offset
-                    };
-                    mac = Some(MacSpan {
-                        covered: covered_start..field_start,
-                        value: field_start + prefix..out.written().len(),
-                    });
-                }
-                Ok(())
-            };
-        let mut wrote_mac = false;
+        let mut mac = None;
+        let covered_start = if spec.mac.is_some_and(|m| m.from_header) {
+            start
+        } else {
+            mti_offset
+        };
+        let mut write = |number: u16, value: Option<&[u8]>, out: &mut B| {
+            let def = spec
+                .field(number)
+                .ok_or(EncodeError::UnknownField(number))?;
+            let field_start = out.written().len();
+            match value {
+                Some(value) => put_field(def, cp, value, out)?,
+                None => write_placeholder(def, cp, out)?,
+            }
+            if mac_number == Some(number) {
+                let prefix = def.prefix.map_or(0, |p| usize::from(p.width));
+                mac = Some(MacSpan {
+                    covered: covered_start..field_start,
+                    value: field_start + prefix..out.written().len(),
+                });
+            }
+            Ok::<(), EncodeError>(())
+        };
         for (n, value) in &self.entries {
-            let Some(def) = spec.field(*n) else {
-                out.truncate_to(start);
-                return Err(EncodeError::UnknownField(*n));
-            };
-            let result = if mac_field == Some(*n) {
-                wrote_mac = true;
-                write_placeholder(def, out, &mut write_one)
-            } else {
-                write_one(def, value, out)
-            };
-            if let Err(e) = result {
-                out.truncate_to(start);
-                return Err(e);
+            match placeholder {
+                Some(m) if m < *n => {
+                    write(m, None, out)?;
+                    placeholder = None;
+                }
+                Some(m) if m == *n => {
+                    write(m, None, out)?;
+                    placeholder = None;
+                    continue;
+                }
+                _ => {}
             }
+            write(*n, Some(value), out)?;
         }
-        if let (Some(m), false) = (mac_field, wrote_mac) {
-            let Some(def) = spec.field(m) else {
-                out.truncate_to(start);
-                return Err(EncodeError::UnknownField(m));
-            };
-            if let Err(e) = write_placeholder(def, out, &mut write_one) {
-                out.truncate_to(start);
-                return Err(e);
-            }
+        if let Some(m) = placeholder {
+            write(m, None, out)?;
         }
         let end = out.written().len();
         if end - start > spec.framing.max_frame_bytes {
-            out.truncate_to(start);
             return Err(EncodeError::TooLarge {
                 size: end - start,
                 limit: spec.framing.max_frame_bytes,
@@ -866,22 +887,42 @@ impl<'a> MessageBuilder<'a> {
     }
 }
 
+/// Writes one field from its value (checked when it was set).
+#[inline]
+fn put_field<B: EncodeBuffer>(
+    def: &FieldDef,
+    cp: CodePage,
+    value: &[u8],
+    out: &mut B,
+) -> Result<(), EncodeError> {
+    let units = def
+        .units_of_value(value.len())
+        .map_err(|why| EncodeError::BadCharacter {
+            field: def.number,
+            what: why.into(),
+            position: value.len(),
+        })?;
+    field::write_field(def, cp, value, units, out);
+    Ok(())
+}
+
 /// Writes a MAC field of zeros (its full fixed length).
 fn write_placeholder<B: EncodeBuffer>(
     def: &FieldDef,
+    cp: CodePage,
     out: &mut B,
-    write_one: &mut impl FnMut(&FieldDef, &[u8], &mut B) -> Result<(), EncodeError>,
 ) -> Result<(), EncodeError> {
     let len = def.value_len_of_units(def.max);
-    let zeros = [if def.value_kind() == ValueKind::Bytes {
+    let zero = if def.value_kind() == ValueKind::Bytes {
         0u8
     } else {
         b'0'
-    }; 64];
+    };
+    let zeros = [zero; 64];
     let value = zeros
         .get(..len)
         .ok_or_else(|| EncodeError::Mac("MAC field longer than 64".into()))?;
-    write_one(def, value, out)
+    put_field(def, cp, value, out)
 }
 
 /// Writes a computed MAC (the field's value: bytes for a binary or hex-text MAC field) into an

@@ -771,7 +771,8 @@ fn compile_framing(ctx: &Ctx<'_>, raw: &RawFraming) -> Result<FramingSpec, SpecE
     let limit = match length {
         FrameLength::Binary2 => 65_535,
         FrameLength::Bcd2 | FrameLength::Ascii4 => 9_999,
-        FrameLength::Etx | FrameLength::None => 1 << 20,
+        // Decoded messages keep 16-bit offsets; no ISO 8583 link needs more.
+        FrameLength::Etx | FrameLength::None => 65_535,
     };
     let max_frame_bytes = raw.max_frame_bytes.unwrap_or(limit);
     if max_frame_bytes == 0 || max_frame_bytes > limit {
