@@ -222,6 +222,10 @@ fn pkcs11_module_on_a_softhsm_token() {
         info.contains("PIN translation in host memory: not PCI PIN compliant"),
         "{info}"
     );
+    assert!(
+        info.contains("in-token translation probe: UnwrapKey returned MechanismInvalid"),
+        "{info}"
+    );
     let list = ok(&as_str(&with(&["hsm", "keys", "list"])), env);
     assert!(list.lines().any(|l| l == "vec/x919 tdes2 08D7B4"), "{list}");
     assert!(

@@ -10,6 +10,8 @@
 //!   blocks inside the token. Otherwise (SoftHSM2, for one) it decrypts and re-encrypts with the
 //!   clear block only in zeroised host memory, and says so loudly in the log and in
 //!   [`Capabilities`]: "PIN translation in host memory: not PCI PIN compliant".
+//!   SoftHSM2 2.6.1 answers `CKR_MECHANISM_INVALID` to `C_UnwrapKey` with DES3-ECB and DES3-CBC
+//!   (measured), so on it both PIN translation and key import run in host memory.
 //! - A change of PIN block format (e.g. 4 -> 0) always needs the clear PIN, so it always runs in
 //!   host memory, whatever the token can do.
 //! - Key import and generation decrypt/encrypt the working key with the key-encryption key in the
@@ -86,6 +88,8 @@ pub struct Pkcs11Module {
     /// write lock also serialises key replacement against lookups.
     keys: RwLock<HashMap<String, Entry>>,
     translation: PinTranslation,
+    /// What the start-up probe found, for `posbridge hsm info`.
+    probe: String,
     description: String,
 }
 
@@ -144,13 +148,14 @@ impl Pkcs11Module {
             )) => {}
             Err(error) => return Err(token_error("C_Login")(error)),
         }
-        let translation = probe_in_token_translation(&sessions[0]);
+        let (translation, probe) = probe_in_token_translation(&sessions[0]);
         let module = Self {
             context,
             slot,
             pool: SessionPool::new(sessions),
             keys: RwLock::new(HashMap::new()),
             translation,
+            probe,
             description,
         };
         tracing::info!(
@@ -461,7 +466,7 @@ fn create_key(
 /// Tries an in-token translation on a temporary session key: unwrap a test block as a sensitive
 /// generic secret (with `CKA_WRAP_WITH_TRUSTED`), wrap it again, compare. Any failure means the
 /// token cannot do it and PIN blocks will be translated in host memory.
-fn probe_in_token_translation(session: &Session) -> PinTranslation {
+fn probe_in_token_translation(session: &Session) -> (PinTranslation, String) {
     let result = (|| -> std::result::Result<bool, cryptoki::error::Error> {
         let probe_key = session.generate_key(
             &Mechanism::Des2KeyGen,
@@ -498,15 +503,19 @@ fn probe_in_token_translation(session: &Session) -> PinTranslation {
         outcome
     })();
     match result {
-        Ok(true) => PinTranslation::InToken,
-        Ok(false) => {
-            tracing::debug!("in-token PIN translation probe: wrap did not round-trip");
-            PinTranslation::HostMemory
-        }
-        Err(error) => {
-            tracing::debug!(%error, "in-token PIN translation probe failed");
-            PinTranslation::HostMemory
-        }
+        Ok(true) => (
+            PinTranslation::InToken,
+            "unwrap as a sensitive secret and wrap round-trip".into(),
+        ),
+        Ok(false) => (
+            PinTranslation::HostMemory,
+            "unwrap/wrap did not round-trip".into(),
+        ),
+        Err(cryptoki::error::Error::Pkcs11(rv, function)) => (
+            PinTranslation::HostMemory,
+            format!("{function:?} returned {rv:?}"),
+        ),
+        Err(error) => (PinTranslation::HostMemory, error.to_string()),
     }
 }
 
@@ -618,7 +627,10 @@ impl SecurityModule for Pkcs11Module {
     fn capabilities(&self) -> Capabilities {
         let mut notes = Vec::new();
         match self.translation {
-            PinTranslation::HostMemory => notes.push(HOST_MEMORY_WARNING.to_owned()),
+            PinTranslation::HostMemory => {
+                notes.push(HOST_MEMORY_WARNING.to_owned());
+                notes.push(format!("in-token translation probe: {}", self.probe));
+            }
             PinTranslation::InToken => notes.push(
                 "PIN translation inside the token for same-format DES blocks (destination keys must be CKA_TRUSTED)".into(),
             ),
