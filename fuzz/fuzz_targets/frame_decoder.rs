@@ -69,7 +69,13 @@ fn check_frame(codec: &mut FrameCodec, framing: &Framing, frame: &[u8], original
     if let Ok((header, body)) = framing.split_header(frame) {
         let mut rebuilt = BytesMut::new();
         codec
-            .encode(OutboundFrame { header: &header, body }, &mut rebuilt)
+            .encode(
+                OutboundFrame {
+                    header: &header,
+                    body,
+                },
+                &mut rebuilt,
+            )
             .expect("a parsed header re-encodes");
         assert_eq!(&rebuilt[..], original, "typed header re-encode differs");
     }
