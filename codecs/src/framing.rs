@@ -31,8 +31,9 @@
 //! UnionPay 6-byte POS application header ([`PosHeader`]), and the 46-byte UnionPay host header
 //! ([`HostHeader`]), whose total-length field the encoder always writes from the actual body length.
 //!
-//! Which framing a link uses is configuration data ([`Framing`], serde-deserialisable), so a dialect
-//! spec or a link's configuration names it, e.g. in TOML:
+//! Which framing a link uses is configuration data: [`Framing::from_spec`] takes it from a dialect
+//! spec's `[framing]` and `[header]` tables, and [`Framing`] itself is serde-deserialisable for a
+//! link's own configuration, with the same vocabulary, e.g. in TOML:
 //!
 //! ```toml
 //! [framing]
@@ -46,6 +47,8 @@ use std::fmt;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 use tokio_util::codec::{Decoder, Encoder};
+
+use crate::spec::{FrameLength, HeaderKind, Spec};
 
 /// The byte that ends a frame in [`LengthPrefix::Etx`] framing.
 pub const ETX: u8 = 0x03;
@@ -241,6 +244,46 @@ impl Framing {
     pub const fn with_max_frame_bytes(mut self, max_frame_bytes: usize) -> Self {
         self.max_frame_bytes = max_frame_bytes;
         self
+    }
+
+    /// The framing a dialect spec names: its `[framing]` length prefix and limit and its
+    /// `[header]` kind. A `raw` header (opaque bytes of a fixed length) maps to
+    /// [`HeaderLayout::None`]: it stays in the frame and the message decoder reads it.
+    ///
+    /// # Errors
+    /// [`FramingError::InvalidConfig`] for a dialect whose `length_prefix` is `none` (its transport
+    /// delimits messages, so there is nothing to frame) or whose limits fail
+    /// [`Framing::validate`].
+    pub fn from_spec(spec: &Spec) -> Result<Self, FramingError> {
+        let length_prefix = match spec.framing.length {
+            FrameLength::Binary2 => LengthPrefix::Binary2,
+            FrameLength::Bcd2 => LengthPrefix::Bcd2,
+            FrameLength::Ascii4 => LengthPrefix::Ascii4,
+            FrameLength::Etx => LengthPrefix::Etx,
+            FrameLength::None => {
+                return Err(FramingError::InvalidConfig {
+                    key: "framing.length_prefix",
+                    reason: format!(
+                        "dialect {} uses `none`: its transport delimits messages, there is no \
+                         stream framing",
+                        spec.name
+                    ),
+                });
+            }
+        };
+        let header = match spec.header.kind {
+            HeaderKind::None | HeaderKind::Raw => HeaderLayout::None,
+            HeaderKind::Tpdu => HeaderLayout::Tpdu,
+            HeaderKind::TpduCupsPos => HeaderLayout::TpduCupsPos,
+            HeaderKind::CupsHost => HeaderLayout::CupsHost,
+        };
+        let framing = Self {
+            length_prefix,
+            header,
+            max_frame_bytes: spec.framing.max_frame_bytes,
+        };
+        framing.validate()?;
+        Ok(framing)
     }
 
     /// The largest frame this framing lets through: `max_frame_bytes`, capped by what the length
@@ -901,6 +944,14 @@ impl FrameCodec {
             outbound_header: None,
             etx_scanned: 0,
         })
+    }
+
+    /// A codec for the framing a dialect spec names ([`Framing::from_spec`]).
+    ///
+    /// # Errors
+    /// As [`Framing::from_spec`].
+    pub fn for_spec(spec: &Spec) -> Result<Self, FramingError> {
+        Self::new(Framing::from_spec(spec)?)
     }
 
     /// The same codec writing `header` before every plain body it encodes.
