@@ -272,14 +272,14 @@ fn print_allocations(fx: &Fixture) {
     let cups_values = values(&fx.cups, &fx.cups_fields);
     let mut buf = Vec::with_capacity(1024);
     let row = |name: &str, decode: usize, encode: usize, build_encode: usize| {
-        println!("{name:<26} {decode:>8} {encode:>18} {build_encode:>20}");
+        println!("{name:<36} {decode:>8} {encode:>20} {build_encode:>22}");
     };
     println!(
         "heap allocations per operation (reference 0200, {} bytes in iso87ascii)",
         fx.ascii_wire.len()
     );
     println!(
-        "{:<26} {:>8} {:>18} {:>20}",
+        "{:<36} {:>8} {:>20} {:>22}",
         "codec", "decode", "encode (reused buf)", "build+encode (reused)"
     );
 
@@ -315,6 +315,18 @@ fn print_allocations(fx: &Fixture) {
                 .unwrap();
         }),
     );
+    let mut reused = fx.ascii.builder("0200").unwrap();
+    fill(&mut reused, &ascii_values);
+    let reused_count = allocations(|| {
+        buf.clear();
+        fill(&mut reused, &ascii_values)
+            .encode_into(&mut buf)
+            .unwrap();
+    });
+    println!(
+        "{:<36} {:>8} {:>20} {reused_count:>22}",
+        "posbridge iso87ascii, reused builder", "-", "-"
+    );
     let v02_msg = other_build_v02(&fx.v02, &fx.ascii_fields);
     row(
         "iso_8583_rs 0.2.2",
@@ -337,6 +349,18 @@ fn print_allocations(fx: &Fixture) {
         allocations(|| other_build_v01(&fx.ascii_fields).assemble().unwrap()),
     );
     println!();
+}
+
+/// Refills a reused builder (`clear` keeps its capacity) with the reference values.
+fn fill<'b, 'a>(
+    message: &'b mut MessageBuilder<'a>,
+    values: &'a [(u16, Vec<u8>)],
+) -> &'b mut MessageBuilder<'a> {
+    message.clear("0200").unwrap();
+    for (n, value) in values {
+        message.set(*n, value.as_slice()).unwrap();
+    }
+    message
 }
 
 fn build_values<'a>(
@@ -426,6 +450,16 @@ fn bench_encode(c: &mut Criterion, fx: &Fixture) {
         b.iter(|| {
             buf.clear();
             build_values(&fx.ascii, None, black_box(&ascii_values))
+                .encode_into(&mut buf)
+                .unwrap();
+            buf.len()
+        })
+    });
+    let mut reused = fx.ascii.builder("0200").unwrap();
+    group.bench_function("posbridge iso87ascii, reused builder", |b| {
+        b.iter(|| {
+            buf.clear();
+            fill(&mut reused, black_box(&ascii_values))
                 .encode_into(&mut buf)
                 .unwrap();
             buf.len()
