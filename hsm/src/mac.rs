@@ -1,6 +1,6 @@
 //! Message authentication codes: ISO 9797-1 algorithm 1 (CBC-MAC), algorithm 3 (ANSI X9.19
-//! retail MAC), the UnionPay POS "ECB" MAC and AES-CMAC, written once over the crate's block-cipher trait so both
-//! backends compute them the same way.
+//! retail MAC), the UnionPay POS "ECB" MAC and AES-CMAC, written once over the crate's
+//! block-cipher trait so both backends compute them the same way.
 
 use crate::error::{HsmError, Result};
 use crate::keys::{Family, KeyType};

@@ -1,8 +1,8 @@
 //! The `pkcs11` backend: keys are objects on a PKCS#11 token, found by label; every cipher
 //! operation runs in the token through `cryptoki`.
 //!
-//! - One `C_Initialize` per process and library (a process-wide context); a bounded pool of sessions opened
-//!   at start, logged in once with the user PIN (read from a file or the environment, never
+//! - One `C_Initialize` per process and library (a process-wide context); a bounded pool of
+//!   sessions opened at start, logged in once with the user PIN (read from a file or the environment, never
 //!   logged).
 //! - At start the module **probes** what the token really does rather than trusting its mechanism
 //!   list: it unwraps a test block under a temporary key as a sensitive generic secret with
