@@ -2,8 +2,8 @@
 //! operation runs in the token through `cryptoki`.
 //!
 //! - One `C_Initialize` per process and library (a process-wide context); a bounded pool of
-//!   sessions opened at start, logged in once with the user PIN (read from a file or the environment, never
-//!   logged).
+//!   sessions opened at start, logged in once with the user PIN (read from a file or the
+//!   environment, never logged).
 //! - At start the module **probes** what the token really does rather than trusting its mechanism
 //!   list: it unwraps a test block under a temporary key as a sensitive generic secret with
 //!   `CKA_WRAP_WITH_TRUSTED` and wraps it back. Only when that round-trips does it translate PIN
