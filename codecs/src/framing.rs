@@ -132,7 +132,7 @@ impl LengthPrefix {
     }
 
     /// Writes the prefix announcing `len` bytes; the caller has checked `len <= max_len()`.
-    fn write(self, len: usize, dst: &mut BytesMut) {
+    fn write(self, len: usize, dst: &mut impl BufMut) {
         // Each arm's arithmetic stays in range because len <= max_len() was checked by the caller.
         match self {
             Self::Binary2 => dst.put_u16(u16::try_from(len).unwrap_or(u16::MAX)),
@@ -284,6 +284,78 @@ impl Framing {
         };
         framing.validate()?;
         Ok(framing)
+    }
+
+    /// The content of exactly one complete frame held in `input` (length prefix or ETX
+    /// included), for tools and tests that have a whole frame at hand rather than a stream.
+    ///
+    /// # Errors
+    /// [`FramingError::Truncated`] when `input` ends inside the frame,
+    /// [`FramingError::TrailingBytes`] when bytes follow it, and the stream decoder's errors
+    /// (invalid prefix, over the limit).
+    pub fn unframe<'a>(&self, input: &'a [u8]) -> Result<&'a [u8], FramingError> {
+        let max = self.effective_max_len();
+        let (content, used) = if self.length_prefix == LengthPrefix::Etx {
+            let end = input
+                .iter()
+                .position(|&b| b == ETX)
+                .ok_or(FramingError::Truncated {
+                    buffered: input.len(),
+                })?;
+            (&input[..end], end + 1)
+        } else {
+            let width = self.length_prefix.prefix_len();
+            let prefix = input.get(..width).ok_or(FramingError::Truncated {
+                buffered: input.len(),
+            })?;
+            let len = self.length_prefix.read(prefix)?;
+            let content = input
+                .get(width..width + len)
+                .ok_or(FramingError::Truncated {
+                    buffered: input.len(),
+                })?;
+            (content, width + len)
+        };
+        if content.len() > max {
+            return Err(FramingError::FrameTooLarge {
+                len: content.len(),
+                max,
+            });
+        }
+        if used != input.len() {
+            return Err(FramingError::TrailingBytes {
+                offset: used,
+                extra: input.len() - used,
+            });
+        }
+        Ok(content)
+    }
+
+    /// Appends `content` (header and message) as one frame to `out`: length prefix and content,
+    /// or content and ETX. Nothing is written when an error is returned.
+    ///
+    /// # Errors
+    /// [`FramingError::FrameTooLarge`] over the limit or the prefix's capacity, and
+    /// [`FramingError::EtxInFrame`] when ETX framing would be cut short by the content.
+    pub fn frame_into(&self, content: &[u8], out: &mut impl BufMut) -> Result<(), FramingError> {
+        let max = self.effective_max_len();
+        if content.len() > max {
+            return Err(FramingError::FrameTooLarge {
+                len: content.len(),
+                max,
+            });
+        }
+        if self.length_prefix == LengthPrefix::Etx {
+            if let Some(offset) = content.iter().position(|&b| b == ETX) {
+                return Err(FramingError::EtxInFrame { offset });
+            }
+            out.put_slice(content);
+            out.put_u8(ETX);
+        } else {
+            self.length_prefix.write(content.len(), out);
+            out.put_slice(content);
+        }
+        Ok(())
     }
 
     /// The largest frame this framing lets through: `max_frame_bytes`, capped by what the length
@@ -883,6 +955,14 @@ pub enum FramingError {
         declared: usize,
         /// The actual frame length (header plus message).
         actual: usize,
+    },
+    /// A complete frame was expected, but more bytes follow it.
+    #[error("{extra} bytes follow the frame that ends at byte {offset}")]
+    TrailingBytes {
+        /// Where the frame ends.
+        offset: usize,
+        /// How many bytes follow.
+        extra: usize,
     },
     /// A frame to send in ETX framing contains the ETX byte, which would cut it in two.
     #[error("frame holds ETX (0x03) at byte {offset}; ETX framing cannot carry it")]

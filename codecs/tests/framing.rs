@@ -661,3 +661,48 @@ fn fixtures_travel_through_their_dialects_framing() {
     }
     assert!(seen >= 8, "only {seen} fixtures found");
 }
+
+#[test]
+fn one_shot_frame_and_unframe_agree_with_the_stream_codec() {
+    for prefix in ALL_PREFIXES {
+        let framing = Framing::new(prefix, HeaderLayout::None).with_max_frame_bytes(500);
+        let body = text_body(123);
+        let mut vec = Vec::new();
+        framing.frame_into(&body, &mut vec).unwrap();
+        assert_eq!(
+            &vec[..],
+            &encode_body(&mut codec(prefix), &body)[..],
+            "{prefix}"
+        );
+        assert_eq!(framing.unframe(&vec).unwrap(), &body[..], "{prefix}");
+
+        let truncated = framing.unframe(&vec[..vec.len() - 1]);
+        assert!(
+            matches!(truncated, Err(FramingError::Truncated { .. })),
+            "{prefix}: {truncated:?}"
+        );
+        let mut longer = vec.clone();
+        longer.push(b'0');
+        assert!(
+            matches!(
+                framing.unframe(&longer),
+                Err(FramingError::TrailingBytes { extra: 1, .. })
+            ),
+            "{prefix}"
+        );
+        assert!(
+            matches!(
+                framing.frame_into(&text_body(501), &mut Vec::new()),
+                Err(FramingError::FrameTooLarge { len: 501, max: 500 })
+            ),
+            "{prefix}"
+        );
+    }
+    let etx = Framing::new(LengthPrefix::Etx, HeaderLayout::None);
+    let mut out = Vec::new();
+    assert!(matches!(
+        etx.frame_into(b"08\x0300", &mut out),
+        Err(FramingError::EtxInFrame { offset: 2 })
+    ));
+    assert!(out.is_empty());
+}
