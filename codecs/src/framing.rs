@@ -22,10 +22,11 @@
 //!   names it `BASE24Channel`). Because the frame is found by searching for 0x03, the content must
 //!   never contain that byte: only dialects whose every byte is printable text can use it, i.e.
 //!   ASCII/hex-text bitmaps and fields and no binary fields (PIN block, MAC, field 55) unless the
-//!   dialect carries them as hex text. Of the shipped dialects only `iso87ascii` messages without
-//!   binary fields qualify; `iso87binary`, `cups-pos` (binary TPDU, BCD, binary bitmap) and
-//!   `cups-host` (binary header bytes and MAC) cannot be sent this way. The encoder refuses a frame
-//!   that contains 0x03 rather than send something the peer would cut in two.
+//!   dialect carries them as hex text. Of the shipped dialects only `iso87ascii` qualifies (its PIN
+//!   block, field 55 and MAC are hex text), provided no text field carries control characters;
+//!   `iso87binary`, `cups-pos` (binary TPDU, BCD, binary bitmap) and `cups-host` (binary header
+//!   bytes, bitmaps and MAC) cannot be sent this way. The encoder refuses a frame that contains
+//!   0x03 rather than send something the peer would cut in two.
 //!
 //! Headers ([`HeaderLayout`]): the 5-byte TPDU of POS links ([`Tpdu`]), TPDU followed by the
 //! UnionPay 6-byte POS application header ([`PosHeader`]), and the 46-byte UnionPay host header
