@@ -1,0 +1,237 @@
+//! The production shape end to end: `posbridge serve` as its own process, with its keys on a
+//! real SoftHSM2 token (PKCS#11) and its journal in PostgreSQL; a terminal over TCP and a wallet
+//! app over HTTP pay a QR sale; SIGTERM stops it cleanly; its logs never carry the card number.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use common::{Backend, TestJournal};
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+
+const TOKEN: &str = "posbridge-e2e";
+const USER_PIN: &str = "246810";
+
+fn pkcs11_library() -> String {
+    std::env::var("POSBRIDGE_TEST_PKCS11_MODULE")
+        .unwrap_or_else(|_| "/usr/lib/softhsm/libsofthsm2.so".into())
+}
+
+fn create_token(dir: &Path) -> std::path::PathBuf {
+    let tokens = dir.join("tokens");
+    std::fs::create_dir(&tokens).unwrap();
+    let conf = dir.join("softhsm2.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
+            tokens.display()
+        ),
+    )
+    .unwrap();
+    let status = Command::new("softhsm2-util")
+        .env("SOFTHSM2_CONF", &conf)
+        .args([
+            "--init-token",
+            "--free",
+            "--label",
+            TOKEN,
+            "--so-pin",
+            "13579111",
+            "--pin",
+            USER_PIN,
+        ])
+        .stdout(Stdio::null())
+        .status()
+        .expect("softhsm2-util not found: ./scripts/test installs softhsm2");
+    assert!(status.success());
+    conf
+}
+
+fn posbridge(conf: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_posbridge"));
+    command
+        .env("SOFTHSM2_CONF", conf)
+        .env("POSBRIDGE_HSM_PIN", USER_PIN)
+        .env_remove("RUST_LOG");
+    command
+}
+
+/// Kills the gateway if the test fails before stopping it.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn serve_on_softhsm_and_postgres_pays_a_qr_sale() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = create_token(dir.path());
+    let journal = TestJournal::new(Backend::Postgres);
+    let config = dir.path().join("posbridge.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[journal]\nurl = \"{}\"\nschema = \"{}\"\n\n[hsm]\nbackend = \"pkcs11\"\nmodule = \"{}\"\ntoken_label = \"{TOKEN}\"\npool_size = 2\n\n\
+             [terminal]\nlisten = \"127.0.0.1:0\"\n[wallet_api]\nlisten = \"127.0.0.1:0\"\n[metrics]\nlisten = \"127.0.0.1:0\"\n\
+             [gateway]\npoll_interval_ms = 50\n[log]\nlevel = \"debug\"\n",
+            journal.config.url.as_deref().unwrap(),
+            journal.config.schema,
+            pkcs11_library()
+        ),
+    )
+    .unwrap();
+    let keys = concat!(env!("CARGO_MANIFEST_DIR"), "/hsm/src/demo_keys.toml");
+    let provision = posbridge(&conf)
+        .args(["hsm", "keys", "provision", "--config"])
+        .arg(&config)
+        .args(["--from", keys])
+        .output()
+        .unwrap();
+    assert!(
+        provision.status.success(),
+        "{}",
+        String::from_utf8_lossy(&provision.stderr)
+    );
+    let seed = posbridge(&conf)
+        .args(["admin", "seed-demo", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(
+        seed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&seed.stderr)
+    );
+
+    let mut server = KillOnDrop(
+        posbridge(&conf)
+            .args(["serve", "--config"])
+            .arg(&config)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let stderr = server.0.stderr.take().unwrap();
+    let log = Arc::new(Mutex::new(String::new()));
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+    let reader = {
+        let log = Arc::clone(&log);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let line = line.unwrap_or_default();
+                if line.contains("posbridge serving") {
+                    let _ = addr_tx.send(line.clone());
+                }
+                log.lock().unwrap().push_str(&line);
+                log.lock().unwrap().push('\n');
+            }
+        })
+    };
+    let serving = addr_rx
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .expect("the gateway did not start");
+    let field = |name: &str| -> String {
+        let start = serving
+            .find(&format!("{name}="))
+            .unwrap_or_else(|| panic!("{name} in {serving:?}"))
+            + name.len()
+            + 1;
+        serving[start..]
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .trim_matches('"')
+            .to_owned()
+    };
+    let terminal_addr: std::net::SocketAddr = field("terminal").parse().unwrap();
+    let wallet_url = format!("http://{}", field("wallet_api"));
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let receipt = runtime.block_on(async {
+        let spec = Arc::new(posbridge_codecs::Spec::builtin("cups-pos").unwrap());
+        let terminal_keys = posbridge_hsm::open(&posbridge_hsm::HsmConfig::default()).unwrap();
+        let mut terminal = posbridge::terminal::client::TerminalClient::connect(
+            terminal_addr,
+            spec,
+            posbridge::terminal::client::TerminalIdentity {
+                tid: posbridge::demo::TID.into(),
+                mid: posbridge::demo::MID.into(),
+                master_key: "tmk/demo".into(),
+                operator: "01".into(),
+                batch: "000001".into(),
+            },
+            terminal_keys,
+            500,
+        )
+        .await
+        .unwrap();
+        terminal.sign_on().await.unwrap();
+        let order = terminal
+            .request_order(posbridge::money::Money {
+                amount_minor: 880,
+                currency: 156,
+            })
+            .await
+            .unwrap();
+        assert_eq!(order.response_code, "00");
+        let payload = order.payload.unwrap();
+        let phone_keys = posbridge_hsm::open(&posbridge_hsm::HsmConfig::default()).unwrap();
+        let wallet = posbridge::wallet_api::client::WalletClient::new(
+            &wallet_url,
+            posbridge::demo::APP_ID,
+            posbridge::demo::APP_KEY,
+            phone_keys,
+            "pek/wallet",
+        );
+        let wrong = wallet
+            .pay(&payload, posbridge::demo::PAN, Some("9999"), "e2e-0", None)
+            .await
+            .unwrap();
+        assert_eq!(wrong.response_code(), Some("55"));
+        let paid = wallet
+            .pay(
+                &payload,
+                posbridge::demo::PAN,
+                Some(posbridge::demo::PIN),
+                "e2e-1",
+                None,
+            )
+            .await
+            .unwrap();
+        assert_eq!(paid.response_code(), Some("00"));
+        terminal.query_result(&order.voucher).await.unwrap()
+    });
+    assert_eq!(receipt.response_code, "00");
+    assert_eq!(receipt.masked_pan.as_deref(), Some("622202*********0123"));
+
+    let status = Command::new("kill")
+        .args(["-TERM", &server.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = server.0.wait().unwrap();
+    reader.join().unwrap();
+    assert!(
+        exit.success(),
+        "posbridge serve did not stop cleanly: {exit:?}"
+    );
+    let log = log.lock().unwrap().clone();
+    assert!(
+        log.contains("PIN translation in host memory") || log.contains("pkcs11"),
+        "{log}"
+    );
+    assert!(
+        !log.contains(posbridge::demo::PAN),
+        "full PAN in the gateway's log:\n{log}"
+    );
+}
