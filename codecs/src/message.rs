@@ -469,10 +469,24 @@ impl<'a> Message<'a> {
     /// A builder holding this message's values (borrowed where the wire form is the value), to
     /// change some fields and encode a reply or a re-send.
     pub fn to_builder(&self) -> MessageBuilder<'a> {
-        let entries: Vec<_> = self.fields().map(|f| (f.number(), f.value())).collect();
+        let mut wire = Vec::with_capacity(self.input.len());
+        let mut entries = Vec::with_capacity(self.bitmap.len());
         let mut bitmap = Bitmap::new();
-        for (n, _) in &entries {
-            bitmap.insert(*n);
+        for f in self.fields() {
+            // The wire form travels as received: prefix and data, copied once.
+            let prefix = f.def.prefix.map_or(0, |p| usize::from(p.width));
+            let bytes = self
+                .input
+                .get(f.offset - prefix..f.offset + f.wire.len())
+                .unwrap_or_default();
+            let start = wire.len();
+            wire.extend_from_slice(bytes);
+            bitmap.insert(f.number());
+            entries.push(Entry {
+                number: f.number(),
+                value: f.value(),
+                wire: start..wire.len(),
+            });
         }
         // Keep a secondary/tertiary bitmap the sender included even if it announces nothing, so
         // the message re-encodes byte for byte.
@@ -489,6 +503,7 @@ impl<'a> Message<'a> {
             mti: self.mti,
             header: Cow::Borrowed(self.header()),
             entries,
+            wire,
             bitmap,
             min_bitmaps,
         }
@@ -526,11 +541,24 @@ pub struct MessageBuilder<'a> {
     mti: [u8; 4],
     header: Cow<'a, [u8]>,
     /// Sorted by field number.
-    entries: Vec<(u16, Cow<'a, [u8]>)>,
+    entries: Vec<Entry<'a>>,
+    /// Every entry's wire form (length prefix and data), encoded when the value is set; entries
+    /// point into it. Encoding a message copies these bytes: one copy when the fields were set
+    /// in ascending order, which is the usual case.
+    wire: Vec<u8>,
     /// The fields in `entries`, kept up to date so encoding does not rebuild it.
     bitmap: Bitmap,
     /// Bitmaps written even when no field needs them (kept from a decoded message).
     min_bitmaps: u8,
+}
+
+/// One field of a builder.
+#[derive(Debug, Clone)]
+struct Entry<'a> {
+    number: u16,
+    value: Cow<'a, [u8]>,
+    /// Where the field's wire form lies in the builder's `wire`.
+    wire: Range<usize>,
 }
 
 fn parse_mti(mti: &str) -> Result<[u8; 4], EncodeError> {
@@ -547,7 +575,8 @@ impl<'a> MessageBuilder<'a> {
             spec,
             mti: parse_mti(mti)?,
             header: Cow::Borrowed(ZERO_HEADER.get(..spec.header.length).unwrap_or_default()),
-            entries: Vec::with_capacity(24),
+            entries: Vec::new(),
+            wire: Vec::new(),
             bitmap: Bitmap::new(),
             min_bitmaps: 1,
         })
@@ -607,22 +636,60 @@ impl<'a> MessageBuilder<'a> {
     ) -> Result<&mut Self, EncodeError> {
         let def = self.def(number)?;
         let value = value.into();
-        field::check_value(def, self.spec.code_page, &value)?;
+        let units = field::check_value(def, self.spec.code_page, &value)?;
         self.bitmap.insert(number);
-        // Fields are usually set in ascending order: append without searching.
-        if self.entries.last().is_none_or(|(n, _)| *n < number) {
-            self.entries.push((number, value));
-            return Ok(self);
+        let found = self.find(number);
+        if let Ok(i) = found {
+            // Re-setting the last-encoded field reuses its bytes; otherwise the old bytes stay
+            // unused until `clear`.
+            if self
+                .entries
+                .get(i)
+                .is_some_and(|e| e.wire.end == self.wire.len())
+            {
+                let start = self.entries.get(i).map_or(0, |e| e.wire.start);
+                self.wire.truncate(start);
+            }
         }
-        match self.entries.binary_search_by_key(&number, |(n, _)| *n) {
+        let start = self.wire.len();
+        field::write_field(def, self.spec.code_page, &value, units, &mut self.wire);
+        let entry = Entry {
+            number,
+            value,
+            wire: start..self.wire.len(),
+        };
+        match found {
             Ok(i) => {
                 if let Some(e) = self.entries.get_mut(i) {
-                    e.1 = value;
+                    *e = entry;
                 }
             }
-            Err(i) => self.entries.insert(i, (number, value)),
+            Err(i) => self.entries.insert(i, entry),
         }
         Ok(self)
+    }
+
+    /// Index of a field in `entries` (or where it would go). Fields are usually set in
+    /// ascending order, so the end is checked first.
+    #[inline]
+    fn find(&self, number: u16) -> Result<usize, usize> {
+        match self.entries.last() {
+            None => Err(0),
+            Some(last) if last.number < number => Err(self.entries.len()),
+            _ => self.entries.binary_search_by_key(&number, |e| e.number),
+        }
+    }
+
+    /// True when the entries' wire bytes lie back to back in field order and fill `wire`.
+    fn wire_in_order(&self) -> bool {
+        let mut next = 0;
+        for e in &self.entries {
+            if e.wire.start != next {
+                return false;
+            }
+            next = e.wire.end;
+        }
+        next == self.wire.len()
     }
 
     /// Sets a text or digit field from a string (borrowed, no copy).
@@ -643,6 +710,7 @@ impl<'a> MessageBuilder<'a> {
     pub fn clear(&mut self, mti: &str) -> Result<&mut Self, EncodeError> {
         self.mti = parse_mti(mti)?;
         self.entries.clear();
+        self.wire.clear();
         self.bitmap = Bitmap::new();
         self.min_bitmaps = 1;
         Ok(self)
@@ -650,18 +718,15 @@ impl<'a> MessageBuilder<'a> {
 
     /// Removes a field.
     pub fn remove(&mut self, number: u16) -> &mut Self {
-        self.entries.retain(|(n, _)| *n != number);
+        self.entries.retain(|e| e.number != number);
         self.bitmap.remove(number);
         self
     }
 
     /// A field's value, if set.
     pub fn value(&self, number: u16) -> Option<&[u8]> {
-        let i = self
-            .entries
-            .binary_search_by_key(&number, |(n, _)| *n)
-            .ok()?;
-        self.entries.get(i).map(|(_, v)| v.as_ref())
+        let i = self.find(number).ok()?;
+        self.entries.get(i).map(|e| e.value.as_ref())
     }
 
     /// A field's text form (see [`Field::text`]).
@@ -674,7 +739,7 @@ impl<'a> MessageBuilder<'a> {
 
     /// Numbers of the fields set, ascending.
     pub fn numbers(&self) -> impl Iterator<Item = u16> + '_ {
-        self.entries.iter().map(|(n, _)| *n)
+        self.entries.iter().map(|e| e.number)
     }
 
     /// A sub-field (or whole field) by path; `Ok(None)` if absent.
@@ -719,8 +784,12 @@ impl<'a> MessageBuilder<'a> {
             entries: self
                 .entries
                 .into_iter()
-                .map(|(n, v)| (n, Cow::Owned(v.into_owned())))
+                .map(|e| Entry {
+                    value: Cow::Owned(e.value.into_owned()),
+                    ..e
+                })
                 .collect(),
+            wire: self.wire,
             bitmap: self.bitmap,
             min_bitmaps: self.min_bitmaps,
         }
@@ -797,7 +866,7 @@ impl<'a> MessageBuilder<'a> {
         let highest = self
             .entries
             .last()
-            .map_or(0, |(n, _)| *n)
+            .map_or(0, |e| e.number)
             .max(placeholder.unwrap_or(0));
         let count = if highest > 128 {
             3
@@ -822,47 +891,56 @@ impl<'a> MessageBuilder<'a> {
         }
 
         let cp = spec.code_page;
-        let mut mac = None;
         let covered_start = if spec.mac.is_some_and(|m| m.from_header) {
             start
         } else {
             mti_offset
         };
-        let mut write = |number: u16, value: Option<&[u8]>, out: &mut B| {
-            let def = spec
-                .field(number)
-                .ok_or(EncodeError::UnknownField(number))?;
-            let field_start = out.written().len();
-            match value {
-                Some(value) => put_field(def, cp, value, out)?,
-                None => write_placeholder(def, cp, out)?,
-            }
+        let mut mac = None;
+        let mut record = |number: u16, field_start: usize, end: usize| {
             if mac_number == Some(number) {
-                let prefix = def.prefix.map_or(0, |p| usize::from(p.width));
+                let prefix = spec
+                    .field(number)
+                    .and_then(|d| d.prefix)
+                    .map_or(0, |p| usize::from(p.width));
                 mac = Some(MacSpan {
                     covered: covered_start..field_start,
-                    value: field_start + prefix..out.written().len(),
+                    value: field_start + prefix..end,
                 });
             }
-            Ok::<(), EncodeError>(())
         };
-        for (n, value) in &self.entries {
-            match placeholder {
-                Some(m) if m < *n => {
-                    write(m, None, out)?;
-                    placeholder = None;
-                }
-                Some(m) if m == *n => {
-                    write(m, None, out)?;
-                    placeholder = None;
-                    continue;
-                }
-                _ => {}
+        let placeholder_last =
+            placeholder.is_none_or(|m| self.entries.last().is_none_or(|e| e.number < m));
+        if placeholder_last && self.wire_in_order() {
+            // The usual case: one copy of every field's pre-encoded bytes.
+            let body = out.written().len();
+            out.put(&self.wire);
+            for e in &self.entries {
+                record(e.number, body + e.wire.start, body + e.wire.end);
             }
-            write(*n, Some(value), out)?;
+        } else {
+            for e in &self.entries {
+                match placeholder {
+                    Some(m) if m <= e.number => {
+                        let field_start = out.written().len();
+                        write_placeholder(spec.field(m), cp, out)?;
+                        record(m, field_start, out.written().len());
+                        placeholder = None;
+                        if m == e.number {
+                            continue;
+                        }
+                    }
+                    _ => {}
+                }
+                let field_start = out.written().len();
+                out.put(self.wire.get(e.wire.clone()).unwrap_or_default());
+                record(e.number, field_start, out.written().len());
+            }
         }
         if let Some(m) = placeholder {
-            write(m, None, out)?;
+            let field_start = out.written().len();
+            write_placeholder(spec.field(m), cp, out)?;
+            record(m, field_start, out.written().len());
         }
         let end = out.written().len();
         if end - start > spec.framing.max_frame_bytes {
@@ -887,31 +965,13 @@ impl<'a> MessageBuilder<'a> {
     }
 }
 
-/// Writes one field from its value (checked when it was set).
-#[inline]
-fn put_field<B: EncodeBuffer>(
-    def: &FieldDef,
-    cp: CodePage,
-    value: &[u8],
-    out: &mut B,
-) -> Result<(), EncodeError> {
-    let units = def
-        .units_of_value(value.len())
-        .map_err(|why| EncodeError::BadCharacter {
-            field: def.number,
-            what: why.into(),
-            position: value.len(),
-        })?;
-    field::write_field(def, cp, value, units, out);
-    Ok(())
-}
-
 /// Writes a MAC field of zeros (its full fixed length).
 fn write_placeholder<B: EncodeBuffer>(
-    def: &FieldDef,
+    def: Option<&FieldDef>,
     cp: CodePage,
     out: &mut B,
 ) -> Result<(), EncodeError> {
+    let def = def.ok_or_else(|| EncodeError::Mac("the MAC field is not defined".into()))?;
     let len = def.value_len_of_units(def.max);
     let zero = if def.value_kind() == ValueKind::Bytes {
         0u8
@@ -922,7 +982,11 @@ fn write_placeholder<B: EncodeBuffer>(
     let value = zeros
         .get(..len)
         .ok_or_else(|| EncodeError::Mac("MAC field longer than 64".into()))?;
-    put_field(def, cp, value, out)
+    let units = def
+        .units_of_value(len)
+        .map_err(|_| EncodeError::Mac("MAC field of impossible length".into()))?;
+    field::write_field(def, cp, value, units, out);
+    Ok(())
 }
 
 /// Writes a computed MAC (the field's value: bytes for a binary or hex-text MAC field) into an
@@ -983,12 +1047,9 @@ fn write_bitmap<B: EncodeBuffer>(encoding: BitmapEncoding, word: u64, out: &mut 
     match encoding {
         BitmapEncoding::Binary => out.put(&word.to_be_bytes()),
         BitmapEncoding::Hex => {
-            const HEX: &[u8; 16] = b"0123456789ABCDEF";
-            let mut text = [0u8; 16];
-            for (i, c) in text.iter_mut().enumerate() {
-                *c = HEX[((word >> (60 - 4 * i)) & 0xF) as usize];
-            }
-            out.put(&text);
+            let [a, b, c, d, e, f, g, h] = field::hex8((word >> 32) as u32);
+            let [i, j, k, l, m, n, o, p] = field::hex8(word as u32);
+            out.put(&[a, b, c, d, e, f, g, h, i, j, k, l, m, n, o, p]);
         }
     }
 }

@@ -230,6 +230,9 @@ pub struct FieldDef {
     pub sensitive_mti: Vec<[u8; 4]>,
     /// Sub-field layout.
     pub subfields: Option<Subfields>,
+    /// `units = (value length << units_up) >> units_down` (see [`FieldDef::units_of_value`]).
+    units_up: u8,
+    units_down: u8,
 }
 
 impl FieldDef {
@@ -285,21 +288,11 @@ impl FieldDef {
     /// value cannot be written.
     #[inline]
     pub fn units_of_value(&self, value_len: usize) -> Result<usize, &'static str> {
-        match (self.data, self.counts) {
-            (DataEncoding::Ascii | DataEncoding::Ebcdic, _) => Ok(value_len),
-            (DataEncoding::Bcd, LengthUnit::Digits) => Ok(value_len),
-            (DataEncoding::Bcd, LengthUnit::Bytes) => {
-                if value_len % 2 == 1 {
-                    Err("an odd digit count cannot be carried when the length counts bytes")
-                } else {
-                    Ok(value_len / 2)
-                }
-            }
-            (DataEncoding::Binary, LengthUnit::Bytes) => Ok(value_len),
-            (DataEncoding::Binary, LengthUnit::Digits) | (DataEncoding::Hex, _) => {
-                Ok(value_len * 2)
-            }
+        // Precomputed shifts instead of a match: this runs once per field on every encode.
+        if self.units_down == 1 && value_len % 2 == 1 {
+            return Err("an odd digit count cannot be carried when the length counts bytes");
         }
+        Ok((value_len << self.units_up) >> self.units_down)
     }
 
     /// Value length (characters/digits/bytes) for a length in `counts` units.
@@ -993,6 +986,11 @@ fn compile_field(ctx: &Ctx<'_>, n: u16, raw: &RawField) -> Result<FieldDef, Spec
         sensitive: compile_sensitive(ctx, n, raw)?,
         sensitive_mti: compile_sensitive_mti(ctx, n, raw)?,
         subfields: None,
+        units_up: u8::from(matches!(
+            (data, counts),
+            (DataEncoding::Binary, LengthUnit::Digits) | (DataEncoding::Hex, _)
+        )),
+        units_down: u8::from((data, counts) == (DataEncoding::Bcd, LengthUnit::Bytes)),
     };
     // A length that can never describe whole bytes is a contradiction, caught here, not on the wire.
     if let (true, Err(why)) = (def.is_fixed(), def.wire_len(max)) {

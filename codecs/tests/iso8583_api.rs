@@ -191,3 +191,96 @@ max_bitmaps = 1
         assert!(e.contains(needle), "{needle} not in {e}");
     }
 }
+
+#[test]
+fn builder_order_of_sets_does_not_change_the_bytes() {
+    let spec = Spec::builtin("cups-host").unwrap();
+    let mut in_order = spec.builder("0200").unwrap();
+    in_order.set_header(vec![0; 46]).unwrap();
+    for (n, v) in [
+        (2, "6222021234567890123"),
+        (3, "000000"),
+        (11, "000001"),
+        (41, "TERM0001"),
+    ] {
+        in_order.set_str(n, v).unwrap();
+    }
+    in_order.set(128, vec![7; 8]).unwrap();
+    let expected = in_order.to_bytes().unwrap();
+
+    let mut shuffled = spec.builder("0200").unwrap();
+    shuffled.set_header(vec![0; 46]).unwrap();
+    shuffled.set(128, vec![1; 8]).unwrap();
+    shuffled.set_str(41, "TERM0001").unwrap();
+    shuffled.set_str(11, "999999").unwrap();
+    shuffled.set_str(3, "000000").unwrap();
+    shuffled.set_str(2, "6222021234567890123").unwrap();
+    shuffled.set_str(11, "000001").unwrap();
+    shuffled.set_str(37, "to be removed").unwrap_err();
+    shuffled.set_str(37, "123456789012").unwrap();
+    shuffled.remove(37);
+    shuffled.set(128, vec![7; 8]).unwrap();
+    assert_eq!(to_hex(&shuffled.to_bytes().unwrap()), to_hex(&expected));
+
+    // Reused after clear: same bytes again, and the MAC placeholder path agrees with decode.
+    shuffled.clear("0200").unwrap();
+    shuffled.set_str(11, "000001").unwrap();
+    shuffled.set_str(2, "6222021234567890123").unwrap();
+    let mut buf = Vec::new();
+    let info = shuffled
+        .encode_with_mac(&mut buf, |covered| Ok::<_, String>(covered[..8].to_vec()))
+        .unwrap();
+    let msg = decode(&spec, &buf).unwrap();
+    assert_eq!(msg.mac_range(), info.mac.map(|m| m.covered));
+    assert_eq!(
+        msg.mac().unwrap().wire(),
+        &buf[46..54],
+        "MAC = first 8 covered bytes"
+    );
+}
+
+#[test]
+fn mac_placeholder_between_fields() {
+    // MAC in 64 while secondary fields follow it.
+    let text = r#"
+name = "mac64"
+[framing]
+length_prefix = "binary2"
+[mti]
+encoding = "ascii"
+[bitmap]
+encoding = "binary"
+max_bitmaps = 2
+[mac]
+field = 64
+[fields.11]
+name = "stan"
+type = "fixed"
+data = "ascii"
+length = 6
+[fields.64]
+name = "mac"
+type = "fixed"
+data = "binary"
+length = 8
+[fields.70]
+name = "nmic"
+type = "fixed"
+data = "ascii"
+length = 3
+"#;
+    let spec = Spec::from_toml_str("mac64.toml", text).unwrap();
+    let mut m = spec.builder("0800").unwrap();
+    m.set_str(11, "000001").unwrap();
+    m.set_str(70, "301").unwrap();
+    let mut buf = Vec::new();
+    let info = m
+        .encode_with_mac(&mut buf, |_| Ok::<_, String>(vec![0xEE; 8]))
+        .unwrap();
+    let span = info.mac.unwrap();
+    assert_eq!(span.covered, 0..4 + 16 + 6);
+    assert_eq!(&buf[span.value.clone()], &[0xEE; 8]);
+    assert_eq!(&buf[span.value.end..], b"301");
+    let msg = decode(&spec, &buf).unwrap();
+    assert_eq!(msg.mac_range(), Some(span.covered));
+}
