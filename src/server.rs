@@ -100,16 +100,13 @@ pub async fn run(
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(expiry_worker(gateway.clone(), stop_rx.clone()));
     tasks.spawn(outbox_worker(gateway.clone(), stop_rx.clone()));
-    let wallet = crate::wallet_api::router(gateway.orders.clone());
-    let wallet_stop = wait_stop(stop_rx.clone());
-    tasks.spawn(async move {
-        if let Err(error) = axum::serve(listeners.wallet_api, wallet)
-            .with_graceful_shutdown(wallet_stop)
-            .await
-        {
-            tracing::error!(%error, "wallet API server failed");
-        }
-    });
+    spawn_wallet_api(
+        &gateway,
+        listeners.wallet_api,
+        wait_stop(stop_rx.clone()),
+        &mut tasks,
+    )
+    .await?;
     if let Some(listener) = listeners.metrics {
         let router = crate::health::router(gateway.clone(), prometheus_handle());
         let stop = wait_stop(stop_rx.clone());
@@ -138,6 +135,51 @@ pub async fn run(
     }
     while tasks.join_next().await.is_some() {}
     tracing::info!("stopped");
+    Ok(())
+}
+
+/// Serves the wallet API, over HTTPS (rustls) when a certificate is configured.
+async fn spawn_wallet_api(
+    gateway: &Gateway,
+    listener: TcpListener,
+    stop: impl Future<Output = ()> + Send + 'static,
+    tasks: &mut tokio::task::JoinSet<()>,
+) -> anyhow::Result<()> {
+    let router = crate::wallet_api::router(gateway.orders.clone());
+    let config = &gateway.config.wallet_api;
+    let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) else {
+        tasks.spawn(async move {
+            if let Err(error) = axum::serve(listener, router)
+                .with_graceful_shutdown(stop)
+                .await
+            {
+                tracing::error!(%error, "wallet API server failed");
+            }
+        });
+        return Ok(());
+    };
+    let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
+        .await
+        .with_context(|| {
+            format!(
+                "wallet_api.tls_cert {} / tls_key {}",
+                cert.display(),
+                key.display()
+            )
+        })?;
+    let handle = axum_server::Handle::new();
+    let stopper = handle.clone();
+    tasks.spawn(async move {
+        stop.await;
+        stopper.graceful_shutdown(Some(Duration::from_secs(10)));
+    });
+    let server = axum_server::from_tcp_rustls(listener.into_std()?, tls)?.handle(handle);
+    tasks.spawn(async move {
+        if let Err(error) = server.serve(router.into_make_service()).await {
+            tracing::error!(%error, "wallet API (HTTPS) server failed");
+        }
+    });
+    tracing::info!("wallet API speaks HTTPS (rustls)");
     Ok(())
 }
 

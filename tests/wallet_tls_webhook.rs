@@ -1,0 +1,199 @@
+//! The wallet API over HTTPS (rustls) when a certificate is configured, and merchant webhooks for
+//! static-code payments delivered from the outbox with a verifiable signature.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use common::*;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wallet_api_speaks_https_when_configured() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let cert_path = dir.path().join("wallet.crt");
+    let key_path = dir.path().join("wallet.key");
+    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+    std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
+
+    let journal = TestJournal::new(Backend::Sqlite);
+    let mut config = config(&journal);
+    config.wallet_api.tls_cert = Some(cert_path);
+    config.wallet_api.tls_key = Some(key_path);
+    let gateway = posbridge::server::open(config).await.unwrap();
+    posbridge::demo::seed(&gateway).await.unwrap();
+    let listeners = posbridge::server::Listeners::bind(&gateway.config)
+        .await
+        .unwrap();
+    let port = listeners.wallet_api.local_addr().unwrap().port();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(posbridge::server::run(gateway, listeners, async move {
+        let _ = stopped.await;
+    }));
+
+    let https = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(cert.cert.pem().as_bytes()).unwrap())
+        .build()
+        .unwrap();
+    let answer = https
+        .post(format!("https://localhost:{port}/v1/orders/resolve"))
+        .header("x-posbridge-app", posbridge::demo::APP_ID)
+        .header(
+            "authorization",
+            format!("Bearer {}", posbridge::demo::APP_KEY),
+        )
+        .json(&serde_json::json!({"payload": "not a code"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        answer.status().as_u16(),
+        400,
+        "authenticated over TLS, refused as a bad code"
+    );
+    let plain = reqwest::Client::new()
+        .post(format!("http://localhost:{port}/v1/orders/resolve"))
+        .json(&serde_json::json!({"payload": "x"}))
+        .send()
+        .await;
+    assert!(
+        plain.is_err() || !plain.unwrap().status().is_success(),
+        "plain HTTP must not be served"
+    );
+    let _ = stop.send(());
+    task.await.unwrap().unwrap();
+}
+
+#[derive(Clone, Default)]
+struct Received(Arc<Mutex<Vec<(String, String, String)>>>);
+
+async fn merchant_server(received: Received) -> std::net::SocketAddr {
+    use axum::routing::post;
+    let app = axum::Router::new()
+        .route(
+            "/hook",
+            post(
+                |axum::extract::State(received): axum::extract::State<Received>,
+                 headers: axum::http::HeaderMap,
+                 body: String| async move {
+                    let header = |name: &str| {
+                        headers
+                            .get(name)
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("")
+                            .to_owned()
+                    };
+                    received.0.lock().unwrap().push((
+                        header("x-posbridge-event-id"),
+                        header("x-posbridge-signature"),
+                        body,
+                    ));
+                    "ok"
+                },
+            ),
+        )
+        .with_state(received);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    addr
+}
+
+async fn static_code_webhook(backend: Backend) {
+    let received = Received::default();
+    let hook = merchant_server(received.clone()).await;
+    let journal = TestJournal::new(backend);
+    let running = start(&journal).await;
+    let store = &running.seeded.store;
+    posbridge::admin::register_merchant(
+        store,
+        &posbridge::admin::Merchant {
+            mid: "898310048169999".into(),
+            name: "MARKET STALL 7".into(),
+            city: "SHANGHAI".into(),
+            mcc: "5411".into(),
+            country: "CN".into(),
+            currency: CNY,
+            account_id: String::new(),
+            webhook_url: Some(format!("http://{hook}/hook")),
+            webhook_secret: Some("stall-secret".into()),
+        },
+    )
+    .await
+    .unwrap();
+    let code = posbridge::admin::create_static_code(
+        store,
+        &running.seeded.gateway.config.gateway.gui,
+        "898310048169999",
+        Some("STALL 7"),
+    )
+    .await
+    .unwrap();
+    let wallet = wallet_client(&running);
+    let paid = wallet
+        .pay(
+            &code,
+            PAYER_PAN,
+            Some(PAYER_PIN),
+            "stall-1",
+            Some((1250, CNY)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(paid.response_code(), Some("00"));
+    let mut delivered = Vec::new();
+    for _ in 0..200 {
+        delivered = received.0.lock().unwrap().clone();
+        if !delivered.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(delivered.len(), 1, "exactly one notification");
+    let (event_id, signature, body) = &delivered[0];
+    let json: serde_json::Value = serde_json::from_str(body).unwrap();
+    assert_eq!(json["event_id"], event_id.as_str());
+    assert_eq!(json["amount_minor"], 1250);
+    assert_eq!(json["masked_pan"], "622202*********0123");
+    let timestamp: i64 = signature
+        .split(',')
+        .next()
+        .unwrap()
+        .trim_start_matches("t=")
+        .parse()
+        .unwrap();
+    assert_eq!(
+        signature,
+        &posbridge::outbox::signature("stall-secret", timestamp, body)
+    );
+    assert!(!body.contains(PAYER_PAN));
+    // The merchant can query its payments with its secret, not without.
+    let http = reqwest::Client::new();
+    let url = format!(
+        "{}/v1/merchants/898310048169999/payments",
+        running.wallet_url
+    );
+    let listed: serde_json::Value = http
+        .get(&url)
+        .bearer_auth("stall-secret")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 1);
+    assert_eq!(
+        http.get(&url)
+            .bearer_auth("wrong")
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16(),
+        401
+    );
+    running.stop().await;
+}
+on_both_journals!(static_code_webhook, super::static_code_webhook);
