@@ -4,6 +4,7 @@
 //! drive the same code as operators do.
 
 pub mod admin;
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod demo;
@@ -19,4 +20,5 @@ pub mod qr;
 pub mod security;
 pub mod server;
 pub mod terminal;
+pub mod upstream;
 pub mod wallet_api;

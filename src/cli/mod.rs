@@ -2,6 +2,7 @@
 //! (or `Args`) type and a `run` function; this file only dispatches.
 
 mod admin;
+mod bench;
 mod crypto;
 mod gateway;
 mod hsm;
@@ -48,6 +49,9 @@ pub enum Command {
     /// Check a configuration file.
     #[command(subcommand)]
     Config(gateway::ConfigCommand),
+    /// Load generator: simulated terminals and phones doing complete QR sales; throughput,
+    /// errors and latency percentiles (optionally the database's ceiling and idle connections).
+    Bench(bench::BenchArgs),
 }
 
 /// Runs one parsed command line.
@@ -62,5 +66,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Sim(command) => sim::run(command),
         Command::Admin(command) => admin::run(command),
         Command::Config(command) => gateway::config_command(command),
+        Command::Bench(args) => bench::run(args),
     }
 }

@@ -1,0 +1,206 @@
+//! `posbridge bench`: the load generator. Simulated terminals (each its own TCP connection and
+//! TID) and phones do complete cardless QR sales against a gateway (order request, wallet
+//! resolve, pay with PIN, result query held until paid), at a fixed rate or as fast as they
+//! can, for a duration or a count, and the step latencies go into HdrHistograms.
+//!
+//! The gateway is either one already running (its terminal address and wallet API URL) or one
+//! this process opens on the configured journal and security module and seeds itself
+//! ([`Target::Spawn`]). Optional extras measured in the same run: the database's own ceiling
+//! for the durable writes a sale needs ([`ceiling`]), and the memory idle terminal connections
+//! cost ([`idle`]).
+//!
+//! The five-role mode of the issue (sales going upstream through `posbridge sim host`) waits
+//! for the upstream link; it is not offered yet.
+
+pub mod ceiling;
+pub mod idle;
+mod load;
+pub mod report;
+pub mod seed;
+
+use crate::config::Config;
+use crate::journal::JournalConfig;
+use crate::money::Money;
+use crate::terminal::client::TerminalIdentity;
+use anyhow::Context;
+use report::Report;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+/// Which gateway the bench drives.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// A gateway already serving, seeded with the demo's identities (`posbridge admin
+    /// seed-demo`): merchant, terminal, payer and wallet app.
+    Running {
+        /// Its terminal (ISO 8583) address.
+        terminal: SocketAddr,
+        /// Its wallet API base URL.
+        wallet_url: String,
+        /// Its process id, to read its memory for `--idle-connections` (optional).
+        gateway_pid: Option<u32>,
+        /// Its journal, for `--ceiling` (optional; taken from `--config`).
+        journal: Option<JournalConfig>,
+    },
+    /// A gateway opened in this process with this configuration (listen addresses are
+    /// replaced by loopback port 0), seeded with one merchant, terminal and payer per simulated
+    /// terminal.
+    Spawn(Box<Config>),
+}
+
+/// How long the load runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bound {
+    /// Until this many sales were started (and finished).
+    Count(u64),
+    /// Until this much time passed (sales in flight then finish).
+    Duration(Duration),
+}
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    /// The gateway.
+    pub target: Target,
+    /// Simulated terminals (one connection and TID each, one phone each).
+    pub terminals: usize,
+    /// Sales per second over all terminals; `None`: as fast as possible.
+    pub rate: Option<f64>,
+    /// How long.
+    pub bound: Bound,
+    /// Amount of each sale (minor units, CNY).
+    pub amount_minor: i64,
+    /// Also measure the database's own ceiling for a sale's durable writes.
+    pub ceiling: bool,
+    /// Idle terminal connections to hold open during the run (0: none).
+    pub idle_connections: usize,
+}
+
+/// Counts what the run has done so far, for a progress display.
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Sales finished (approved or not).
+    pub finished: AtomicU64,
+    /// Sales finished with an error.
+    pub failed: AtomicU64,
+}
+
+/// One simulated terminal and the phone that pays its orders.
+#[derive(Debug, Clone)]
+pub(crate) struct Lane {
+    pub identity: TerminalIdentity,
+    pub pan: String,
+    pub pin: String,
+    pub app_id: String,
+    pub app_key: String,
+}
+
+/// Where the sales go and who makes them.
+#[derive(Debug, Clone)]
+pub(crate) struct Plan {
+    pub terminal: SocketAddr,
+    pub wallet_url: String,
+    pub lanes: Vec<Lane>,
+    /// Distinct payer accounts (and merchant accounts) the lanes use, mirrored by the ceiling.
+    pub accounts: usize,
+}
+
+/// Runs the bench and returns its report.
+pub async fn run(options: BenchOptions, progress: Arc<Progress>) -> anyhow::Result<Report> {
+    anyhow::ensure!(options.terminals > 0, "--terminals must be at least 1");
+    anyhow::ensure!(options.amount_minor > 0, "--amount-minor must be positive");
+    if let Some(rate) = options.rate {
+        anyhow::ensure!(
+            rate.is_finite() && rate > 0.0,
+            "--rate must be a positive number"
+        );
+    }
+    if let Bound::Count(0) = options.bound {
+        anyhow::bail!("--count must be at least 1");
+    }
+    let batch = run_batch();
+    match &options.target {
+        Target::Spawn(config) => {
+            let spawned = seed::spawn((**config).clone(), options.terminals, &batch).await?;
+            let journal = spawned.gateway.config.journal.clone();
+            let backend = spawned.gateway.orders.security().module().capabilities();
+            let outcome = measure(
+                &options,
+                &spawned.plan,
+                Some(std::process::id()),
+                Some(&journal),
+                progress,
+            )
+            .await;
+            spawned.stop().await?;
+            let mut report = outcome?;
+            report.mode = "spawn".into();
+            report.security_module = Some(backend.backend.to_string());
+            Ok(report)
+        }
+        Target::Running {
+            terminal,
+            wallet_url,
+            gateway_pid,
+            journal,
+        } => {
+            let plan = seed::demo_plan(*terminal, wallet_url, options.terminals, &batch);
+            let mut report =
+                measure(&options, &plan, *gateway_pid, journal.as_ref(), progress).await?;
+            report.mode = "running".into();
+            Ok(report)
+        }
+    }
+}
+
+async fn measure(
+    options: &BenchOptions,
+    plan: &Plan,
+    gateway_pid: Option<u32>,
+    journal: Option<&JournalConfig>,
+    progress: Arc<Progress>,
+) -> anyhow::Result<Report> {
+    let idle = if options.idle_connections > 0 {
+        Some(idle::IdleSet::open(plan.terminal, options.idle_connections, gateway_pid).await?)
+    } else {
+        None
+    };
+    let amount = Money {
+        amount_minor: options.amount_minor,
+        currency: 156,
+    };
+    let load = load::run(plan, amount, options.rate, options.bound, progress).await?;
+    let idle = match idle {
+        Some(set) => Some(set.finish().await?),
+        None => None,
+    };
+    let mut report = Report::from_load(options, &load);
+    report.journal = journal.map(|j| match j.url {
+        Some(_) => "postgres".to_owned(),
+        None => "sqlite".to_owned(),
+    });
+    report.idle = idle;
+    if options.ceiling {
+        let journal = journal
+            .context("--ceiling needs the gateway's journal: give --config (or use --spawn)")?;
+        let sales = match options.bound {
+            Bound::Count(n) => ceiling::Limit::Count(n),
+            Bound::Duration(d) => ceiling::Limit::Duration(d),
+        };
+        let connections = options.terminals.min(journal.pool_size.max(1));
+        let ceiling =
+            ceiling::measure(journal, connections, plan.accounts, load.payload_len, sales)
+                .await
+                .context("measuring the database ceiling")?;
+        report.set_ceiling(ceiling);
+    }
+    Ok(report)
+}
+
+/// A batch number for this run, so its vouchers never meet an earlier run's orders
+/// (the journal refuses a second order for the same terminal, batch and voucher).
+fn run_batch() -> String {
+    format!("{:06}", rand::random_range(1..1_000_000u32))
+}
