@@ -233,6 +233,10 @@ pub struct FieldDef {
     /// `units = (value length << units_up) >> units_down` (see [`FieldDef::units_of_value`]).
     units_up: u8,
     units_down: u8,
+    /// `wire bytes = (units + wire_round) >> wire_down`; `even_units`: odd lengths impossible.
+    wire_round: u8,
+    wire_down: u8,
+    even_units: bool,
 }
 
 impl FieldDef {
@@ -259,29 +263,15 @@ impl FieldDef {
     /// Wire bytes of the data for a length in `counts` units, or why that length is impossible.
     #[inline]
     pub fn wire_len(&self, units: usize) -> Result<usize, &'static str> {
-        match (self.data, self.counts) {
-            (DataEncoding::Ascii | DataEncoding::Ebcdic, _) | (_, LengthUnit::Bytes) => {
-                if self.data == DataEncoding::Hex && units % 2 == 1 {
-                    return Err("hex text needs an even number of characters");
-                }
-                Ok(units)
-            }
-            (DataEncoding::Bcd, LengthUnit::Digits) => Ok(units.div_ceil(2)),
-            (DataEncoding::Binary, LengthUnit::Digits) => {
-                if units % 2 == 1 {
-                    Err("binary data needs an even number of nibbles")
-                } else {
-                    Ok(units / 2)
-                }
-            }
-            (DataEncoding::Hex, LengthUnit::Digits) => {
-                if units % 2 == 1 {
-                    Err("hex text needs an even number of characters")
-                } else {
-                    Ok(units)
-                }
-            }
+        // Precomputed instead of a match: this runs once per field on every decode.
+        if self.even_units && units % 2 == 1 {
+            return Err(if self.data == DataEncoding::Hex {
+                "hex text needs an even number of characters"
+            } else {
+                "binary data needs an even number of nibbles"
+            });
         }
+        Ok((units + usize::from(self.wire_round)) >> self.wire_down)
     }
 
     /// Length in `counts` units of a value of `value_len` characters/digits/bytes, or why the
@@ -991,6 +981,15 @@ fn compile_field(ctx: &Ctx<'_>, n: u16, raw: &RawField) -> Result<FieldDef, Spec
             (DataEncoding::Binary, LengthUnit::Digits) | (DataEncoding::Hex, _)
         )),
         units_down: u8::from((data, counts) == (DataEncoding::Bcd, LengthUnit::Bytes)),
+        wire_round: u8::from((data, counts) == (DataEncoding::Bcd, LengthUnit::Digits)),
+        wire_down: u8::from(matches!(
+            (data, counts),
+            (DataEncoding::Bcd | DataEncoding::Binary, LengthUnit::Digits)
+        )),
+        even_units: matches!(
+            (data, counts),
+            (DataEncoding::Binary, LengthUnit::Digits) | (DataEncoding::Hex, _)
+        ),
     };
     // A length that can never describe whole bytes is a contradiction, caught here, not on the wire.
     if let (true, Err(why)) = (def.is_fixed(), def.wire_len(max)) {
