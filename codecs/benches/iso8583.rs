@@ -492,10 +492,131 @@ fn bench_encode(c: &mut Criterion, fx: &Fixture) {
     group.finish();
 }
 
+/// One timed operation; returns something derived from its result so it is not optimised away.
+type Op<'a> = Box<dyn FnMut() -> usize + 'a>;
+
+/// Times every codec's decode and encode interleaved, round after round, so that on a shared
+/// machine they all face the same load; prints the median and the best round per operation.
+/// Criterion's figures that follow measure one codec after another.
+fn print_side_by_side(fx: &Fixture) {
+    const ROUNDS: usize = 25;
+    const BATCH_NS: u128 = 4_000_000;
+    let ascii_msg = builder(&fx.ascii, None, &fx.ascii_fields);
+    let cups_msg = builder(&fx.cups, Some(&CUPS_HEADER), &fx.cups_fields);
+    let v02_msg = other_build_v02(&fx.v02, &fx.ascii_fields);
+    let v01_msg = other_build_v01(&fx.ascii_fields);
+    let v01_spec = other_spec_v01();
+    let mut v01_input = fx.v01_wire.clone();
+    let (mut b1, mut b2, mut b3) = (
+        Vec::with_capacity(1024),
+        Vec::with_capacity(1024),
+        Vec::with_capacity(1024),
+    );
+    let mut ops: Vec<(&str, Op<'_>)> = vec![
+        (
+            "decode posbridge iso87ascii",
+            Box::new(|| {
+                decode(&fx.ascii, black_box(&fx.ascii_wire))
+                    .unwrap()
+                    .bitmap()
+                    .words()[0] as usize
+            }),
+        ),
+        (
+            "decode posbridge cups-pos",
+            Box::new(|| {
+                decode(&fx.cups, black_box(&fx.cups_wire))
+                    .unwrap()
+                    .bitmap()
+                    .words()[0] as usize
+            }),
+        ),
+        (
+            "decode iso_8583_rs 0.2.2",
+            Box::new(|| {
+                iso_8583_rs::Message::parse(&fx.v02, black_box(&fx.ascii_wire))
+                    .unwrap()
+                    .bitmap as usize
+            }),
+        ),
+        (
+            "decode iso8583_rs 0.1.10",
+            Box::new(move || {
+                v01_spec
+                    .parse(black_box(&mut v01_input))
+                    .unwrap()
+                    .fd_map
+                    .len()
+            }),
+        ),
+        (
+            "encode posbridge iso87ascii",
+            Box::new(|| {
+                b1.clear();
+                black_box(&ascii_msg).encode_into(&mut b1).unwrap();
+                b1.len()
+            }),
+        ),
+        (
+            "encode posbridge cups-pos",
+            Box::new(|| {
+                b2.clear();
+                black_box(&cups_msg).encode_into(&mut b2).unwrap();
+                b2.len()
+            }),
+        ),
+        (
+            "encode iso_8583_rs 0.2.2",
+            Box::new(|| {
+                b3.clear();
+                black_box(&v02_msg).pack_into(&mut b3);
+                b3.len()
+            }),
+        ),
+        (
+            "encode iso8583_rs 0.1.10",
+            Box::new(|| black_box(&v01_msg).assemble().unwrap().len()),
+        ),
+    ];
+    // Iterations per batch, from a first timing, so a batch lasts about BATCH_NS.
+    let iterations: Vec<u32> = ops
+        .iter_mut()
+        .map(|(_, op)| {
+            let start = std::time::Instant::now();
+            for _ in 0..1000 {
+                black_box(op());
+            }
+            let per_op = start.elapsed().as_nanos().max(1) / 1000;
+            u32::try_from((BATCH_NS / per_op.max(1)).clamp(100, 1_000_000)).unwrap_or(1000)
+        })
+        .collect();
+    let mut samples: Vec<Vec<f64>> = vec![Vec::with_capacity(ROUNDS); ops.len()];
+    for _ in 0..ROUNDS {
+        for ((_, op), (n, times)) in ops
+            .iter_mut()
+            .zip(iterations.iter().zip(samples.iter_mut()))
+        {
+            let start = std::time::Instant::now();
+            for _ in 0..*n {
+                black_box(op());
+            }
+            times.push(start.elapsed().as_nanos() as f64 / f64::from(*n));
+        }
+    }
+    println!("interleaved timing, {ROUNDS} rounds (ns per operation)");
+    println!("{:<30} {:>10} {:>10}", "operation", "median", "best");
+    for ((name, _), times) in ops.iter().zip(samples.iter_mut()) {
+        times.sort_by(f64::total_cmp);
+        println!("{name:<30} {:>10.1} {:>10.1}", times[ROUNDS / 2], times[0]);
+    }
+    println!();
+}
+
 fn main() {
     ensure_spec_file();
     let fx = Fixture::new();
     print_allocations(&fx);
+    print_side_by_side(&fx);
     let mut c = Criterion::default().configure_from_args();
     bench_decode(&mut c, &fx);
     bench_encode(&mut c, &fx);
