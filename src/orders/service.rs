@@ -612,6 +612,7 @@ impl OrderService {
         )
         .await?;
         record_event(tx, &order.order_id, Some(state), OrderState::Paid, "paid").await?;
+        crate::metrics::record_sale_since_ms(order.created_at_ms);
         if order.origin == Origin::Static.as_str() {
             crate::outbox::enqueue_payment(tx, &order.order_id).await?;
         }
@@ -1032,6 +1033,7 @@ async fn record_event(
     to: OrderState,
     detail: &str,
 ) -> Result<(), JournalError> {
+    crate::metrics::record_order_state(to.as_str());
     tx.execute(
         "INSERT INTO order_events (event_id, order_id, from_state, to_state, detail, at_ms) VALUES ($1, $2, $3, $4, $5, $6)",
         &[
