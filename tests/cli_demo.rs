@@ -24,7 +24,10 @@ fn demo_pays_with_a_pin_and_prints_both_receipts_without_leaking_the_pan() {
     );
     assert!(stdout.contains("VOUCHER NO. 000102"), "{stdout}");
     let pan = posbridge::demo::PAN;
-    assert!(!stdout.contains(pan) && !stderr.contains(pan), "full PAN in the demo's output");
+    assert!(
+        !stdout.contains(pan) && !stderr.contains(pan),
+        "full PAN in the demo's output"
+    );
 }
 
 #[test]
