@@ -1,0 +1,142 @@
+//! `posbridge bench` as an operator runs it: a short spawned run on SQLite and on PostgreSQL
+//! must complete exactly the sales asked for, report them in the documented JSON shape, and
+//! never write a payer's card number or PIN to its logs. Counts only: no timing assertions.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use common::{Backend, TestJournal};
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn config_file(dir: &Path, journal: &TestJournal) -> std::path::PathBuf {
+    let mut text = String::from("[journal]\n");
+    match &journal.config.url {
+        Some(url) => {
+            text += &format!(
+                "url = {url:?}\nschema = {:?}\npool_size = {}\n",
+                journal.config.schema, journal.config.pool_size
+            );
+        }
+        None => text += &format!("sqlite_path = {:?}\n", journal.config.sqlite_path),
+    }
+    let path = dir.join("posbridge.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn bench(config: &Path, extra: &[&str], log_level: &str) -> Output {
+    let output = Command::new(env!("CARGO_BIN_EXE_posbridge"))
+        .args(["bench", "--spawn", "--config"])
+        .arg(config)
+        .args(["--count", "20", "--terminals", "2", "--json"])
+        .args(extra)
+        .env("RUST_LOG", log_level)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "bench failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+fn report(output: &Output) -> serde_json::Value {
+    let stdout = String::from_utf8(output.stdout.clone()).unwrap();
+    let lines: Vec<&str> = stdout.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "--json prints exactly one object: {stdout}");
+    serde_json::from_str(lines[0]).unwrap()
+}
+
+fn check_counts(report: &serde_json::Value, journal: &str) {
+    assert_eq!(report["mode"], "spawn");
+    assert_eq!(report["journal"], journal);
+    assert_eq!(report["security_module"], "software");
+    assert_eq!(report["terminals"], 2);
+    assert_eq!(report["bound"]["count"], 20.0);
+    assert_eq!(report["attempted"], 20, "{report}");
+    assert_eq!(report["completed"], 20, "{report}");
+    assert_eq!(report["errors"], serde_json::json!({}), "{report}");
+    assert!(report["sales_per_s"].as_f64().unwrap() > 0.0);
+    for step in ["order", "resolve", "pay", "result", "sale"] {
+        let latency = &report["latency"][step];
+        assert_eq!(latency["count"], 20, "{step}: {report}");
+        let (p50, p99, max) = (
+            latency["p50_ms"].as_f64().unwrap(),
+            latency["p99_ms"].as_f64().unwrap(),
+            latency["max_ms"].as_f64().unwrap(),
+        );
+        assert!(0.0 < p50 && p50 <= p99 && p99 <= max, "{step}: {latency}");
+    }
+}
+
+#[test]
+fn smoke_run_on_sqlite_completes_every_sale() {
+    let journal = TestJournal::new(Backend::Sqlite);
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_file(dir.path(), &journal);
+    let output = bench(&config, &[], "warn");
+    let report = report(&output);
+    check_counts(&report, "sqlite");
+    assert!(report["ceiling"].is_null() && report["ceiling_ratio"].is_null());
+    // A second run on the same journal reuses the bench's registrations and a fresh batch.
+    check_counts(&self::report(&bench(&config, &[], "warn")), "sqlite");
+}
+
+#[test]
+fn smoke_run_on_postgres_with_the_ceiling() {
+    let journal = TestJournal::new(Backend::Postgres);
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_file(dir.path(), &journal);
+    let output = bench(&config, &["--ceiling"], "warn");
+    let report = report(&output);
+    check_counts(&report, "postgres");
+    let ceiling = &report["ceiling"];
+    assert_eq!(ceiling["backend"], "postgres");
+    assert_eq!(ceiling["commits_per_sale"], 2);
+    assert_eq!(ceiling["sales"], 20, "same count as the load: {ceiling}");
+    assert_eq!(
+        ceiling["connections"], 2,
+        "one per terminal, within the pool"
+    );
+    assert!(ceiling["sales_per_s"].as_f64().unwrap() > 0.0);
+    let ratio = report["ceiling_ratio"].as_f64().unwrap();
+    let expected =
+        report["sales_per_s"].as_f64().unwrap() / ceiling["sales_per_s"].as_f64().unwrap();
+    assert!((ratio - expected).abs() < 1e-9);
+}
+
+#[test]
+fn no_log_line_of_a_bench_run_carries_a_card_number_or_pin() {
+    let journal = TestJournal::new(Backend::Sqlite);
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_file(dir.path(), &journal);
+    let output = bench(&config, &[], "debug");
+    check_counts(&report(&output), "sqlite");
+    let logs = String::from_utf8(output.stderr).unwrap();
+    // The capture is real: debug lines of the terminal traffic are there.
+    assert!(logs.contains("DEBUG"), "no debug lines captured:\n{logs}");
+    assert!(
+        logs.contains("90000001"),
+        "no terminal traffic logged:\n{logs}"
+    );
+    let pans = [
+        posbridge::bench::seed::pan(0),
+        posbridge::bench::seed::pan(1),
+    ];
+    let pin = posbridge::bench::seed::PIN;
+    for line in logs.lines() {
+        for pan in &pans {
+            assert!(!line.contains(pan.as_str()), "PAN in a log line: {line}");
+        }
+        // A PIN would show as a number of its own (`pin=4321`, `"4321"`); digits inside
+        // timestamps and hex identifiers are not it.
+        assert!(
+            !line
+                .split(|c: char| !c.is_ascii_alphanumeric())
+                .any(|token| token == pin),
+            "PIN in a log line: {line}"
+        );
+    }
+}
