@@ -7,6 +7,12 @@
 //! - `iso8583_rs` 0.1.10: its bitmap is always binary, so its message is the same except for an
 //!   8-byte binary bitmap instead of 16 hex characters (it cannot write a hex-text bitmap).
 //!
+//! Three operations per codec: `decode` (parse and validate the whole message), `encode` (write an
+//! already built message into a reused buffer) and `build+encode` (set every field from its value,
+//! then encode). posbridge's builder writes each field's wire form when the field is set, so its
+//! `encode` is one copy of pre-encoded bytes; `build+encode` is the like-for-like comparison of
+//! encoding work.
+//!
 //! Before criterion runs, the bench counts heap allocations of one decode and one encode per
 //! codec with a counting global allocator (`stats_alloc`: the workspace forbids `unsafe`, which a
 //! hand-written `GlobalAlloc` needs) and prints a table.
@@ -512,6 +518,17 @@ fn print_side_by_side(fx: &Fixture) {
         Vec::with_capacity(1024),
         Vec::with_capacity(1024),
     );
+    let ascii_values = values(&fx.ascii, &fx.ascii_fields);
+    let cups_values = values(&fx.cups, &fx.cups_fields);
+    let mut reused = fx.ascii.builder("0200").unwrap();
+    let mut reused_cups = fx.cups.builder("0200").unwrap();
+    reused_cups.set_header(&CUPS_HEADER[..]).unwrap();
+    let (mut b4, mut b5, mut b6, mut b7) = (
+        Vec::with_capacity(1024),
+        Vec::with_capacity(1024),
+        Vec::with_capacity(1024),
+        Vec::with_capacity(1024),
+    );
     let mut ops: Vec<(&str, Op<'_>)> = vec![
         (
             "decode posbridge iso87ascii",
@@ -577,6 +594,53 @@ fn print_side_by_side(fx: &Fixture) {
             "encode iso8583_rs 0.1.10",
             Box::new(|| black_box(&v01_msg).assemble().unwrap().len()),
         ),
+        (
+            "build+encode posbridge iso87ascii, new builder",
+            Box::new(|| {
+                b4.clear();
+                build_values(&fx.ascii, None, black_box(&ascii_values))
+                    .encode_into(&mut b4)
+                    .unwrap();
+                b4.len()
+            }),
+        ),
+        (
+            "build+encode posbridge iso87ascii, reused builder",
+            Box::new(|| {
+                b5.clear();
+                fill(&mut reused, black_box(&ascii_values))
+                    .encode_into(&mut b5)
+                    .unwrap();
+                b5.len()
+            }),
+        ),
+        (
+            "build+encode posbridge cups-pos, reused builder",
+            Box::new(|| {
+                b7.clear();
+                fill(&mut reused_cups, black_box(&cups_values))
+                    .encode_into(&mut b7)
+                    .unwrap();
+                b7.len()
+            }),
+        ),
+        (
+            "build+encode iso_8583_rs 0.2.2",
+            Box::new(|| {
+                b6.clear();
+                other_build_v02(&fx.v02, black_box(&fx.ascii_fields)).pack_into(&mut b6);
+                b6.len()
+            }),
+        ),
+        (
+            "build+encode iso8583_rs 0.1.10",
+            Box::new(|| {
+                other_build_v01(black_box(&fx.ascii_fields))
+                    .assemble()
+                    .unwrap()
+                    .len()
+            }),
+        ),
     ];
     // Iterations per batch, from a first timing, so a batch lasts about BATCH_NS.
     let iterations: Vec<u32> = ops
@@ -604,10 +668,10 @@ fn print_side_by_side(fx: &Fixture) {
         }
     }
     println!("interleaved timing, {ROUNDS} rounds (ns per operation)");
-    println!("{:<30} {:>10} {:>10}", "operation", "median", "best");
+    println!("{:<50} {:>10} {:>10}", "operation", "median", "best");
     for ((name, _), times) in ops.iter().zip(samples.iter_mut()) {
         times.sort_by(f64::total_cmp);
-        println!("{name:<30} {:>10.1} {:>10.1}", times[ROUNDS / 2], times[0]);
+        println!("{name:<50} {:>10.1} {:>10.1}", times[ROUNDS / 2], times[0]);
     }
     println!();
 }
