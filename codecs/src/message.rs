@@ -169,7 +169,15 @@ pub fn decode<'a>(spec: &'a Spec, input: &'a [u8]) -> Result<Message<'a>, Decode
         }
     }
 
-    let mut slots = [0u16; SLOTS];
+    // Built in place and filled, so the 384-byte slot table is not copied on the way out.
+    let mut message = Message {
+        spec,
+        input,
+        mti,
+        mti_offset: mti_offset as u32,
+        bitmap: Bitmap::from_words(words),
+        slots: [0u16; SLOTS],
+    };
     let mut count = 0usize;
     let cp = spec.code_page;
     for (w, &word) in words.iter().enumerate() {
@@ -189,7 +197,7 @@ pub fn decode<'a>(spec: &'a Spec, input: &'a [u8]) -> Result<Message<'a>, Decode
                     )
                 })?;
                 let next = field::decode_field(def, cp, input, pos)?;
-                if let Some(s) = slots.get_mut(count) {
+                if let Some(s) = message.slots.get_mut(count) {
                     // pos < input.len() <= max_frame_bytes <= 65535 (checked above).
                     *s = pos as u16;
                 }
@@ -205,14 +213,7 @@ pub fn decode<'a>(spec: &'a Spec, input: &'a [u8]) -> Result<Message<'a>, Decode
             DecodeErrorKind::TrailingBytes(input.len() - pos),
         ));
     }
-    Ok(Message {
-        spec,
-        input,
-        mti,
-        mti_offset: mti_offset as u32,
-        bitmap: Bitmap::from_words(words),
-        slots,
-    })
+    Ok(message)
 }
 
 fn truncated(location: Location, at: usize, needed: usize, input: &[u8]) -> DecodeError {
