@@ -6,6 +6,10 @@
 //! POSBRIDGE_BENCH_SECONDS=5 cargo bench -p posbridge-hsm --bench pkcs11
 //! ```
 //!
+//! Besides ops/s (wall clock), each row gives the process CPU time per operation, which load from
+//! other processes on a shared machine does not change, so the pool's overhead in CPU is
+//! meaningful even when the machine is busy; "cores" is CPU seconds used per wall second.
+//!
 //! The raw loop does the token work a translation needs and nothing else: C_Decrypt under the
 //! source key, C_Encrypt under the destination key, one session, handles looked up once. The
 //! module adds the pool checkout, the handle cache, and decoding/re-encoding the ISO format 0 block
@@ -98,10 +102,35 @@ fn seconds() -> Duration {
 }
 
 /// Runs `op` on `threads` threads for `duration`; returns operations per second.
-fn rate<F>(threads: usize, duration: Duration, make: impl Fn() -> F + Sync) -> f64
+/// One measurement: wall-clock throughput, and process CPU time per operation (which other
+/// processes' load on a shared machine does not change).
+#[derive(Clone, Copy)]
+struct Measure {
+    ops_per_s: f64,
+    cpu_us_per_op: f64,
+}
+
+/// User + system CPU time of this process (all threads), from /proc/self/stat in clock ticks of
+/// 1/100 s (Linux's USER_HZ).
+fn process_cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// Runs the operation `make` returns on `threads` threads for `duration`.
+fn rate<F>(threads: usize, duration: Duration, make: impl Fn() -> F + Sync) -> Measure
 where
     F: FnMut(),
 {
+    let cpu_start = process_cpu_seconds();
     let start = Instant::now();
     let counts: Vec<u64> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..threads)
@@ -121,16 +150,31 @@ where
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
-    counts.iter().sum::<u64>() as f64 / start.elapsed().as_secs_f64()
+    let total = counts.iter().sum::<u64>() as f64;
+    Measure {
+        ops_per_s: total / start.elapsed().as_secs_f64(),
+        cpu_us_per_op: (process_cpu_seconds() - cpu_start) * 1e6 / total,
+    }
 }
 
 /// Best of `ROUNDS` for raw and pool, measured alternately so that load from other processes
 /// drifts over both sides alike.
-fn best_pair(mut raw: impl FnMut() -> f64, mut pool: impl FnMut() -> f64) -> (f64, f64) {
-    let (mut best_raw, mut best_pool) = (0.0f64, 0.0f64);
+fn best_pair(
+    mut raw: impl FnMut() -> Measure,
+    mut pool: impl FnMut() -> Measure,
+) -> (Measure, Measure) {
+    let best = |a: Measure, b: Measure| Measure {
+        ops_per_s: a.ops_per_s.max(b.ops_per_s),
+        cpu_us_per_op: a.cpu_us_per_op.min(b.cpu_us_per_op),
+    };
+    let worst = Measure {
+        ops_per_s: 0.0,
+        cpu_us_per_op: f64::INFINITY,
+    };
+    let (mut best_raw, mut best_pool) = (worst, worst);
     for _ in 0..ROUNDS {
-        best_raw = best_raw.max(raw());
-        best_pool = best_pool.max(pool());
+        best_raw = best(best_raw, raw());
+        best_pool = best(best_pool, pool());
     }
     (best_raw, best_pool)
 }
@@ -242,8 +286,15 @@ fn run() {
         std::thread::available_parallelism().map_or(0, usize::from)
     );
     println!(
-        "{:<34} {:>12} {:>12} {:>10}",
-        "operation", "raw ops/s", "pool ops/s", "overhead"
+        "{:<34} {:>10} {:>10} {:>9} | {:>10} {:>11} {:>9} | {:>5}",
+        "operation",
+        "raw ops/s",
+        "pool ops/s",
+        "overhead",
+        "raw CPU us",
+        "pool CPU us",
+        "overhead",
+        "cores"
     );
     let mut rows = Vec::new();
     let measured = [
@@ -266,10 +317,18 @@ fn run() {
     ];
     for (name, (raw, pool)) in measured {
         println!(
-            "{name:<34} {raw:>12.0} {pool:>12.0} {:>9.1}%",
-            (raw - pool) / raw * 100.0
+            "{name:<34} {:>10.0} {:>10.0} {:>8.1}% | {:>10.1} {:>11.1} {:>8.1}% | {:>5.2}",
+            raw.ops_per_s,
+            pool.ops_per_s,
+            (raw.ops_per_s - pool.ops_per_s) / raw.ops_per_s * 100.0,
+            raw.cpu_us_per_op,
+            pool.cpu_us_per_op,
+            (pool.cpu_us_per_op - raw.cpu_us_per_op) / raw.cpu_us_per_op * 100.0,
+            // CPU seconds the pool run used per wall second: ~1 with two threads means they
+            // took turns (a lock inside the token, or no idle core on the machine).
+            pool.ops_per_s * pool.cpu_us_per_op / 1e6,
         );
-        rows.push((raw, pool));
+        rows.push((raw.ops_per_s, pool.ops_per_s));
     }
     println!(
         "scaling 2 threads / 1 thread (pool): PIN translation {:.2}x, MAC {:.2}x",
@@ -296,7 +355,7 @@ fn object_kinds(module: &Pkcs11Module, duration: Duration) {
             ])
             .unwrap()
     };
-    println!("raw C_Encrypt DES3-ECB 8 B by key object: 1 thread, 2 threads (ops/s)");
+    println!("raw C_Encrypt DES3-ECB 8 B by key object: ops/s with 1 and 2 threads, CPU us/op");
     for (name, key) in [
         ("private token object", create(true, true)),
         ("public token object", create(true, false)),
@@ -315,8 +374,12 @@ fn object_kinds(module: &Pkcs11Module, duration: Duration) {
         };
         let (one, two) = (measure(1), measure(2));
         println!(
-            "  {name:<22} {one:>10.0} {two:>10.0}   scaling {:.2}x",
-            two / one
+            "  {name:<22} {:>10.0} {:>10.0}   scaling {:.2}x   {:>6.1} us/op   cores used {:.2}",
+            one.ops_per_s,
+            two.ops_per_s,
+            two.ops_per_s / one.ops_per_s,
+            one.cpu_us_per_op,
+            two.ops_per_s * two.cpu_us_per_op / 1e6,
         );
     }
 }
