@@ -1,0 +1,934 @@
+//! A persistent client link to one upstream host: several TCP connections, each owned by one
+//! task, and a multiplexer that matches answers to requests by key.
+//!
+//! A caller's [`HostLink::request`] takes an in-flight slot (waiting at most until its deadline:
+//! backpressure, never an unbounded queue), completes STAN and F7, computes the MAC through the
+//! security module, registers the match key (a duplicate in-flight key is refused before
+//! anything is sent), and hands the frame to a signed-on connection's task through a bounded
+//! mpsc with a oneshot for "written". The connection task writes frames, reads frames, routes
+//! each answer to the waiting request by key, hands anything it cannot route to the unmatched
+//! channel, answers host-initiated 0800s (echo, key change), sends an echo after
+//! `echo_idle_secs` of silence, and reconnects with exponential backoff and jitter, signing on
+//! before the connection carries traffic.
+//!
+//! The outcome tells, for the rule "a request that reached the host is never blindly resent",
+//! whether the request may have reached the host ([`LinkError::is_ambiguous`]).
+
+use super::config::HostConfig;
+use super::key_exchange;
+use super::message::{self, Decoded, IsoMessage, match_key};
+use crate::security::{Security, SecurityError};
+use futures_util::{SinkExt, StreamExt};
+use posbridge_codecs::Spec;
+use posbridge_codecs::framing::{FrameCodec, HostHeader};
+use posbridge_hsm::{HsmError, MacAlgorithm};
+use rand::Rng;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::codec::Framed;
+
+/// Capacity of each connection task's command queue. Small on purpose: the in-flight limit is
+/// the real bound; this only smooths bursts between the caller and the writer.
+const COMMAND_QUEUE: usize = 32;
+
+/// F70 network management codes the link sends and answers.
+pub mod network_code {
+    /// Sign-on.
+    pub const SIGN_ON: &str = "001";
+    /// Sign-off.
+    pub const SIGN_OFF: &str = "002";
+    /// Echo test.
+    pub const ECHO: &str = "301";
+}
+
+/// Why a request was not sent at all: it definitely never left posbridge.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum NotSentReason {
+    /// No connection is up and signed on.
+    #[error("no signed-on connection to the host")]
+    LinkDown,
+    /// Every in-flight slot stayed taken until the deadline.
+    #[error("in-flight limit reached")]
+    Busy,
+    /// A request with the same match key is already waiting for its answer.
+    #[error("a request with match key {0} is already in flight")]
+    DuplicateKey(String),
+    /// The message does not fit the host's dialect (a caller bug or bad data).
+    #[error("message does not fit the dialect: {0}")]
+    Invalid(String),
+    /// The security module could not compute the MAC.
+    #[error("MAC generation failed: {0}")]
+    Security(String),
+    /// The link is shutting down.
+    #[error("link is shutting down")]
+    ShuttingDown,
+}
+
+/// A request that did not produce a trustworthy answer.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LinkError {
+    /// Never left posbridge: safe to retry or route elsewhere.
+    #[error("not sent: {0}")]
+    NotSent(NotSentReason),
+    /// Sent, and no answer before the deadline: the host may have acted on it.
+    #[error("no answer before the deadline")]
+    Timeout,
+    /// An answer arrived but its MAC did not verify: it cannot be trusted, and the host may have
+    /// acted on the request.
+    #[error("answer's MAC did not verify")]
+    BadMac(IsoMessage),
+    /// Sent (or being written), and the connection was lost before the answer.
+    #[error("connection lost before the answer")]
+    Disconnected,
+}
+
+impl LinkError {
+    /// True when the host may have received and acted on the request: the caller must not
+    /// resend it but reverse it (or advise).
+    pub fn is_ambiguous(&self) -> bool {
+        !matches!(self, LinkError::NotSent(_))
+    }
+}
+
+/// What the link's connections are doing, for readiness checks and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LinkState {
+    /// Configured connections.
+    pub connections: usize,
+    /// Connections with an open socket.
+    pub up: usize,
+    /// Connections signed on (carrying traffic).
+    pub signed_on: usize,
+}
+
+/// Why a frame from the host could not be handed to a waiting request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum UnmatchedReason {
+    /// No request with this key is waiting: a late answer (its request timed out), a duplicate
+    /// answer, or an answer to something never sent.
+    NoPendingRequest,
+    /// The waiting request gave up just as its answer arrived.
+    Late,
+    /// The frame does not decode in the host's dialect.
+    Undecodable,
+    /// A host-initiated request this link does not handle.
+    UnexpectedRequest,
+}
+
+/// A frame the link could not deliver: journal it. Its Debug output masks card data.
+#[derive(Clone)]
+pub struct Unmatched {
+    /// Host name.
+    pub host: String,
+    /// Connection index it came on.
+    pub connection: usize,
+    /// Why it is unmatched.
+    pub reason: UnmatchedReason,
+    /// The decoded message, when it decodes.
+    pub message: Option<IsoMessage>,
+    /// The frame content as received (header + message).
+    pub frame: Vec<u8>,
+}
+
+impl std::fmt::Debug for Unmatched {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Unmatched")
+            .field("host", &self.host)
+            .field("connection", &self.connection)
+            .field("reason", &self.reason)
+            .field("message", &self.message)
+            .field("frame_len", &self.frame.len())
+            .finish()
+    }
+}
+
+const DOWN: u8 = 0;
+const CONNECTED: u8 = 1;
+const SIGNED_ON: u8 = 2;
+
+enum Command {
+    /// Write a frame; `written` gets `true` once written, `false` when the write failed. Dropped
+    /// unanswered: the frame was never written.
+    Send {
+        frame: Vec<u8>,
+        written: oneshot::Sender<bool>,
+    },
+    /// Close the connection and reconnect (sign-on refused, echo unanswered).
+    Reconnect,
+}
+
+struct Pending {
+    id: u64,
+    connection: usize,
+    reply: oneshot::Sender<Reply>,
+}
+
+enum Reply {
+    Answer { decoded: Decoded, frame: Vec<u8> },
+    Lost,
+}
+
+struct Connection {
+    commands: mpsc::Sender<Command>,
+    status: AtomicU8,
+}
+
+struct Inner {
+    config: HostConfig,
+    spec: Arc<Spec>,
+    security: Security,
+    host_header: Option<HostHeader>,
+    stan: AtomicU32,
+    slots: Arc<Semaphore>,
+    pending: Mutex<HashMap<String, Pending>>,
+    next_id: AtomicU64,
+    connections: Vec<Connection>,
+    next_connection: AtomicU32,
+    unmatched: mpsc::Sender<Unmatched>,
+    closing: AtomicBool,
+    stop: watch::Sender<bool>,
+    state: watch::Sender<LinkState>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// A handle on one host's link; clone it freely (all clones share the connections).
+#[derive(Clone)]
+pub struct HostLink {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for HostLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HostLink")
+            .field("host", &self.inner.config.name)
+            .field("state", &self.state())
+            .finish()
+    }
+}
+
+/// Why a link could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// The configuration is invalid (the message names the key).
+    #[error("{0}")]
+    Config(String),
+    /// The dialect cannot be loaded or framed.
+    #[error("dialect: {0}")]
+    Dialect(String),
+}
+
+impl HostLink {
+    /// Starts the link's connection tasks (they connect, sign on and reconnect on their own) and
+    /// returns the handle and the channel of unmatched frames. Must run inside a tokio runtime.
+    pub fn start(
+        config: HostConfig,
+        security: Security,
+    ) -> Result<(HostLink, mpsc::Receiver<Unmatched>), StartError> {
+        config.validate().map_err(StartError::Config)?;
+        let spec = Spec::load(&config.dialect).map_err(|e| StartError::Dialect(e.to_string()))?;
+        crate::terminal::server::frame_codec(&spec)
+            .map_err(|e| StartError::Dialect(e.to_string()))?;
+        let host_header = if spec.header.length == HostHeader::LEN {
+            Some(
+                HostHeader::new(&config.destination_id, &config.source_id)
+                    .map_err(|e| StartError::Config(e.to_string()))?,
+            )
+        } else {
+            None
+        };
+        let (unmatched, unmatched_rx) = mpsc::channel(config.unmatched_capacity);
+        let (stop, _) = watch::channel(false);
+        let (state, _) = watch::channel(LinkState {
+            connections: config.connections,
+            ..LinkState::default()
+        });
+        let mut receivers = Vec::new();
+        let mut connections = Vec::new();
+        for _ in 0..config.connections {
+            let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
+            connections.push(Connection {
+                commands: tx,
+                status: AtomicU8::new(DOWN),
+            });
+            receivers.push(rx);
+        }
+        let inner = Arc::new(Inner {
+            slots: Arc::new(Semaphore::new(config.max_in_flight)),
+            stan: AtomicU32::new(rand::rng().random_range(1..=999_999)),
+            config,
+            spec: Arc::new(spec),
+            security,
+            host_header,
+            pending: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            connections,
+            next_connection: AtomicU32::new(0),
+            unmatched,
+            closing: AtomicBool::new(false),
+            stop,
+            state,
+            tasks: Mutex::new(Vec::new()),
+        });
+        let mut tasks = Vec::new();
+        for (index, rx) in receivers.into_iter().enumerate() {
+            tasks.push(tokio::spawn(run_connection(Arc::clone(&inner), index, rx)));
+        }
+        *lock(&inner.tasks) = tasks;
+        Ok((HostLink { inner }, unmatched_rx))
+    }
+
+    /// Sends a request and waits for its answer until `deadline` (measured from the call,
+    /// including the wait for an in-flight slot).
+    ///
+    /// F11 (STAN) is assigned by the link when absent (reserve one with
+    /// [`HostLink::next_stan`] to journal it before sending); F7 is set to the current UTC
+    /// MMDDhhmmss when absent. The MAC field is computed when the dialect has one and a MAC key
+    /// is configured (network management 08xx excepted), and the answer's MAC is verified.
+    pub async fn request(
+        &self,
+        message: IsoMessage,
+        deadline: Duration,
+    ) -> Result<IsoMessage, LinkError> {
+        let until = Instant::now() + deadline;
+        if self.inner.closing.load(Ordering::Acquire) {
+            return Err(LinkError::NotSent(NotSentReason::ShuttingDown));
+        }
+        let permit =
+            match tokio::time::timeout_at(until, Arc::clone(&self.inner.slots).acquire_owned())
+                .await
+            {
+                Ok(Ok(permit)) => permit,
+                _ => return Err(LinkError::NotSent(NotSentReason::Busy)),
+            };
+        let connection = self
+            .inner
+            .pick_connection()
+            .ok_or(LinkError::NotSent(NotSentReason::LinkDown))?;
+        let outcome = self.inner.exchange(connection, message, until).await;
+        drop(permit);
+        outcome
+    }
+
+    /// Reserves the next STAN of this link (six digits, 000001..=999999, wrapping).
+    pub fn next_stan(&self) -> String {
+        self.inner.next_stan()
+    }
+
+    /// Connections up and signed on.
+    pub fn state(&self) -> LinkState {
+        *self.inner.state.borrow()
+    }
+
+    /// Requests waiting for an answer.
+    pub fn in_flight(&self) -> usize {
+        self.inner.config.max_in_flight - self.inner.slots.available_permits()
+    }
+
+    /// The host's name.
+    pub fn name(&self) -> &str {
+        &self.inner.config.name
+    }
+
+    /// The host's configuration.
+    pub fn config(&self) -> &HostConfig {
+        &self.inner.config
+    }
+
+    /// Waits until at least `connections` connections are signed on; false on timeout.
+    pub async fn wait_signed_on(&self, connections: usize, timeout: Duration) -> bool {
+        let mut state = self.inner.state.subscribe();
+        tokio::time::timeout(timeout, state.wait_for(|s| s.signed_on >= connections))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// Signs off every signed-on connection (bounded by `request_timeout_ms`), then closes them
+    /// and waits for the connection tasks. New requests are refused from the start.
+    pub async fn shutdown(&self) {
+        self.inner.closing.store(true, Ordering::Release);
+        let deadline = Instant::now() + Duration::from_millis(self.inner.config.request_timeout_ms);
+        let mut sign_offs = Vec::new();
+        for (index, connection) in self.inner.connections.iter().enumerate() {
+            if connection.status.load(Ordering::Acquire) == SIGNED_ON {
+                let inner = Arc::clone(&self.inner);
+                sign_offs.push(tokio::spawn(async move {
+                    let message = inner.network_message(network_code::SIGN_OFF);
+                    if let Err(error) = inner.exchange(index, message, deadline).await {
+                        tracing::warn!(host = %inner.config.name, connection = index, %error, "sign-off unanswered");
+                    }
+                }));
+            }
+        }
+        for task in sign_offs {
+            let _ = task.await;
+        }
+        let _ = self.inner.stop.send(true);
+        let tasks = std::mem::take(&mut *lock(&self.inner.tasks));
+        for task in tasks {
+            let _ = task.await;
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A poisoned map only means another task panicked mid-update of plain data; keep going.
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Inner {
+    fn next_stan(&self) -> String {
+        let stan = self
+            .stan
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |s| {
+                Some(if s >= 999_999 { 1 } else { s + 1 })
+            })
+            .unwrap_or(1);
+        format!("{stan:06}")
+    }
+
+    fn pick_connection(&self) -> Option<usize> {
+        let count = self.connections.len();
+        let start = self.next_connection.fetch_add(1, Ordering::Relaxed) as usize;
+        (0..count)
+            .map(|offset| (start + offset) % count)
+            .find(|&i| self.connections[i].status.load(Ordering::Acquire) == SIGNED_ON)
+    }
+
+    fn set_status(&self, connection: usize, status: u8) {
+        self.connections[connection]
+            .status
+            .store(status, Ordering::Release);
+        let (mut up, mut signed_on) = (0, 0);
+        for c in &self.connections {
+            match c.status.load(Ordering::Acquire) {
+                SIGNED_ON => {
+                    up += 1;
+                    signed_on += 1;
+                }
+                CONNECTED => up += 1,
+                _ => {}
+            }
+        }
+        self.state.send_replace(LinkState {
+            connections: self.connections.len(),
+            up,
+            signed_on,
+        });
+    }
+
+    fn network_message(&self, code: &str) -> IsoMessage {
+        let mut message = IsoMessage::new("0800").with(70, code);
+        if let Some(acquirer) = &self.config.acquirer_id {
+            message.set(32, acquirer.as_str());
+        }
+        message
+    }
+
+    fn mac_key_for(&self, message: &IsoMessage) -> Option<&str> {
+        if message.mti.starts_with("08") || self.spec.mac.is_none() {
+            return None;
+        }
+        self.config.mac_key.as_deref()
+    }
+
+    fn forget(&self, key: &str, id: u64) {
+        let mut pending = lock(&self.pending);
+        if pending.get(key).is_some_and(|p| p.id == id) {
+            pending.remove(key);
+        }
+    }
+
+    /// One request/answer on a given connection.
+    async fn exchange(
+        &self,
+        connection: usize,
+        mut message: IsoMessage,
+        until: Instant,
+    ) -> Result<IsoMessage, LinkError> {
+        let not_sent = |reason| Err(LinkError::NotSent(reason));
+        if !message.has(11) {
+            message.set(11, self.next_stan());
+        }
+        if !message.has(7) {
+            message.set(7, transmission_date_time(std::time::SystemTime::now()));
+        }
+        let Some(key) = match_key(&message, &self.config.match_fields) else {
+            return not_sent(NotSentReason::Invalid(format!("MTI {:?}", message.mti)));
+        };
+        let mac_key = self.mac_key_for(&message);
+        let mut wire = match message::encode(
+            &self.spec,
+            &message,
+            mac_key.is_some(),
+            self.host_header.as_ref(),
+        ) {
+            Ok(wire) => wire,
+            Err(error) => return not_sent(NotSentReason::Invalid(error.to_string())),
+        };
+        if let (Some(label), Some(input)) = (mac_key, wire.mac_input()) {
+            let mac = self
+                .security
+                .generate_mac(label.to_owned(), MacAlgorithm::X919, input.to_vec())
+                .await
+                .map_err(|e| LinkError::NotSent(NotSentReason::Security(e.to_string())))?;
+            if let Err(error) = wire.patch_mac(&self.spec, &mac) {
+                return not_sent(NotSentReason::Security(error.to_string()));
+            }
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (reply_tx, reply_rx) = oneshot::channel();
+        {
+            let mut pending = lock(&self.pending);
+            if pending.contains_key(&key) {
+                return not_sent(NotSentReason::DuplicateKey(key));
+            }
+            pending.insert(
+                key.clone(),
+                Pending {
+                    id,
+                    connection,
+                    reply: reply_tx,
+                },
+            );
+        }
+        let (written_tx, written_rx) = oneshot::channel();
+        let command = Command::Send {
+            frame: wire.bytes,
+            written: written_tx,
+        };
+        let queued =
+            tokio::time::timeout_at(until, self.connections[connection].commands.send(command))
+                .await;
+        if !matches!(queued, Ok(Ok(()))) {
+            self.forget(&key, id);
+            return not_sent(NotSentReason::LinkDown);
+        }
+        match tokio::time::timeout_at(until, written_rx).await {
+            Ok(Ok(true)) => {}
+            Ok(Ok(false)) => {
+                self.forget(&key, id);
+                return Err(LinkError::Disconnected);
+            }
+            Ok(Err(_)) => {
+                // The connection task dropped the frame unwritten (its connection went down).
+                self.forget(&key, id);
+                return not_sent(NotSentReason::LinkDown);
+            }
+            Err(_) => {
+                // Still queued at the deadline: it may yet be written, so it is ambiguous.
+                self.forget(&key, id);
+                return Err(LinkError::Timeout);
+            }
+        }
+        let (decoded, frame) = match tokio::time::timeout_at(until, reply_rx).await {
+            Ok(Ok(Reply::Answer { decoded, frame })) => (decoded, frame),
+            Ok(Ok(Reply::Lost)) | Ok(Err(_)) => return Err(LinkError::Disconnected),
+            Err(_) => {
+                self.forget(&key, id);
+                return Err(LinkError::Timeout);
+            }
+        };
+        match mac_key {
+            Some(label) => self.verify_answer(label, decoded, &frame).await,
+            None => Ok(decoded.message),
+        }
+    }
+
+    /// Checks an answer's MAC. An answer without a MAC is accepted only when it declines (a host
+    /// that rejects a message for a bad MAC cannot MAC its answer); an approval must be MACed.
+    async fn verify_answer(
+        &self,
+        label: &str,
+        decoded: Decoded,
+        frame: &[u8],
+    ) -> Result<IsoMessage, LinkError> {
+        let mac = message::mac_value(&self.spec, &decoded.message).map(<[u8]>::to_vec);
+        let covered = decoded.mac_range.clone().and_then(|r| frame.get(r));
+        let (Some(mac), Some(covered)) = (mac, covered) else {
+            return if decoded.message.response_code().is_some_and(|c| c != "00") {
+                Ok(decoded.message)
+            } else {
+                Err(LinkError::BadMac(decoded.message))
+            };
+        };
+        match self
+            .security
+            .verify_mac(label.to_owned(), MacAlgorithm::X919, covered.to_vec(), mac)
+            .await
+        {
+            Ok(()) => Ok(decoded.message),
+            Err(SecurityError::Hsm(HsmError::MacMismatch)) => {
+                tracing::warn!(host = %self.config.name, mti = %decoded.message.mti, stan = decoded.message.text(11).unwrap_or_default(), "answer MAC does not verify");
+                Err(LinkError::BadMac(decoded.message))
+            }
+            Err(error) => {
+                tracing::error!(host = %self.config.name, %error, "could not verify an answer's MAC");
+                Err(LinkError::BadMac(decoded.message))
+            }
+        }
+    }
+
+    fn unmatched(&self, item: Unmatched) {
+        tracing::warn!(
+            host = %self.config.name,
+            connection = item.connection,
+            reason = ?item.reason,
+            mti = item.message.as_ref().map(|m| m.mti.as_str()).unwrap_or("?"),
+            stan = item.message.as_ref().and_then(|m| m.text(11)).unwrap_or("?"),
+            tid = item.message.as_ref().and_then(|m| m.text(41)).unwrap_or("?"),
+            rrn = item.message.as_ref().and_then(|m| m.text(37)).unwrap_or("?"),
+            code = item.message.as_ref().and_then(|m| m.response_code()).unwrap_or("?"),
+            "unmatched message from the host"
+        );
+        if let Err(error) = self.unmatched.try_send(item) {
+            tracing::error!(host = %self.config.name, %error, "unmatched channel full or closed: the message above is recorded in this log only");
+        }
+    }
+
+    /// Routes one inbound frame.
+    fn inbound(self: &Arc<Self>, connection: usize, frame: Vec<u8>, own: &mpsc::Sender<Command>) {
+        let decoded = match message::decode(&self.spec, &frame) {
+            Ok(decoded) => decoded,
+            Err(error) => {
+                tracing::warn!(host = %self.config.name, %error, "undecodable frame from the host");
+                self.unmatched(Unmatched {
+                    host: self.config.name.clone(),
+                    connection,
+                    reason: UnmatchedReason::Undecodable,
+                    message: None,
+                    frame,
+                });
+                return;
+            }
+        };
+        if decoded.message.is_request() {
+            self.host_request(connection, decoded, frame, own);
+            return;
+        }
+        let key = match_key(&decoded.message, &self.config.match_fields);
+        let waiting = key.and_then(|key| lock(&self.pending).remove(&key));
+        let reason = match waiting {
+            Some(pending) => match pending.reply.send(Reply::Answer {
+                decoded,
+                frame: frame.clone(),
+            }) {
+                Ok(()) => return,
+                Err(Reply::Answer { decoded, .. }) => {
+                    self.unmatched(Unmatched {
+                        host: self.config.name.clone(),
+                        connection,
+                        reason: UnmatchedReason::Late,
+                        message: Some(decoded.message),
+                        frame,
+                    });
+                    return;
+                }
+                Err(Reply::Lost) => return,
+            },
+            None => UnmatchedReason::NoPendingRequest,
+        };
+        self.unmatched(Unmatched {
+            host: self.config.name.clone(),
+            connection,
+            reason,
+            message: Some(decoded.message),
+            frame,
+        });
+    }
+
+    /// A request the host sent us: echo and key change are answered, anything else is handed
+    /// to the unmatched channel.
+    fn host_request(
+        self: &Arc<Self>,
+        connection: usize,
+        decoded: Decoded,
+        frame: Vec<u8>,
+        own: &mpsc::Sender<Command>,
+    ) {
+        let request = decoded.message;
+        let code = request.text(70).unwrap_or_default().to_owned();
+        if request.mti != "0800"
+            || ![network_code::ECHO, key_exchange::NETWORK_CODE].contains(&code.as_str())
+        {
+            self.unmatched(Unmatched {
+                host: self.config.name.clone(),
+                connection,
+                reason: UnmatchedReason::UnexpectedRequest,
+                message: Some(request),
+                frame,
+            });
+            return;
+        }
+        let inner = Arc::clone(self);
+        let own = own.clone();
+        tokio::spawn(async move {
+            let answer_code = if code == key_exchange::NETWORK_CODE {
+                inner.key_change(&request).await
+            } else {
+                "00"
+            };
+            let mut answer = request.response(answer_code);
+            answer.remove(48);
+            match message::encode(&inner.spec, &answer, false, inner.host_header.as_ref()) {
+                Ok(wire) => {
+                    let (written, _) = oneshot::channel();
+                    let _ = own
+                        .send(Command::Send {
+                            frame: wire.bytes,
+                            written,
+                        })
+                        .await;
+                }
+                Err(error) => tracing::error!(%error, "could not encode the 0810"),
+            }
+        });
+    }
+
+    async fn key_change(&self, request: &IsoMessage) -> &'static str {
+        let Some(zmk) = self.config.zmk.as_deref() else {
+            tracing::warn!(host = %self.config.name, "key change refused: no zone master key configured");
+            return key_exchange::SYSTEM_ERROR;
+        };
+        let Some(keys) = request.get(48).and_then(key_exchange::decode) else {
+            tracing::warn!(host = %self.config.name, "key change refused: F48 malformed");
+            return key_exchange::FORMAT_ERROR;
+        };
+        key_exchange::import(
+            &self.security,
+            zmk,
+            (
+                self.config.pin_key.as_deref(),
+                self.config.mac_key.as_deref(),
+            ),
+            &keys,
+        )
+        .await
+    }
+
+    fn fail_pending(&self, connection: usize) {
+        let lost: Vec<Pending> = {
+            let mut pending = lock(&self.pending);
+            let keys: Vec<String> = pending
+                .iter()
+                .filter(|(_, p)| p.connection == connection)
+                .map(|(k, _)| k.clone())
+                .collect();
+            keys.iter().filter_map(|k| pending.remove(k)).collect()
+        };
+        for pending in lost {
+            let _ = pending.reply.send(Reply::Lost);
+        }
+    }
+}
+
+/// The connection task: connect, serve, reconnect with backoff, until the link stops.
+async fn run_connection(inner: Arc<Inner>, index: usize, mut commands: mpsc::Receiver<Command>) {
+    let own = inner.connections[index].commands.clone();
+    let mut stop = inner.stop.subscribe();
+    let addr = inner.config.addrs[index % inner.config.addrs.len()].clone();
+    let mut backoff = Duration::from_millis(inner.config.backoff_initial_ms);
+    let max_backoff = Duration::from_millis(inner.config.backoff_max_ms);
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        // Frames queued while the connection was down were never written: refuse them.
+        while commands.try_recv().is_ok() {}
+        let connect = tokio::time::timeout(
+            Duration::from_millis(inner.config.connect_timeout_ms),
+            TcpStream::connect(&addr),
+        );
+        let connected = tokio::select! {
+            connected = connect => connected,
+            _ = stop.changed() => return,
+        };
+        match connected {
+            Ok(Ok(stream)) => {
+                tracing::info!(host = %inner.config.name, connection = index, %addr, "connected");
+                backoff = Duration::from_millis(inner.config.backoff_initial_ms);
+                let _ = stream.set_nodelay(true);
+                serve(&inner, index, stream, &mut commands, &own, &mut stop).await;
+                inner.set_status(index, DOWN);
+                inner.fail_pending(index);
+                tracing::warn!(host = %inner.config.name, connection = index, "connection closed");
+            }
+            Ok(Err(error)) => {
+                tracing::warn!(host = %inner.config.name, connection = index, %addr, %error, "connect failed")
+            }
+            Err(_) => {
+                tracing::warn!(host = %inner.config.name, connection = index, %addr, "connect timed out")
+            }
+        }
+        // Exponential backoff with up to 50 % jitter, so many links do not reconnect in step.
+        let jitter = rand::rng().random_range(0..=backoff.as_millis() as u64 / 2);
+        let delay = backoff + Duration::from_millis(jitter);
+        backoff = (backoff * 2).min(max_backoff);
+        let sleep = tokio::time::sleep(delay);
+        tokio::pin!(sleep);
+        loop {
+            tokio::select! {
+                _ = &mut sleep => break,
+                _ = stop.changed() => return,
+                // Refuse work while down: dropping the command tells its caller "not sent".
+                command = commands.recv() => if command.is_none() { return },
+            }
+        }
+    }
+}
+
+/// Serves one connected socket until it fails, the host closes it, or the link stops.
+async fn serve(
+    inner: &Arc<Inner>,
+    index: usize,
+    stream: TcpStream,
+    commands: &mut mpsc::Receiver<Command>,
+    own: &mpsc::Sender<Command>,
+    stop: &mut watch::Receiver<bool>,
+) {
+    let codec: FrameCodec = match crate::terminal::server::frame_codec(&inner.spec) {
+        Ok(codec) => codec,
+        Err(error) => {
+            tracing::error!(%error, "no frame codec");
+            return;
+        }
+    };
+    let mut framed = Framed::new(stream, codec);
+    inner.set_status(index, CONNECTED);
+    spawn_network(inner, index, network_code::SIGN_ON, own.clone());
+    let echo_idle = Duration::from_secs(inner.config.echo_idle_secs);
+    let mut last_activity = Instant::now();
+    let mut ticker = tokio::time::interval(if echo_idle.is_zero() {
+        Duration::from_secs(3600)
+    } else {
+        (echo_idle / 2).max(Duration::from_millis(100))
+    });
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            command = commands.recv() => match command {
+                Some(Command::Send { frame, written }) => {
+                    let ok = framed.send(frame.as_slice()).await.is_ok();
+                    let _ = written.send(ok);
+                    if !ok {
+                        return;
+                    }
+                    last_activity = Instant::now();
+                }
+                Some(Command::Reconnect) | None => return,
+            },
+            frame = framed.next() => match frame {
+                Some(Ok(frame)) => {
+                    last_activity = Instant::now();
+                    inner.inbound(index, frame.to_vec(), own);
+                }
+                Some(Err(error)) => {
+                    tracing::warn!(host = %inner.config.name, connection = index, %error, "read failed");
+                    return;
+                }
+                None => return,
+            },
+            _ = ticker.tick() => {
+                if !echo_idle.is_zero()
+                    && last_activity.elapsed() >= echo_idle
+                    && inner.connections[index].status.load(Ordering::Acquire) == SIGNED_ON
+                {
+                    last_activity = Instant::now();
+                    spawn_network(inner, index, network_code::ECHO, own.clone());
+                }
+            },
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+/// Sends a sign-on or echo on one connection; a refusal or no answer closes the connection so
+/// that it reconnects (and signs on again) with backoff.
+fn spawn_network(inner: &Arc<Inner>, index: usize, code: &'static str, own: mpsc::Sender<Command>) {
+    let inner = Arc::clone(inner);
+    tokio::spawn(async move {
+        let until = Instant::now() + Duration::from_millis(inner.config.request_timeout_ms);
+        let message = inner.network_message(code);
+        match inner.exchange(index, message, until).await {
+            Ok(answer) if answer.response_code() == Some("00") => {
+                if code == network_code::SIGN_ON {
+                    tracing::info!(host = %inner.config.name, connection = index, "signed on");
+                    inner.set_status(index, SIGNED_ON);
+                }
+            }
+            Ok(answer) => {
+                tracing::warn!(host = %inner.config.name, connection = index, code, answer = answer.response_code().unwrap_or("none"), "network message refused; reconnecting");
+                let _ = own.send(Command::Reconnect).await;
+            }
+            Err(LinkError::NotSent(_)) | Err(LinkError::Disconnected) => {}
+            Err(error) => {
+                tracing::warn!(host = %inner.config.name, connection = index, code, %error, "network message failed; reconnecting");
+                let _ = own.send(Command::Reconnect).await;
+            }
+        }
+    });
+}
+
+/// F7: UTC transmission date and time, MMDDhhmmss.
+pub fn transmission_date_time(now: std::time::SystemTime) -> String {
+    let secs = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let (_, month, day) = civil_from_days((secs / 86_400) as i64);
+    let rem = secs % 86_400;
+    format!(
+        "{month:02}{day:02}{:02}{:02}{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Days since 1970-01-01 to (year, month, day) in the proleptic Gregorian calendar.
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    #[test]
+    fn transmission_time_is_utc_mmddhhmmss() {
+        // 2026-11-26 05:50:06 UTC
+        let at = std::time::UNIX_EPOCH + Duration::from_secs(1_795_672_206);
+        assert_eq!(transmission_date_time(at), "1126055006");
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(19_782), (2024, 2, 29));
+    }
+
+    #[test]
+    fn only_not_sent_is_unambiguous() {
+        assert!(!LinkError::NotSent(NotSentReason::Busy).is_ambiguous());
+        assert!(LinkError::Timeout.is_ambiguous());
+        assert!(LinkError::Disconnected.is_ambiguous());
+        assert!(LinkError::BadMac(IsoMessage::new("0210")).is_ambiguous());
+    }
+}

@@ -1,0 +1,418 @@
+//! The upstream link against the simulated host, over real loopback sockets: sales, declines,
+//! the multiplexer's refusals and hand-offs, MAC failures, disconnects and key changes. Faults
+//! are chosen by rule (amount suffix), never by timing; deadlines are generous except where a
+//! test needs a request to give up.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use posbridge::security::Security;
+use posbridge::upstream::link::UnmatchedReason;
+use posbridge::upstream::sim_host::{Condition, DeclineRule, Fault, FaultRule, LedgerState};
+use posbridge::upstream::{
+    HostConfig, HostLink, IsoMessage, LinkError, NotSentReason, SimHost, SimHostConfig,
+    SimHostHandle, Unmatched,
+};
+use posbridge_hsm::software::SoftwareModule;
+use posbridge_hsm::{Pan, Pin, PinBlockFormat};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+const PAN: &str = "6222021234567890123";
+const TID: &str = "12345678";
+const ACQUIRER: &str = "48020000";
+const LONG: Duration = Duration::from_secs(20);
+
+fn security() -> Security {
+    Security::new(Arc::new(SoftwareModule::demo().unwrap()))
+}
+
+fn fault(suffix: &str, fault: Fault) -> FaultRule {
+    FaultRule {
+        when: Condition {
+            amount_suffix: Some(suffix.into()),
+            ..Condition::default()
+        },
+        fault,
+    }
+}
+
+fn host_config() -> SimHostConfig {
+    SimHostConfig {
+        late_response_ms: 1_500,
+        faults: vec![
+            fault("91", Fault::NoResponse),
+            fault("92", Fault::LateResponse),
+            fault("93", Fault::DuplicateResponse),
+            fault("94", Fault::WrongMac),
+            fault("95", Fault::Disconnect),
+        ],
+        decline: vec![DeclineRule {
+            when: Condition {
+                amount_above_minor: Some(500_000),
+                ..Condition::default()
+            },
+            code: "61".into(),
+        }],
+        ..SimHostConfig::default()
+    }
+}
+
+fn link_config(addr: SocketAddr) -> HostConfig {
+    let mut config = HostConfig::new("cups", vec![addr.to_string()], "cups-host");
+    config.connections = 1;
+    config.mac_key = Some("zak/upstream".into());
+    config.pin_key = Some("zpk/upstream".into());
+    config.zmk = Some("zmk/upstream".into());
+    config.destination_id = "00010000".into();
+    config.source_id = ACQUIRER.into();
+    config.acquirer_id = Some(ACQUIRER.into());
+    config.backoff_initial_ms = 20;
+    config.backoff_max_ms = 200;
+    config
+}
+
+struct Rig {
+    host: SimHostHandle,
+    link: HostLink,
+    unmatched: mpsc::Receiver<Unmatched>,
+    security: Security,
+}
+
+async fn rig_with(host: SimHostConfig, tweak: impl FnOnce(&mut HostConfig)) -> Rig {
+    let (addr, host) = SimHost::start(host).await.unwrap();
+    let mut config = link_config(addr);
+    tweak(&mut config);
+    let security = security();
+    let (link, unmatched) = HostLink::start(config, security.clone()).unwrap();
+    assert!(link.wait_signed_on(1, LONG).await, "link never signed on");
+    Rig {
+        host,
+        link,
+        unmatched,
+        security,
+    }
+}
+
+async fn rig() -> Rig {
+    rig_with(host_config(), |_| {}).await
+}
+
+/// A forwarded sale as the order flow builds it; the link adds F7, F11 (unless given) and F128.
+fn sale(amount_minor: u64) -> IsoMessage {
+    IsoMessage::new("0200")
+        .with(2, PAN)
+        .with(3, "000000")
+        .with(4, format!("{amount_minor:012}"))
+        .with(22, "039")
+        .with(25, "00")
+        .with(32, ACQUIRER)
+        .with(41, TID)
+        .with(42, "898420154110001")
+        .with(49, "156")
+}
+
+async fn with_pin(rig: &Rig, mut message: IsoMessage, pin: &str) -> IsoMessage {
+    let block = rig
+        .security
+        .encrypt_pin(
+            Pin::new(pin).unwrap(),
+            Pan::new(PAN).unwrap(),
+            PinBlockFormat::Iso0,
+            "zpk/upstream".into(),
+        )
+        .await
+        .unwrap();
+    message.set(52, block.expose_secret().to_vec());
+    message.set(53, "1000000000000000");
+    message
+}
+
+async fn next_unmatched(rig: &mut Rig) -> Unmatched {
+    tokio::time::timeout(LONG, rig.unmatched.recv())
+        .await
+        .expect("nothing reached the unmatched channel")
+        .expect("unmatched channel closed")
+}
+
+async fn wait_in_flight(link: &HostLink, count: usize) {
+    tokio::time::timeout(LONG, async {
+        while link.in_flight() != count {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("in-flight count never reached");
+}
+
+/// Waits until the host booked a sale of this amount (a request it will not answer).
+async fn wait_booked(host: &SimHostHandle, amount_minor: u64) {
+    tokio::time::timeout(LONG, async {
+        while !host.ledger().iter().any(|e| e.amount_minor == amount_minor) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the host never booked the sale");
+}
+
+#[tokio::test]
+async fn happy_sale_with_pin_is_approved_and_booked() {
+    let rig = rig().await;
+    assert_eq!(rig.link.state().signed_on, 1);
+    let request = with_pin(&rig, sale(2372), "1234").await;
+    let answer = rig.link.request(request, LONG).await.unwrap();
+    assert_eq!(answer.mti, "0210");
+    assert_eq!(answer.response_code(), Some("00"));
+    assert_eq!(answer.text(38).map(str::len), Some(6));
+    assert_eq!(answer.text(41), Some(TID));
+    let stan = answer.text(11).unwrap().to_owned();
+    let ledger = rig.host.ledger();
+    assert_eq!(ledger.len(), 1);
+    assert_eq!(ledger[0].stan, stan);
+    assert_eq!(ledger[0].amount_minor, 2372);
+    assert_eq!(ledger[0].state, LedgerState::Approved);
+    assert_eq!(rig.host.balance(PAN), Some(10_000_000 - 2372));
+    assert_eq!(rig.link.in_flight(), 0);
+
+    // A reversal of it (original STAN in F90) credits the money back, once.
+    let original = format!("0200{stan}{:032}", 0);
+    let reversal = sale(2372).with(90, original.clone());
+    let mut reversal = reversal;
+    reversal.mti = "0400".into();
+    reversal.remove(52);
+    let answer = rig.link.request(reversal.clone(), LONG).await.unwrap();
+    assert_eq!(answer.mti, "0410");
+    assert_eq!(answer.response_code(), Some("00"));
+    reversal.mti = "0401".into();
+    let again = rig.link.request(reversal, LONG).await.unwrap();
+    assert_eq!(again.response_code(), Some("00"));
+    assert_eq!(rig.host.balance(PAN), Some(10_000_000));
+    assert_eq!(rig.host.ledger()[0].state, LedgerState::Reversed);
+
+    rig.link.shutdown().await;
+    assert_eq!(rig.link.state().signed_on, 0);
+    let refused = rig.link.request(sale(100), LONG).await.unwrap_err();
+    assert!(matches!(
+        refused,
+        LinkError::NotSent(NotSentReason::ShuttingDown)
+    ));
+}
+
+#[tokio::test]
+async fn declines_come_back_with_the_hosts_codes() {
+    let rig = rig().await;
+    let over_limit = rig.link.request(sale(600_000), LONG).await.unwrap();
+    assert_eq!(over_limit.response_code(), Some("61"));
+    let wrong_pin = with_pin(&rig, sale(100), "9999").await;
+    let wrong_pin = rig.link.request(wrong_pin, LONG).await.unwrap();
+    assert_eq!(wrong_pin.response_code(), Some("55"));
+    let unknown = sale(100).with(2, "6222020000000000018");
+    let unknown = rig.link.request(unknown, LONG).await.unwrap();
+    assert_eq!(unknown.response_code(), Some("14"));
+    assert!(rig.host.ledger().is_empty());
+    assert_eq!(rig.host.balance(PAN), Some(10_000_000));
+}
+
+#[tokio::test]
+async fn duplicate_in_flight_key_is_refused_before_sending() {
+    let rig = rig().await;
+    let link = rig.link.clone();
+    let first =
+        tokio::spawn(async move { link.request(sale(1091).with(11, "000777"), LONG).await });
+    wait_in_flight(&rig.link, 1).await;
+    wait_booked(&rig.host, 1091).await;
+    let seen = rig.host.requests_seen();
+    let duplicate = rig
+        .link
+        .request(sale(500).with(11, "000777"), LONG)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            duplicate,
+            LinkError::NotSent(NotSentReason::DuplicateKey(_))
+        ),
+        "{duplicate:?}"
+    );
+    assert!(!duplicate.is_ambiguous());
+    // A later request on the same connection is answered after anything sent before it.
+    let other = rig.link.request(sale(600), LONG).await.unwrap();
+    assert_eq!(other.response_code(), Some("00"));
+    assert_eq!(rig.host.requests_seen(), seen + 1);
+    assert!(rig.host.ledger().iter().all(|e| e.amount_minor != 500));
+    first.abort();
+}
+
+#[tokio::test]
+async fn late_answer_reaches_the_unmatched_channel() {
+    let mut rig = rig().await;
+    let error = rig
+        .link
+        .request(sale(1092).with(11, "000042"), Duration::from_millis(300))
+        .await
+        .unwrap_err();
+    assert!(matches!(error, LinkError::Timeout), "{error:?}");
+    assert!(error.is_ambiguous());
+    let late = next_unmatched(&mut rig).await;
+    assert_eq!(late.reason, UnmatchedReason::NoPendingRequest);
+    let message = late.message.unwrap();
+    assert_eq!(
+        (message.mti.as_str(), message.text(11)),
+        ("0210", Some("000042"))
+    );
+    assert_eq!(message.response_code(), Some("00"));
+    // The host booked it: the order flow must reverse it.
+    assert_eq!(rig.host.ledger()[0].state, LedgerState::Approved);
+}
+
+#[tokio::test]
+async fn duplicate_answer_is_delivered_once_and_the_copy_is_unmatched() {
+    let mut rig = rig().await;
+    let answer = rig
+        .link
+        .request(sale(1093).with(11, "000043"), LONG)
+        .await
+        .unwrap();
+    assert_eq!(answer.response_code(), Some("00"));
+    let copy = next_unmatched(&mut rig).await;
+    assert_eq!(copy.reason, UnmatchedReason::NoPendingRequest);
+    assert_eq!(copy.message.unwrap().text(11), Some("000043"));
+    assert!(rig.unmatched.try_recv().is_err());
+}
+
+#[tokio::test]
+async fn wrong_mac_from_the_host_is_bad_mac() {
+    let rig = rig().await;
+    let error = rig.link.request(sale(1094), LONG).await.unwrap_err();
+    let LinkError::BadMac(answer) = &error else {
+        panic!("expected BadMac, got {error:?}");
+    };
+    assert_eq!(answer.response_code(), Some("00"));
+    assert!(error.is_ambiguous());
+    // The link itself is fine.
+    let next = rig.link.request(sale(100), LONG).await.unwrap();
+    assert_eq!(next.response_code(), Some("00"));
+}
+
+#[tokio::test]
+async fn request_mac_is_checked_by_the_host() {
+    // A link with another MAC key: the host answers A0 without MAC, which the link delivers
+    // (a decline is safe to trust) and books nothing.
+    let rig = rig_with(host_config(), |config| {
+        config.mac_key = Some("zpk/upstream".into());
+    })
+    .await;
+    let answer = rig.link.request(sale(100), LONG).await.unwrap();
+    assert_eq!(answer.response_code(), Some("A0"));
+    assert!(rig.host.ledger().is_empty());
+}
+
+#[tokio::test]
+async fn disconnect_is_ambiguous_then_the_link_reconnects_and_signs_on() {
+    let rig = rig().await;
+    let error = rig.link.request(sale(1095), LONG).await.unwrap_err();
+    assert!(matches!(error, LinkError::Disconnected), "{error:?}");
+    assert!(error.is_ambiguous());
+    assert!(rig.link.wait_signed_on(1, LONG).await, "no reconnect");
+    let next = rig.link.request(sale(100), LONG).await.unwrap();
+    assert_eq!(next.response_code(), Some("00"));
+
+    // Host gone for good: requests are refused without being sent.
+    rig.host.stop().await;
+    tokio::time::timeout(LONG, async {
+        while rig.link.state().signed_on != 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .unwrap();
+    let error = rig.link.request(sale(100), LONG).await.unwrap_err();
+    assert!(
+        matches!(error, LinkError::NotSent(NotSentReason::LinkDown)),
+        "{error:?}"
+    );
+    assert!(!error.is_ambiguous());
+}
+
+#[tokio::test]
+async fn host_restart_closes_connections_and_the_link_signs_on_again() {
+    let rig = rig_with(host_config(), |config| config.connections = 2).await;
+    assert!(rig.link.wait_signed_on(2, LONG).await);
+    assert_eq!(rig.host.accepted(), 2);
+    rig.host.disconnect_all().await;
+    // Both connections are replaced (four accepted) and the new ones sign on.
+    tokio::time::timeout(LONG, async {
+        while rig.host.accepted() != 4 || rig.host.signed_on_connections() != 2 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the link did not reconnect both connections");
+    assert!(rig.link.wait_signed_on(2, LONG).await);
+    let answer = rig.link.request(sale(100), LONG).await.unwrap();
+    assert_eq!(answer.response_code(), Some("00"));
+}
+
+#[tokio::test]
+async fn in_flight_limit_refuses_instead_of_buffering() {
+    let rig = rig_with(host_config(), |config| config.max_in_flight = 1).await;
+    let link = rig.link.clone();
+    let stuck = tokio::spawn(async move { link.request(sale(1091), LONG).await });
+    wait_in_flight(&rig.link, 1).await;
+    wait_booked(&rig.host, 1091).await;
+    let seen = rig.host.requests_seen();
+    let error = rig
+        .link
+        .request(sale(100), Duration::from_millis(200))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, LinkError::NotSent(NotSentReason::Busy)),
+        "{error:?}"
+    );
+    stuck.abort();
+    let _ = stuck.await;
+    assert_eq!(rig.link.in_flight(), 0);
+    let answer = rig.link.request(sale(100), LONG).await.unwrap();
+    assert_eq!(answer.response_code(), Some("00"));
+    assert_eq!(rig.host.requests_seen(), seen + 1);
+}
+
+async fn kcv(security: &Security, label: &str) -> Vec<u8> {
+    security.find_key(label.into()).await.unwrap().kcv
+}
+
+#[tokio::test]
+async fn key_exchange_installs_new_zone_keys() {
+    let rig = rig().await;
+    let (old_pin, old_mac) = (
+        kcv(&rig.security, "zpk/upstream").await,
+        kcv(&rig.security, "zak/upstream").await,
+    );
+    let code = rig.host.key_exchange(false, LONG).await.unwrap();
+    assert_eq!(code, "00");
+    assert_ne!(kcv(&rig.security, "zpk/upstream").await, old_pin);
+    assert_ne!(kcv(&rig.security, "zak/upstream").await, old_mac);
+    // Both sides now use the new keys: the PIN verifies and both MACs check.
+    let request = with_pin(&rig, sale(2372), "1234").await;
+    let answer = rig.link.request(request, LONG).await.unwrap();
+    assert_eq!(answer.response_code(), Some("00"));
+}
+
+#[tokio::test]
+async fn key_exchange_with_a_bad_check_value_keeps_the_old_keys() {
+    let rig = rig().await;
+    let (old_pin, old_mac) = (
+        kcv(&rig.security, "zpk/upstream").await,
+        kcv(&rig.security, "zak/upstream").await,
+    );
+    let code = rig.host.key_exchange(true, LONG).await.unwrap();
+    assert_eq!(code, "A7");
+    // Neither key changed, not even the PIN key whose check value was right.
+    assert_eq!(kcv(&rig.security, "zpk/upstream").await, old_pin);
+    assert_eq!(kcv(&rig.security, "zak/upstream").await, old_mac);
+    let request = with_pin(&rig, sale(2372), "1234").await;
+    let answer = rig.link.request(request, LONG).await.unwrap();
+    assert_eq!(answer.response_code(), Some("00"));
+}
