@@ -664,10 +664,27 @@ impl<'a> MessageBuilder<'a> {
                 if let Some(e) = self.entries.get_mut(i) {
                     *e = entry;
                 }
+                self.compact_if_wasteful();
             }
             Err(i) => self.entries.insert(i, entry),
         }
         Ok(self)
+    }
+
+    /// Replaced fields leave their old bytes behind; once those outweigh the live ones, rewrite
+    /// the wire buffer in field order, so a long-lived builder that is edited stays bounded.
+    fn compact_if_wasteful(&mut self) {
+        let live: usize = self.entries.iter().map(|e| e.wire.len()).sum();
+        if self.wire.len() <= 2 * live + 256 {
+            return;
+        }
+        let mut wire = Vec::with_capacity(live);
+        for e in &mut self.entries {
+            let start = wire.len();
+            wire.extend_from_slice(self.wire.get(e.wire.clone()).unwrap_or_default());
+            e.wire = start..wire.len();
+        }
+        self.wire = wire;
     }
 
     /// Index of a field in `entries` (or where it would go). Fields are usually set in
@@ -721,6 +738,7 @@ impl<'a> MessageBuilder<'a> {
     pub fn remove(&mut self, number: u16) -> &mut Self {
         self.entries.retain(|e| e.number != number);
         self.bitmap.remove(number);
+        self.compact_if_wasteful();
         self
     }
 

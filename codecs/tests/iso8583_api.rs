@@ -284,3 +284,21 @@ length = 3
     let msg = decode(&spec, &buf).unwrap();
     assert_eq!(msg.mac_range(), Some(span.covered));
 }
+
+#[test]
+fn editing_a_builder_many_times_keeps_it_bounded_and_correct() {
+    let spec = Spec::builtin("cups-pos").unwrap();
+    let mut m = cups_pos_sale(&spec);
+    let reference = m.to_bytes().unwrap();
+    for i in 0..10_000u32 {
+        // Re-set an early field (its old bytes become garbage) and a late one.
+        m.set_str(3, if i % 2 == 0 { "310000" } else { "000000" })
+            .unwrap();
+        m.set_sub("60.2", format!("{:06}", i % 1000).as_bytes())
+            .unwrap();
+    }
+    m.set_sub("60.2", b"000001").unwrap();
+    assert_eq!(to_hex(&m.to_bytes().unwrap()), to_hex(&reference));
+    let size = format!("{m:?}").len();
+    assert!(size < 20_000, "builder grew to {size} debug bytes");
+}
