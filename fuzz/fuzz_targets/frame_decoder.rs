@@ -1,6 +1,7 @@
 //! Frame decoder: whatever a peer sends, in whatever pieces, decoding never panics, never yields a
 //! frame over the limit, and every frame it yields re-encodes to exactly the bytes it consumed —
-//! both as a raw frame and, when its link header parses, rebuilt from the typed header and body.
+//! both as a raw frame and, when its link header parses, rebuilt from the typed header and body;
+//! the one-shot `Framing::unframe` agrees with the stream decoder.
 //!
 //! Input layout: byte 0 picks the length prefix and header layout, byte 1 the size limit, byte 2
 //! the read size; the rest is the byte stream.
@@ -65,6 +66,11 @@ fn check_frame(codec: &mut FrameCodec, framing: &Framing, frame: &[u8], original
         .encode(RawFrame(frame), &mut raw)
         .expect("a frame the decoder accepted re-encodes");
     assert_eq!(&raw[..], original, "raw re-encode differs");
+    assert_eq!(
+        framing.unframe(original).expect("one whole frame unframes"),
+        frame,
+        "one-shot unframe differs from the stream decoder"
+    );
 
     if let Ok((header, body)) = framing.split_header(frame) {
         let mut rebuilt = BytesMut::new();
