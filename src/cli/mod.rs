@@ -9,6 +9,7 @@ mod hsm;
 mod iso8583;
 mod qr;
 mod sim;
+mod sim_host;
 
 use clap::{Parser, Subcommand};
 

@@ -18,6 +18,8 @@ pub enum SimCommand {
     Terminal(TerminalArgs),
     /// A wallet app.
     Wallet(WalletArgs),
+    /// An ISO 8583 host (acquirer / UnionPay / issuer) for posbridge's upstream links.
+    Host(super::sim_host::HostArgs),
 }
 
 /// The simulated terminal's identity and keys.
@@ -144,6 +146,7 @@ pub fn run(command: SimCommand) -> anyhow::Result<()> {
         match command {
             SimCommand::Terminal(args) => terminal(args).await,
             SimCommand::Wallet(args) => wallet(args).await,
+            SimCommand::Host(args) => super::sim_host::host(args).await,
         }
     })
 }
