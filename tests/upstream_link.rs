@@ -416,3 +416,118 @@ async fn key_exchange_with_a_bad_check_value_keeps_the_old_keys() {
     let answer = rig.link.request(request, LONG).await.unwrap();
     assert_eq!(answer.response_code(), Some("00"));
 }
+
+#[tokio::test]
+async fn idle_connection_echoes_and_shutdown_signs_off() {
+    let rig = rig_with(host_config(), |config| config.echo_idle_secs = 1).await;
+    // Sign-on was request 1; an echo follows once the connection has been idle a second.
+    tokio::time::timeout(LONG, async {
+        while rig.host.requests_seen() < 2 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("no echo on an idle connection");
+    assert_eq!(rig.link.state().signed_on, 1);
+    let before = rig.host.requests_seen();
+    rig.link.shutdown().await;
+    // The sign-off was answered before shutdown returned; an echo may have slipped in too.
+    assert!(rig.host.requests_seen() > before);
+    assert_eq!(rig.link.state().up, 0);
+}
+
+/// Sends a message until the host answers it (any code) or gives up after many rounds;
+/// ambiguous failures are retried with the repeat MTI, as the reversal queue does.
+async fn until_answered(link: &HostLink, mut message: IsoMessage) -> IsoMessage {
+    for _ in 0..200 {
+        match link
+            .request(message.clone(), Duration::from_millis(800))
+            .await
+        {
+            Ok(answer) => return answer,
+            Err(error) => {
+                if error.is_ambiguous() && message.mti.ends_with('0') {
+                    message.mti.replace_range(3..4, "1");
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+    panic!("no answer after 200 attempts");
+}
+
+#[tokio::test]
+async fn random_faults_reconcile_with_the_hosts_ledger() {
+    let host = SimHostConfig {
+        late_response_ms: 1_500,
+        random_faults: Some(posbridge::upstream::sim_host::RandomFaults {
+            seed: 20_261_126,
+            no_response: 0.04,
+            late_response: 0.04,
+            duplicate_response: 0.04,
+            disconnect: 0.02,
+            wrong_mac: 0.04,
+        }),
+        ..SimHostConfig::default()
+    };
+    println!("sim host random fault seed 20261126");
+    let rig = rig_with(host, |config| config.connections = 2).await;
+    let mut approved_total = 0u64;
+    let mut to_reverse = Vec::new();
+    let mut approved_stans = Vec::new();
+    for batch in 0..10u64 {
+        let mut sales = Vec::new();
+        for i in 0..20u64 {
+            let link = rig.link.clone();
+            let amount = 100 + batch * 20 + i;
+            let stan = link.next_stan();
+            sales.push(tokio::spawn(async move {
+                let message = sale(amount).with(11, stan.as_str());
+                let outcome = link.request(message, Duration::from_millis(800)).await;
+                (amount, stan, outcome)
+            }));
+        }
+        for sale in sales {
+            let (amount, stan, outcome) = sale.await.unwrap();
+            match outcome {
+                Ok(answer) if answer.response_code() == Some("00") => {
+                    approved_total += amount;
+                    approved_stans.push(stan);
+                }
+                Ok(answer) => panic!("unexpected decline {answer:?}"),
+                Err(error) if error.is_ambiguous() => to_reverse.push((amount, stan)),
+                Err(_) => {}
+            }
+        }
+    }
+    assert!(!to_reverse.is_empty(), "the seed injected no fault");
+    for (amount, stan) in &to_reverse {
+        let mut reversal = sale(*amount).with(90, format!("0200{stan}{:032}", 0));
+        reversal.mti = "0400".into();
+        let answer = until_answered(&rig.link, reversal).await;
+        assert!(
+            matches!(answer.response_code(), Some("00") | Some("25")),
+            "{answer:?}"
+        );
+    }
+    let ledger = rig.host.ledger();
+    for entry in &ledger {
+        let completed = approved_stans.contains(&entry.stan);
+        let reversed = to_reverse.iter().any(|(_, s)| *s == entry.stan);
+        match entry.state {
+            LedgerState::Approved => assert!(completed, "approved at the host only: {entry:?}"),
+            LedgerState::Reversed | LedgerState::ReversedUnseen => {
+                assert!(reversed && !completed, "{entry:?}")
+            }
+        }
+    }
+    for stan in &approved_stans {
+        assert!(
+            ledger
+                .iter()
+                .any(|e| e.stan == *stan && e.state == LedgerState::Approved),
+            "approved here, missing at the host: {stan}"
+        );
+    }
+    assert_eq!(rig.host.balance(PAN), Some(10_000_000 - approved_total));
+}
