@@ -38,6 +38,77 @@ pub struct Config {
     /// Logging.
     #[serde(default)]
     pub log: LogConfig,
+    /// Upstream hosts (five-role deployment): `[[hosts]]` tables.
+    #[serde(default)]
+    pub hosts: Vec<crate::upstream::HostConfig>,
+    /// Account-range routing: `[[routes]]` tables; cards matching no prefix use the local ledger.
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+    /// How forwarded sales and their reversals are built and retried.
+    #[serde(default)]
+    pub upstream: UpstreamConfig,
+}
+
+/// `[[routes]]`: an account range (BIN prefix) and where its payments go.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Card number prefix (the longest matching prefix wins).
+    pub prefix: String,
+    /// `local` (the stored-value ledger) or the name of a `[[hosts]]` entry.
+    pub target: String,
+    /// A host to use when the target host has no signed-on connection.
+    #[serde(default)]
+    pub fallback: Option<String>,
+}
+
+/// `[upstream]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamConfig {
+    /// How long a forwarded sale waits for the host's answer, ms; then it is reversed.
+    pub sale_timeout_ms: u64,
+    /// F22, POS entry mode of a cardless QR sale.
+    pub entry_mode: String,
+    /// F25, POS condition code.
+    pub condition_code: String,
+    /// F32, acquiring institution ID.
+    pub acquirer_id: String,
+    /// F33, forwarding institution ID (none: not sent).
+    pub forwarding_id: Option<String>,
+    /// PIN block format the hosts expect (ISO 9564 format 0 or 3), translated by the HSM.
+    pub pin_format: u8,
+    /// F53, security control information sent with a PIN block.
+    pub security_control: String,
+    /// Send reversals as 0420 advices (repeat 0421) instead of 0400 (repeat 0401).
+    pub reversal_as_advice: bool,
+    /// First retry delay of an unacknowledged reversal, ms (doubles up to `reversal_retry_max_ms`).
+    pub reversal_retry_initial_ms: u64,
+    /// Longest retry delay, ms.
+    pub reversal_retry_max_ms: u64,
+    /// A reversal not acknowledged after this long is given up (EXPIRED) and logged loudly, s.
+    pub reversal_expiry_secs: u64,
+    /// How often the reversal queue is polled, ms.
+    pub reversal_poll_ms: u64,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        UpstreamConfig {
+            sale_timeout_ms: 10_000,
+            entry_mode: "032".to_owned(),
+            condition_code: "00".to_owned(),
+            acquirer_id: "48020000".to_owned(),
+            forwarding_id: None,
+            pin_format: 0,
+            security_control: "2600000000000000".to_owned(),
+            reversal_as_advice: false,
+            reversal_retry_initial_ms: 1_000,
+            reversal_retry_max_ms: 60_000,
+            reversal_expiry_secs: 86_400,
+            reversal_poll_ms: 200,
+        }
+    }
 }
 
 /// `[gateway]`.

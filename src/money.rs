@@ -23,20 +23,9 @@ impl Money {
     }
 }
 
-/// Number of minor-unit digits of an ISO 4217 numeric currency (2 unless listed).
-pub fn exponent(currency: u16) -> u32 {
-    match currency {
-        // JPY, KRW, VND, CLP, ISK, UGX, XAF, XOF: no minor unit.
-        392 | 410 | 704 | 152 | 352 | 800 | 950 | 952 => 0,
-        // BHD, JOD, KWD, OMR, TND, LYD, IQD: three digits.
-        48 | 400 | 414 | 512 | 788 | 434 | 368 => 3,
-        _ => 2,
-    }
-}
-
 impl std::fmt::Display for Money {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let digits = exponent(self.currency);
+        let digits = u32::from(posbridge_codecs::emv_qr::currency_exponent(self.currency));
         let code = alpha_code(self.currency);
         if digits == 0 {
             return write!(f, "{} {code}", self.amount_minor);
@@ -55,19 +44,10 @@ impl std::fmt::Display for Money {
     }
 }
 
-/// The alphabetic code of common currencies, for receipts; the number otherwise.
+/// The alphabetic code of a currency (from the codec's ISO 4217 table), or its number.
 pub fn alpha_code(currency: u16) -> String {
-    match currency {
-        156 => "CNY".into(),
-        344 => "HKD".into(),
-        446 => "MOP".into(),
-        840 => "USD".into(),
-        978 => "EUR".into(),
-        826 => "GBP".into(),
-        392 => "JPY".into(),
-        702 => "SGD".into(),
-        other => format!("{other:03}"),
-    }
+    posbridge_codecs::emv_qr::currency(currency)
+        .map_or_else(|| format!("{currency:03}"), |c| c.alpha.to_owned())
 }
 
 #[cfg(test)]

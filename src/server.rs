@@ -98,6 +98,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
+    let gateway = start_upstream(gateway, &mut tasks, &stop_rx)?;
     tasks.spawn(expiry_worker(gateway.clone(), stop_rx.clone()));
     tasks.spawn(outbox_worker(gateway.clone(), stop_rx.clone()));
     spawn_wallet_api(
@@ -132,6 +133,9 @@ pub async fn run(
             let _ = stop_tx.send(true);
             terminal_server.await?;
         }
+    }
+    if let Some(upstream) = gateway.orders.upstream() {
+        upstream.shutdown().await;
     }
     while tasks.join_next().await.is_some() {}
     tracing::info!("stopped");
@@ -181,6 +185,57 @@ async fn spawn_wallet_api(
     });
     tracing::info!("wallet API speaks HTTPS (rustls)");
     Ok(())
+}
+
+/// Starts the links to the configured hosts and the workers of the five-role deployment: the
+/// reversal queue (with recovery of sales left in flight by a stopped posbridge) and the journal
+/// of unmatched answers.
+fn start_upstream(
+    mut gateway: Gateway,
+    tasks: &mut tokio::task::JoinSet<()>,
+    stop: &watch::Receiver<bool>,
+) -> anyhow::Result<Gateway> {
+    if gateway.config.hosts.is_empty() {
+        return Ok(gateway);
+    }
+    let (upstream, unmatched) =
+        crate::orders::forward::Upstream::start(&gateway.config, gateway.orders.security())?;
+    let upstream = Arc::new(upstream);
+    gateway.orders = gateway.orders.clone().with_upstream(Arc::clone(&upstream));
+    for receiver in unmatched {
+        let journal =
+            crate::orders::forward::journal_unmatched(gateway.orders.store().clone(), receiver);
+        let stopped = wait_stop(stop.clone());
+        tasks.spawn(async move {
+            tokio::select! {
+                () = journal => {}
+                () = stopped => {}
+            }
+        });
+    }
+    let every = Duration::from_millis(gateway.config.upstream.reversal_poll_ms);
+    let worker = gateway.clone();
+    tasks.spawn(periodic(stop.clone(), every, move || {
+        let worker = worker.clone();
+        async move {
+            let Some(upstream) = worker.orders.upstream() else {
+                return;
+            };
+            let store = worker.orders.store();
+            if let Err(error) =
+                crate::orders::forward::recover_standby(store, &upstream.config).await
+            {
+                tracing::warn!(%error, "reversal recovery failed; will retry");
+            }
+            match crate::orders::forward::deliver_reversals(store, upstream).await {
+                Ok(0) => {}
+                Ok(count) => tracing::info!(count, "reversals acknowledged"),
+                Err(error) => tracing::warn!(%error, "reversal delivery failed; will retry"),
+            }
+        }
+    }));
+    tracing::info!(hosts = gateway.config.hosts.len(), "upstream links started");
+    Ok(gateway)
 }
 
 async fn wait_stop(mut stop: watch::Receiver<bool>) {

@@ -84,7 +84,10 @@ pub async fn open(config: &JournalConfig) -> Result<Store, JournalError> {
 }
 
 /// The schema versions, applied in order, each in its own transaction.
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("migrations/0001_core.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("migrations/0001_core.sql")),
+    (2, include_str!("migrations/0002_upstream.sql")),
+];
 
 /// Applies the migrations not yet recorded in `schema_migrations`. Several gateways starting
 /// at once on PostgreSQL serialise on an advisory lock.

@@ -7,6 +7,7 @@
 //!
 //! ```text
 //! CREATED --pay--> PAID --reversal--> REVERSED
+//!    |  \--forward upstream--> AUTHORIZING --00--> PAID / --refused, ambiguous--> DECLINED
 //!    |  \--decline (51, 75)--> DECLINED
 //!    |--expiry--> EXPIRED
 //!    \--cancel / terminal gone / reversal--> CANCELLED
@@ -15,6 +16,7 @@
 //! A wrong PIN (55) leaves the order open so the payer can try again, as a card terminal would;
 //! the account's try counter locks it after [`service::MAX_PIN_TRIES`] wrong PINs (75).
 
+pub mod forward;
 pub mod notify;
 pub mod payload;
 pub mod response;
@@ -61,6 +63,8 @@ impl Origin {
 pub enum OrderState {
     /// Waiting for the phone.
     Created,
+    /// Paid by the phone, being authorised by an upstream host (five-role deployment).
+    Authorizing,
     /// Paid: money moved.
     Paid,
     /// Refused for good (see the response code).
@@ -78,6 +82,7 @@ impl OrderState {
     pub fn as_str(self) -> &'static str {
         match self {
             OrderState::Created => "CREATED",
+            OrderState::Authorizing => "AUTHORIZING",
             OrderState::Paid => "PAID",
             OrderState::Declined => "DECLINED",
             OrderState::Expired => "EXPIRED",
@@ -90,6 +95,7 @@ impl OrderState {
     pub fn parse(text: &str) -> Option<OrderState> {
         [
             OrderState::Created,
+            OrderState::Authorizing,
             OrderState::Paid,
             OrderState::Declined,
             OrderState::Expired,
@@ -102,6 +108,6 @@ impl OrderState {
 
     /// True once nothing more can happen to the order but a reversal of a payment.
     pub fn is_final(self) -> bool {
-        self != OrderState::Created
+        !matches!(self, OrderState::Created | OrderState::Authorizing)
     }
 }

@@ -37,6 +37,10 @@ pub enum ResponseCode {
     SystemError,
     /// 98: the issuer / upstream host did not answer in time.
     IssuerTimeout,
+    /// 91: the issuer / upstream host is unreachable (nothing was sent).
+    IssuerUnavailable,
+    /// 09: the payment is being authorised upstream; ask again.
+    InProgress,
     /// A0: MAC verification failed (UnionPay POS).
     MacError,
     /// A code received from an upstream host, passed through as is.
@@ -63,6 +67,8 @@ impl ResponseCode {
             ResponseCode::ReconcileError => "95",
             ResponseCode::SystemError => "96",
             ResponseCode::IssuerTimeout => "98",
+            ResponseCode::IssuerUnavailable => "91",
+            ResponseCode::InProgress => "09",
             ResponseCode::MacError => "A0",
             ResponseCode::Other(code) => std::str::from_utf8(code).unwrap_or("96"),
         }
@@ -87,6 +93,8 @@ impl ResponseCode {
             ResponseCode::ReconcileError,
             ResponseCode::SystemError,
             ResponseCode::IssuerTimeout,
+            ResponseCode::IssuerUnavailable,
+            ResponseCode::InProgress,
             ResponseCode::MacError,
         ];
         if let Some(found) = known.into_iter().find(|known| known.as_str() == code) {
@@ -119,6 +127,8 @@ impl ResponseCode {
             ResponseCode::ReconcileError => ("reconcile_error", 409),
             ResponseCode::SystemError => ("system_error", 500),
             ResponseCode::IssuerTimeout => ("issuer_timeout", 504),
+            ResponseCode::IssuerUnavailable => ("issuer_unavailable", 503),
+            ResponseCode::InProgress => ("payment_in_progress", 409),
             ResponseCode::MacError => ("mac_error", 401),
             ResponseCode::Other(_) => ("declined", 402),
         }

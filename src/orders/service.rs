@@ -3,6 +3,7 @@
 //! Every method that changes an order does it in one journal transaction; notifications to
 //! waiting terminals go out only after the commit.
 
+use super::forward::{self, Armed, Upstream};
 use super::notify::OrderNotifier;
 use super::payload::{self, PayloadSigner, ScannedPayload};
 use super::{OrderState, Origin, ResponseCode};
@@ -245,6 +246,15 @@ pub struct OrderService {
     security: Security,
     notifier: Arc<OrderNotifier>,
     settings: Arc<OrderSettings>,
+    upstream: Option<Arc<Upstream>>,
+}
+
+/// What a payment attempt leads to inside its first transaction.
+enum Step {
+    /// Decided here (local ledger, or refused): the result and the order that changed.
+    Done(Box<PaymentResult>, Option<String>),
+    /// Routed to a host: armed in the journal, to send after this transaction commits.
+    Forward(Box<Armed>),
 }
 
 impl std::fmt::Debug for OrderService {
@@ -263,7 +273,19 @@ impl OrderService {
             security,
             notifier: Arc::new(OrderNotifier::default()),
             settings: Arc::new(settings),
+            upstream: None,
         }
+    }
+
+    /// The same service routing card ranges to upstream hosts (five-role deployment).
+    pub fn with_upstream(mut self, upstream: Arc<Upstream>) -> OrderService {
+        self.upstream = Some(upstream);
+        self
+    }
+
+    /// The upstream hosts, if any.
+    pub fn upstream(&self) -> Option<&Arc<Upstream>> {
+        self.upstream.as_ref()
     }
 
     /// The journal.
@@ -477,7 +499,12 @@ impl OrderService {
         }
         let outcome = self.pay_in(&mut tx, &request, &pan_hash).await;
         let (result, changed_order) = match outcome {
-            Ok(done) => done,
+            Ok(Step::Done(result, changed)) => (*result, changed),
+            Ok(Step::Forward(armed)) => {
+                tx.commit().await?;
+                self.notifier.changed(&armed.order.order_id);
+                return self.forward_sale(*armed, &request, &pan_hash).await;
+            }
             Err(OrderError::Refused { code, reason }) => {
                 let attempt_id =
                     record_attempt(&mut tx, None, &request, &pan_hash, code, &reason).await?;
@@ -485,7 +512,10 @@ impl OrderService {
             }
             Err(other) => return Err(other),
         };
-        store_idempotent_result(&mut tx, &request, &result).await?;
+        // "Being authorised" is not an answer to remember: a retry must see the final one.
+        if result.code() != ResponseCode::InProgress {
+            store_idempotent_result(&mut tx, &request, &result).await?;
+        }
         tx.commit().await?;
         if let Some(order_id) = changed_order {
             self.notifier.changed(&order_id);
@@ -498,7 +528,7 @@ impl OrderService {
         tx: &mut Tx,
         request: &PayRequest,
         pan_hash: &[u8],
-    ) -> Result<(PaymentResult, Option<String>), OrderError> {
+    ) -> Result<Step, OrderError> {
         let scanned = payload::parse(&request.payload)
             .map_err(|e| OrderError::refused(ResponseCode::FormatError, e))?;
         let order = match scanned.reference.as_deref() {
@@ -524,8 +554,8 @@ impl OrderService {
                     "expired at payment",
                 )
                 .await?;
-                return Ok((
-                    self.attempt_result(
+                let result = self
+                    .attempt_result(
                         tx,
                         &order,
                         request,
@@ -533,15 +563,44 @@ impl OrderService {
                         ResponseCode::Expired,
                         "order expired",
                     )
-                    .await?,
-                    Some(order.order_id.clone()),
-                ));
+                    .await?;
+                return Ok(Step::Done(Box::new(result), Some(order.order_id.clone())));
             }
             OrderState::Created => {}
+            OrderState::Authorizing => return refuse(ResponseCode::InProgress),
             OrderState::Paid | OrderState::Reversed => return refuse(ResponseCode::Duplicate),
             OrderState::Expired => return refuse(ResponseCode::Expired),
             OrderState::Declined | OrderState::Cancelled => {
                 return refuse(ResponseCode::NotPermitted);
+            }
+        }
+        if let Some(upstream) = &self.upstream {
+            if let Some(link) = upstream.route(request.pan.expose_secret()) {
+                let merchant = crate::admin::merchant(tx, &order.mid)
+                    .await?
+                    .ok_or_else(|| {
+                        OrderError::refused(ResponseCode::InvalidMerchant, "merchant vanished")
+                    })?;
+                let armed = forward::arm(
+                    tx,
+                    upstream,
+                    link,
+                    &order,
+                    request.pan.expose_secret(),
+                    &merchant.mcc,
+                    &merchant.country,
+                )
+                .await?;
+                set_state(
+                    tx,
+                    &order.order_id,
+                    state,
+                    OrderState::Authorizing,
+                    ResponseCode::InProgress,
+                    "forwarded upstream",
+                )
+                .await?;
+                return Ok(Step::Forward(Box::new(armed)));
             }
         }
         let payer = ledger::payer_by_pan_hash_for_update(tx, pan_hash)
@@ -565,7 +624,7 @@ impl OrderService {
             let result = self
                 .attempt_result(tx, &order, request, pan_hash, code, "PIN not accepted")
                 .await?;
-            return Ok((result, Some(order.order_id.clone())));
+            return Ok(Step::Done(Box::new(result), Some(order.order_id.clone())));
         }
         let merchant_account = self.merchant_account(tx, &order.mid).await?;
         match ledger::transfer(
@@ -593,7 +652,7 @@ impl OrderService {
                 let result = self
                     .attempt_result(tx, &order, request, pan_hash, code, "insufficient funds")
                     .await?;
-                return Ok((result, Some(order.order_id.clone())));
+                return Ok(Step::Done(Box::new(result), Some(order.order_id.clone())));
             }
         }
         let rrn = random_digits(12);
@@ -626,7 +685,7 @@ impl OrderService {
                 "approved",
             )
             .await?;
-        Ok((result, Some(order.order_id.clone())))
+        Ok(Step::Done(Box::new(result), Some(order.order_id.clone())))
     }
 
     async fn lock_dynamic_order(
@@ -731,6 +790,144 @@ impl OrderService {
             .ok_or_else(|| {
                 OrderError::Journal(JournalError::Internal("static order vanished".into()))
             })
+    }
+
+    /// Sends an armed sale to its host and records the answer (S107 in the five-role
+    /// deployment). A sale is never sent twice: an unclear outcome queues its reversal, and the
+    /// payer must start again with a new order (a new STAN).
+    async fn forward_sale(
+        &self,
+        armed: Armed,
+        request: &PayRequest,
+        pan_hash: &[u8],
+    ) -> Result<PaymentResult, OrderError> {
+        let upstream = self
+            .upstream
+            .clone()
+            .ok_or_else(|| OrderError::Journal(JournalError::Internal("no upstream".into())))?;
+        let link = upstream.link(&armed.host).cloned().ok_or_else(|| {
+            OrderError::Journal(JournalError::Internal(format!(
+                "host {} vanished",
+                armed.host
+            )))
+        })?;
+        let mut message = armed.message.clone();
+        let outcome = match self.host_pin_block(&upstream, &link, request).await {
+            Err(reason) => forward::Outcome::NotSent(reason),
+            Ok(pin_block) => {
+                if let Some(block) = pin_block {
+                    message.set(52, block.expose_secret().to_vec());
+                    message.set(53, upstream.config.security_control.as_bytes().to_vec());
+                }
+                let deadline = Duration::from_millis(upstream.config.sale_timeout_ms);
+                forward::Outcome::of(&link.request(message, deadline).await)
+            }
+        };
+        let mut tx = self.store.begin().await?;
+        let outcome = forward::settle(&mut tx, &armed, outcome).await?;
+        let order_id = armed.order.order_id.as_str();
+        let from = OrderState::Authorizing;
+        let (code, reason) = match &outcome {
+            forward::Outcome::Approved { auth_code, rrn } => {
+                let changed = tx
+                    .execute(
+                        "UPDATE orders SET state = 'PAID', response_code = '00', rrn = $2, auth_code = $3, \
+                         payer_pan_masked = $4, updated_at_ms = $5 WHERE order_id = $1 AND state = 'AUTHORIZING'",
+                        &[
+                            order_id.into(),
+                            rrn.clone().or_else(|| armed.message.text(37).map(str::to_owned)).into(),
+                            auth_code.clone().into(),
+                            request.pan.masked().into(),
+                            now_ms().into(),
+                        ],
+                    )
+                    .await?;
+                if changed == 1 {
+                    record_event(
+                        &mut tx,
+                        order_id,
+                        Some(from),
+                        OrderState::Paid,
+                        "approved by host",
+                    )
+                    .await?;
+                }
+                (ResponseCode::Approved, "approved by the host".to_owned())
+            }
+            forward::Outcome::Declined(code) => {
+                let code = ResponseCode::parse(code);
+                move_state(
+                    &mut tx,
+                    order_id,
+                    from,
+                    OrderState::Declined,
+                    code,
+                    "declined by host",
+                )
+                .await?;
+                (code, "declined by the host".to_owned())
+            }
+            forward::Outcome::NotSent(reason) => {
+                let code = ResponseCode::IssuerUnavailable;
+                move_state(
+                    &mut tx,
+                    order_id,
+                    from,
+                    OrderState::Created,
+                    code,
+                    "not sent",
+                )
+                .await?;
+                (code, format!("not sent to the host: {reason}"))
+            }
+            forward::Outcome::Ambiguous(reason) => {
+                let code = ResponseCode::IssuerTimeout;
+                move_state(
+                    &mut tx,
+                    order_id,
+                    from,
+                    OrderState::Declined,
+                    code,
+                    "reversal queued",
+                )
+                .await?;
+                (code, format!("{reason}; the sale is being reversed"))
+            }
+        };
+        let result = self
+            .attempt_result(&mut tx, &armed.order, request, pan_hash, code, &reason)
+            .await?;
+        store_idempotent_result(&mut tx, request, &result).await?;
+        tx.commit().await?;
+        self.notifier.changed(order_id);
+        Ok(result)
+    }
+
+    /// The PIN block re-encrypted for the host's zone, in the host's format.
+    async fn host_pin_block(
+        &self,
+        upstream: &Upstream,
+        link: &crate::upstream::HostLink,
+        request: &PayRequest,
+    ) -> Result<Option<PinBlock>, String> {
+        let Some(block) = request.pin_block.clone() else {
+            return Ok(None);
+        };
+        let zone_key = link
+            .config()
+            .pin_key
+            .clone()
+            .ok_or_else(|| format!("host {} has no PIN key configured", link.name()))?;
+        self.security
+            .translate_pin(
+                block,
+                (request.pek_label.clone(), request.pin_format),
+                (zone_key, forward::host_pin_format(&upstream.config)),
+                Some(request.pan.clone()),
+            )
+            .await
+            .map(Some)
+            .map_err(|e| format!("PIN translation: {e}"))
     }
 
     /// Checks the PIN against the account's verification value. `None` = accepted.
@@ -864,7 +1061,10 @@ impl OrderService {
                 .await?;
             }
             OrderState::Paid => {
+                // Money back: local postings are undone here; a sale approved by a host gets
+                // its reversal queued (durably, in this transaction) for the reversal worker.
                 ledger::reverse(&mut tx, &order.order_id).await?;
+                forward::queue_reversal_of_order(&mut tx, &order.order_id, reason).await?;
                 set_state(
                     &mut tx,
                     &order.order_id,
@@ -938,8 +1138,7 @@ impl OrderService {
             let order = self.order(order_id).await?;
             match &order {
                 Some(order)
-                    if order.state() == OrderState::Created
-                        && tokio::time::Instant::now() < deadline => {}
+                    if !order.state().is_final() && tokio::time::Instant::now() < deadline => {}
                 _ => break order,
             }
             let wake = (tokio::time::Instant::now() + self.settings.poll_interval).min(deadline);
@@ -1024,6 +1223,28 @@ async fn set_state(
     // The caller holds the row lock and read `from` under it: anything else is a bug.
     assert_eq!(changed, 1, "order {order_id} was not in state {from:?}");
     record_event(tx, order_id, Some(from), to, detail).await
+}
+
+/// Like [`set_state`], but a no-op when the order has meanwhile left `from` (a crash recovery
+/// may have declined an order whose answer arrives late).
+async fn move_state(
+    tx: &mut Tx,
+    order_id: &str,
+    from: OrderState,
+    to: OrderState,
+    code: ResponseCode,
+    detail: &str,
+) -> Result<(), JournalError> {
+    let changed = tx
+        .execute(
+            "UPDATE orders SET state = $3, response_code = $4, updated_at_ms = $5 WHERE order_id = $1 AND state = $2",
+            &[order_id.into(), from.as_str().into(), to.as_str().into(), code.as_str().into(), now_ms().into()],
+        )
+        .await?;
+    if changed == 1 {
+        record_event(tx, order_id, Some(from), to, detail).await?;
+    }
+    Ok(())
 }
 
 async fn record_event(

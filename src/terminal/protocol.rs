@@ -332,7 +332,7 @@ pub async fn answer_hold(
         return respond(gateway, &message, ResponseCode::NotFound, |_| Ok(())).await;
     };
     let code = match order.state() {
-        OrderState::Created => ResponseCode::Other(*b"09"),
+        OrderState::Created | OrderState::Authorizing => ResponseCode::InProgress,
         OrderState::Paid => ResponseCode::Approved,
         OrderState::Expired => ResponseCode::Expired,
         OrderState::Cancelled | OrderState::Reversed => ResponseCode::NotPermitted,

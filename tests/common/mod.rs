@@ -110,6 +110,11 @@ pub async fn seeded(journal: &TestJournal) -> Seeded {
         .await
         .map_err(|e| format!("{e:#}"))
         .unwrap();
+    seed(gateway).await
+}
+
+/// Registers the test merchant, terminal, payer and wallet app on an opened gateway.
+pub async fn seed(gateway: Gateway) -> Seeded {
     let orders = gateway.orders.clone();
     let store = orders.store().clone();
     admin::register_merchant(
@@ -244,26 +249,7 @@ impl Running {
 }
 
 pub async fn start(journal: &TestJournal) -> Running {
-    let seeded = seeded(journal).await;
-    let listeners = server::Listeners::bind(&seeded.gateway.config)
-        .await
-        .unwrap();
-    let terminal = listeners.terminal.local_addr().unwrap();
-    let wallet = listeners.wallet_api.local_addr().unwrap();
-    let metrics = listeners.metrics.as_ref().unwrap().local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let gateway = seeded.gateway.clone();
-    let task = tokio::spawn(server::run(gateway, listeners, async move {
-        let _ = stopped.await;
-    }));
-    Running {
-        seeded,
-        terminal,
-        wallet_url: format!("http://{wallet}"),
-        metrics,
-        stop: Some(stop),
-        task: Some(task),
-    }
+    serve(seeded(journal).await).await
 }
 
 /// The demo terminal: its own software module holding the terminal master key.
@@ -296,4 +282,38 @@ pub fn wallet_client(running: &Running) -> posbridge::wallet_api::client::Wallet
         module,
         "pek/wallet",
     )
+}
+
+/// Like [`start`], with the configuration adjusted first (e.g. upstream hosts).
+pub async fn start_with(journal: &TestJournal, adjust: impl FnOnce(&mut Config)) -> Running {
+    let mut config = config(journal);
+    adjust(&mut config);
+    let gateway = server::open(config)
+        .await
+        .map_err(|e| format!("{e:#}"))
+        .unwrap();
+    let seeded = seed(gateway).await;
+    serve(seeded).await
+}
+
+async fn serve(seeded: Seeded) -> Running {
+    let listeners = server::Listeners::bind(&seeded.gateway.config)
+        .await
+        .unwrap();
+    let terminal = listeners.terminal.local_addr().unwrap();
+    let wallet = listeners.wallet_api.local_addr().unwrap();
+    let metrics = listeners.metrics.as_ref().unwrap().local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let gateway = seeded.gateway.clone();
+    let task = tokio::spawn(server::run(gateway, listeners, async move {
+        let _ = stopped.await;
+    }));
+    Running {
+        seeded,
+        terminal,
+        wallet_url: format!("http://{wallet}"),
+        metrics,
+        stop: Some(stop),
+        task: Some(task),
+    }
 }

@@ -1,0 +1,576 @@
+//! The five-role deployment: a paid QR order becomes a standard ISO 8583 sale (0200) to the
+//! acquirer / UnionPay / issuer host its card's account range routes to, with the PIN block
+//! re-encrypted for the host's zone by the security module.
+//!
+//! The money rule: a request that may have reached the host is never sent again. Before the sale
+//! leaves, its reversal is written to the journal (status STANDBY) in the same transaction that
+//! moves the order to AUTHORIZING. When the answer is clean (approved or declined) the reversal
+//! is cancelled in the transaction that records the answer; when it is not (timeout, a MAC that
+//! fails, a lost connection, a crash of posbridge), the reversal is QUEUED and the reversal
+//! worker sends it (0400, repeats 0401; or 0420/0421 as advices) with back-off until the host
+//! acknowledges it or it expires. Several posbridge processes may share the journal: a queued
+//! reversal is taken by one of them (`FOR UPDATE SKIP LOCKED`). A late approval can never turn
+//! the order PAID: the answer is recorded only while the reversal is still STANDBY.
+//!
+//! Reversals carry no card number (the journal never holds a full PAN): the host matches them by
+//! TID + original STAN and by the original data elements in field 90.
+
+use super::service::Order;
+use crate::config::{Config, RouteConfig, UpstreamConfig};
+use crate::journal::{JournalError, Store, Tx, new_id, now_ms};
+use crate::security::Security;
+use crate::upstream::{HostLink, IsoMessage, LinkError, Unmatched};
+use posbridge_hsm::PinBlockFormat;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// Reversal statuses in the journal.
+pub mod status {
+    /// Armed before the sale is sent; cancelled by a clean answer.
+    pub const STANDBY: &str = "STANDBY";
+    /// To be sent (ambiguous outcome, or a reversal asked for after approval).
+    pub const QUEUED: &str = "QUEUED";
+    /// Acknowledged by the host.
+    pub const DONE: &str = "DONE";
+    /// Not needed (the sale's answer was clean, or it was never sent).
+    pub const CANCELLED: &str = "CANCELLED";
+    /// Given up after `upstream.reversal_expiry_secs`: needs an operator.
+    pub const EXPIRED: &str = "EXPIRED";
+}
+
+/// The upstream hosts and the account-range table.
+pub struct Upstream {
+    links: HashMap<String, HostLink>,
+    routes: Vec<RouteConfig>,
+    /// Settings of forwarded sales and reversals.
+    pub config: UpstreamConfig,
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstream")
+            .field("hosts", &self.links.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Upstream {
+    /// Starts a link per configured host; returns the receivers of their unmatched answers.
+    pub fn start(
+        config: &Config,
+        security: &Security,
+    ) -> anyhow::Result<(Upstream, Vec<mpsc::Receiver<Unmatched>>)> {
+        let mut links = HashMap::new();
+        let mut unmatched = Vec::new();
+        for host in &config.hosts {
+            let (link, rx) = HostLink::start(host.clone(), security.clone())
+                .map_err(|e| anyhow::anyhow!("host {}: {e}", host.name))?;
+            links.insert(host.name.clone(), link);
+            unmatched.push(rx);
+        }
+        Ok((
+            Upstream {
+                links,
+                routes: config.routes.clone(),
+                config: config.upstream.clone(),
+            },
+            unmatched,
+        ))
+    }
+
+    /// The link of a host by name.
+    pub fn link(&self, name: &str) -> Option<&HostLink> {
+        self.links.get(name)
+    }
+
+    /// Every link, for readiness and metrics.
+    pub fn links(&self) -> impl Iterator<Item = &HostLink> {
+        self.links.values()
+    }
+
+    /// Where a card's payments go: `None` for the local ledger, else the host (its fallback when
+    /// the primary has no signed-on connection).
+    pub fn route(&self, pan: &str) -> Option<&HostLink> {
+        let route = self
+            .routes
+            .iter()
+            .filter(|route| pan.starts_with(&route.prefix))
+            .max_by_key(|route| route.prefix.len())?;
+        let primary = self.links.get(&route.target);
+        let usable = |link: &&HostLink| link.state().signed_on > 0;
+        match (
+            primary,
+            route
+                .fallback
+                .as_deref()
+                .and_then(|name| self.links.get(name)),
+        ) {
+            (Some(primary), Some(fallback)) if !usable(&primary) && usable(&fallback) => {
+                Some(fallback)
+            }
+            (Some(primary), _) => Some(primary),
+            // Target "local" with a host fallback is not a thing: local is always up.
+            (None, _) => None,
+        }
+    }
+
+    /// Signs off and closes every link.
+    pub async fn shutdown(&self) {
+        for link in self.links.values() {
+            link.shutdown().await;
+        }
+    }
+}
+
+/// A forwarded sale armed in the journal, ready to send.
+#[derive(Debug)]
+pub struct Armed {
+    /// The order, as it was when armed.
+    pub order: Order,
+    /// Journal id of the forwarded sale.
+    pub forward_id: String,
+    /// Host name.
+    pub host: String,
+    /// The 0200 without PIN data (added just before sending).
+    pub message: IsoMessage,
+}
+
+fn text(value: &str) -> Vec<u8> {
+    value.as_bytes().to_vec()
+}
+
+/// Field 43: name (25) + city (13) + country (2), space padded.
+fn name_location(order: &Order, country: &str) -> String {
+    let name: String = order.merchant_name.chars().take(25).collect();
+    let city: String = order.merchant_city.chars().take(13).collect();
+    format!("{name:<25}{city:<13}{country:<2}")
+}
+
+/// Writes the forwarded sale and its standby reversal and moves the order to AUTHORIZING, in
+/// the caller's transaction (which also holds the order's row lock).
+pub async fn arm(
+    tx: &mut Tx,
+    upstream: &Upstream,
+    link: &HostLink,
+    order: &Order,
+    pan: &str,
+    mcc: &str,
+    country: &str,
+) -> Result<Armed, JournalError> {
+    let config = &upstream.config;
+    let stan = link.next_stan();
+    let transmitted = crate::upstream::link::transmission_date_time(std::time::SystemTime::now());
+    let rrn = format!("{}{}", &transmitted[4..10], stan);
+    let tid = order.tid.clone().unwrap_or_else(|| "QRSTATIC".to_owned());
+    let mut message = IsoMessage::new("0200");
+    message
+        .set(2, text(pan))
+        .set(3, text("000000"))
+        .set(4, text(&order.amount.iso8583_amount()))
+        .set(7, text(&transmitted))
+        .set(11, text(&stan))
+        .set(12, text(&transmitted[4..10]))
+        .set(13, text(&transmitted[0..4]))
+        .set(18, text(mcc))
+        .set(22, text(&config.entry_mode))
+        .set(25, text(&config.condition_code))
+        .set(32, text(&config.acquirer_id))
+        .set(37, text(&rrn))
+        .set(41, text(&tid))
+        .set(42, text(&format!("{:<15}", order.mid)))
+        .set(43, text(&name_location(order, country)))
+        .set(49, text(&order.amount.iso8583_currency()));
+    if let Some(forwarding) = &config.forwarding_id {
+        message.set(33, text(forwarding));
+    }
+    let reversal = reversal_message(&message, config);
+    let forward_id = new_id();
+    let now = now_ms();
+    tx.execute(
+        "INSERT INTO forwarded_sales (forward_id, order_id, host, mti, stan, rrn, tid, transmitted, amount_minor, currency, \
+         pan_truncated, state, created_at_ms, updated_at_ms) VALUES ($1, $2, $3, '0200', $4, $5, $6, $7, $8, $9, $10, 'SENDING', $11, $11)",
+        &[
+            forward_id.as_str().into(),
+            order.order_id.as_str().into(),
+            link.name().into(),
+            stan.as_str().into(),
+            rrn.as_str().into(),
+            tid.as_str().into(),
+            transmitted.as_str().into(),
+            order.amount.amount_minor.into(),
+            i64::from(order.amount.currency).into(),
+            truncate(pan).into(),
+            now.into(),
+        ],
+    )
+    .await?;
+    let expires = now
+        + i64::try_from(config.reversal_expiry_secs.saturating_mul(1000)).unwrap_or(i64::MAX / 2);
+    tx.execute(
+        "INSERT INTO reversals (reversal_id, forward_id, host, status, message, attempts, next_attempt_at_ms, expires_at_ms, \
+         created_at_ms, updated_at_ms) VALUES ($1, $2, $3, 'STANDBY', $4, 0, $5, $6, $5, $5)",
+        &[
+            new_id().into(),
+            forward_id.as_str().into(),
+            link.name().into(),
+            reversal.into(),
+            now.into(),
+            expires.into(),
+        ],
+    )
+    .await?;
+    Ok(Armed {
+        order: order.clone(),
+        forward_id,
+        host: link.name().to_owned(),
+        message,
+    })
+}
+
+fn truncate(pan: &str) -> String {
+    posbridge_hsm::Pan::new(pan)
+        .map(|p| p.masked())
+        .unwrap_or_else(|_| "invalid".into())
+}
+
+/// The reversal's fields as JSON: the sale's identity (TID, original STAN, RRN, amount) and
+/// field 90, never the card number.
+fn reversal_message(sale: &IsoMessage, config: &UpstreamConfig) -> String {
+    let mut fields = BTreeMap::new();
+    for number in [3u16, 4, 11, 12, 13, 22, 25, 32, 33, 37, 41, 42, 49] {
+        if let Some(value) = sale.text(number) {
+            fields.insert(number.to_string(), value.to_owned());
+        }
+    }
+    fields.insert("39".into(), "98".into());
+    let original = format!(
+        "0200{}{}{:0>11}{:0>11}",
+        sale.text(11).unwrap_or("000000"),
+        sale.text(7).unwrap_or("0000000000"),
+        config.acquirer_id,
+        config.forwarding_id.as_deref().unwrap_or("0")
+    );
+    fields.insert("90".into(), original);
+    serde_json::json!({ "fields": fields }).to_string()
+}
+
+/// The ISO 9564 format the host expects.
+pub fn host_pin_format(config: &UpstreamConfig) -> PinBlockFormat {
+    if config.pin_format == 3 {
+        PinBlockFormat::Iso3
+    } else {
+        PinBlockFormat::Iso0
+    }
+}
+
+/// What the host's answer (or its absence) means for the order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// 0210 with 00 and a good MAC.
+    Approved {
+        /// F38.
+        auth_code: Option<String>,
+        /// F37 as answered.
+        rrn: Option<String>,
+    },
+    /// 0210 with another code (clean: nothing to reverse).
+    Declined(String),
+    /// Never left posbridge: nothing to reverse, the order may be paid again.
+    NotSent(String),
+    /// May have reached the host: reverse.
+    Ambiguous(String),
+}
+
+impl Outcome {
+    /// Classifies the link's result.
+    pub fn of(result: &Result<IsoMessage, LinkError>) -> Outcome {
+        match result {
+            Ok(answer) => match answer.response_code() {
+                Some("00") => Outcome::Approved {
+                    auth_code: answer.text(38).map(str::to_owned),
+                    rrn: answer.text(37).map(str::to_owned),
+                },
+                Some(code) => Outcome::Declined(code.to_owned()),
+                None => Outcome::Ambiguous("answer without response code".into()),
+            },
+            Err(error) if error.is_ambiguous() => Outcome::Ambiguous(error.to_string()),
+            Err(error) => Outcome::NotSent(error.to_string()),
+        }
+    }
+}
+
+/// Records the host's answer for an armed sale. Returns the final outcome as recorded: an
+/// approval whose reversal is no longer STANDBY (queued by a crash recovery) is recorded as
+/// ambiguous, never as paid.
+pub async fn settle(tx: &mut Tx, armed: &Armed, outcome: Outcome) -> Result<Outcome, JournalError> {
+    let now = now_ms();
+    let reversal_status = match &outcome {
+        Outcome::Ambiguous(_) => status::QUEUED,
+        _ => status::CANCELLED,
+    };
+    let changed = tx
+        .execute(
+            "UPDATE reversals SET status = $2, reason = $3, updated_at_ms = $4 WHERE forward_id = $1 AND status = 'STANDBY'",
+            &[
+                armed.forward_id.as_str().into(),
+                reversal_status.into(),
+                format!("{outcome:?}").into(),
+                now.into(),
+            ],
+        )
+        .await?;
+    let outcome = if changed == 0 {
+        // Someone queued the reversal already (recovery after a crash, or a late answer):
+        // whatever the host said, the sale is being reversed.
+        Outcome::Ambiguous("reversal already queued".into())
+    } else {
+        outcome
+    };
+    let (state, code, auth) = match &outcome {
+        Outcome::Approved { auth_code, .. } => ("APPROVED", "00".to_owned(), auth_code.clone()),
+        Outcome::Declined(code) => ("DECLINED", code.clone(), None),
+        Outcome::NotSent(_) => ("NOT_SENT", "91".to_owned(), None),
+        Outcome::Ambiguous(_) => ("AMBIGUOUS", "98".to_owned(), None),
+    };
+    tx.execute(
+        "UPDATE forwarded_sales SET state = $2, response_code = $3, auth_code = $4, updated_at_ms = $5 WHERE forward_id = $1",
+        &[armed.forward_id.as_str().into(), state.into(), code.into(), auth.into(), now.into()],
+    )
+    .await?;
+    Ok(outcome)
+}
+
+/// Queues the reversal of an approved forwarded sale (the terminal or an operator reversed the
+/// order after it was paid). Returns false when the order had no approved forwarded sale.
+pub async fn queue_reversal_of_order(
+    tx: &mut Tx,
+    order_id: &str,
+    reason: &str,
+) -> Result<bool, JournalError> {
+    let changed = tx
+        .execute(
+            "UPDATE reversals SET status = 'QUEUED', reason = $2, next_attempt_at_ms = $3, updated_at_ms = $3 \
+             WHERE forward_id IN (SELECT forward_id FROM forwarded_sales WHERE order_id = $1 AND state = 'APPROVED') \
+             AND status = 'CANCELLED'",
+            &[order_id.into(), reason.into(), now_ms().into()],
+        )
+        .await?;
+    Ok(changed > 0)
+}
+
+/// Queues the standby reversals of sales that can no longer be answered (posbridge stopped or
+/// crashed while they were in flight): older than the sale timeout plus a margin.
+pub async fn recover_standby(store: &Store, config: &UpstreamConfig) -> Result<u64, JournalError> {
+    let cutoff = now_ms() - i64::try_from(config.sale_timeout_ms).unwrap_or(i64::MAX / 4) - 5_000;
+    let mut tx = store.begin().await?;
+    let changed = tx
+        .execute(
+            "UPDATE reversals SET status = 'QUEUED', reason = 'no answer recorded (posbridge stopped mid-sale)', \
+             updated_at_ms = $2 WHERE status = 'STANDBY' AND created_at_ms < $1",
+            &[cutoff.into(), now_ms().into()],
+        )
+        .await?;
+    // Their orders are stuck in AUTHORIZING: they are declined (the money is being reversed).
+    tx.execute(
+        "UPDATE orders SET state = 'DECLINED', response_code = '98', updated_at_ms = $1 WHERE state = 'AUTHORIZING' \
+         AND order_id IN (SELECT f.order_id FROM forwarded_sales f JOIN reversals r ON r.forward_id = f.forward_id \
+         WHERE r.status = 'QUEUED' AND f.state = 'SENDING')",
+        &[now_ms().into()],
+    )
+    .await?;
+    tx.execute(
+        "UPDATE forwarded_sales SET state = 'AMBIGUOUS', updated_at_ms = $1 WHERE state = 'SENDING' AND forward_id IN \
+         (SELECT forward_id FROM reversals WHERE status = 'QUEUED')",
+        &[now_ms().into()],
+    )
+    .await?;
+    tx.commit().await?;
+    if changed > 0 {
+        tracing::warn!(
+            count = changed,
+            "queued the reversals of sales left in flight by a stopped posbridge"
+        );
+    }
+    Ok(changed)
+}
+
+/// Sends the due queued reversals once; returns how many the hosts acknowledged.
+pub async fn deliver_reversals(store: &Store, upstream: &Upstream) -> Result<usize, JournalError> {
+    let config = &upstream.config;
+    let mut tx = store.begin().await?;
+    let sql = format!(
+        "SELECT reversal_id, host, message, attempts, expires_at_ms FROM reversals WHERE status = 'QUEUED' \
+         AND next_attempt_at_ms <= $1 ORDER BY next_attempt_at_ms LIMIT 10{}",
+        tx.for_update_skip_locked()
+    );
+    let due = tx.query(&sql, &[now_ms().into()]).await?;
+    let mut acknowledged = 0;
+    for row in due {
+        let reversal_id = row.text(0)?;
+        let host = row.text(1)?;
+        let attempts = row.i64(3)?;
+        if now_ms() >= row.i64(4)? {
+            tracing::error!(
+                reversal_id,
+                host,
+                attempts,
+                "reversal EXPIRED without acknowledgement: reconcile by hand"
+            );
+            set_reversal(
+                &mut tx,
+                &reversal_id,
+                status::EXPIRED,
+                attempts,
+                now_ms(),
+                Some("expired"),
+            )
+            .await?;
+            continue;
+        }
+        let Some(link) = upstream.link(&host) else {
+            set_reversal(
+                &mut tx,
+                &reversal_id,
+                status::QUEUED,
+                attempts,
+                now_ms() + 60_000,
+                Some("host not configured"),
+            )
+            .await?;
+            continue;
+        };
+        let message = reversal_request(&row.text(2)?, attempts > 0, config.reversal_as_advice)?;
+        let deadline = Duration::from_millis(config.sale_timeout_ms);
+        match link.request(message, deadline).await {
+            // 00 done; 25: the host never saw the sale: nothing to reverse; 12/94 (already
+            // reversed) likewise ends it.
+            Ok(answer) if matches!(answer.response_code(), Some("00" | "25" | "12" | "94")) => {
+                acknowledged += 1;
+                set_reversal(
+                    &mut tx,
+                    &reversal_id,
+                    status::DONE,
+                    attempts + 1,
+                    now_ms(),
+                    None,
+                )
+                .await?;
+                tx.execute(
+                    "UPDATE orders SET state = CASE WHEN state = 'PAID' THEN 'REVERSED' ELSE state END, updated_at_ms = $2 \
+                     WHERE order_id = (SELECT f.order_id FROM forwarded_sales f JOIN reversals r ON r.forward_id = f.forward_id \
+                     WHERE r.reversal_id = $1)",
+                    &[reversal_id.as_str().into(), now_ms().into()],
+                )
+                .await?;
+            }
+            other => {
+                let error = match other {
+                    Ok(answer) => format!("answered {}", answer.response_code().unwrap_or("?")),
+                    Err(error) => error.to_string(),
+                };
+                let backoff = backoff_ms(config, attempts);
+                tracing::warn!(
+                    reversal_id,
+                    host,
+                    attempts = attempts + 1,
+                    error,
+                    "reversal not acknowledged; will retry"
+                );
+                set_reversal(
+                    &mut tx,
+                    &reversal_id,
+                    status::QUEUED,
+                    attempts + 1,
+                    now_ms() + backoff,
+                    Some(&error),
+                )
+                .await?;
+            }
+        }
+    }
+    tx.commit().await?;
+    Ok(acknowledged)
+}
+
+fn backoff_ms(config: &UpstreamConfig, attempts: i64) -> i64 {
+    let doubled = config
+        .reversal_retry_initial_ms
+        .saturating_mul(1u64 << attempts.clamp(0, 20));
+    i64::try_from(doubled.min(config.reversal_retry_max_ms)).unwrap_or(i64::MAX / 4)
+}
+
+async fn set_reversal(
+    tx: &mut Tx,
+    reversal_id: &str,
+    status: &str,
+    attempts: i64,
+    next_at: i64,
+    error: Option<&str>,
+) -> Result<(), JournalError> {
+    tx.execute(
+        "UPDATE reversals SET status = $2, attempts = $3, next_attempt_at_ms = $4, last_error = $5, updated_at_ms = $6 \
+         WHERE reversal_id = $1",
+        &[reversal_id.into(), status.into(), attempts.into(), next_at.into(), error.map(str::to_owned).into(), now_ms().into()],
+    )
+    .await?;
+    Ok(())
+}
+
+fn reversal_request(stored: &str, repeat: bool, advice: bool) -> Result<IsoMessage, JournalError> {
+    let json: serde_json::Value = serde_json::from_str(stored)
+        .map_err(|e| JournalError::Schema(format!("reversal message: {e}")))?;
+    let mti = match (advice, repeat) {
+        (false, false) => "0400",
+        (false, true) => "0401",
+        (true, false) => "0420",
+        (true, true) => "0421",
+    };
+    let mut message = IsoMessage::new(mti);
+    if let Some(fields) = json["fields"].as_object() {
+        for (number, value) in fields {
+            let number: u16 = number
+                .parse()
+                .map_err(|_| JournalError::Schema(format!("reversal field {number}")))?;
+            message.set(number, text(value.as_str().unwrap_or_default()));
+        }
+    }
+    Ok(message)
+}
+
+/// Journals every answer a host link could not match (late, duplicate, unexpected).
+pub async fn journal_unmatched(store: Store, mut unmatched: mpsc::Receiver<Unmatched>) {
+    while let Some(frame) = unmatched.recv().await {
+        let message = frame.message.as_ref();
+        let field = |n| message.and_then(|m| m.text(n)).map(str::to_owned);
+        tracing::warn!(host = %frame.host, reason = ?frame.reason, mti = ?message.map(|m| m.mti.clone()),
+            stan = ?field(11), "unmatched answer from host");
+        let insert = async {
+            let mut tx = store.begin().await?;
+            tx.execute(
+                "INSERT INTO unmatched_responses (unmatched_id, host, mti, stan, tid, rrn, response_code, detail, received_at_ms) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                &[
+                    new_id().into(),
+                    frame.host.as_str().into(),
+                    message.map(|m| m.mti.clone()).unwrap_or_else(|| "????".into()).into(),
+                    field(11).into(),
+                    field(41).into(),
+                    field(37).into(),
+                    field(39).into(),
+                    format!("{:?}", frame.reason).into(),
+                    now_ms().into(),
+                ],
+            )
+            .await?;
+            tx.commit().await
+        };
+        if let Err(error) = insert.await {
+            tracing::error!(%error, "could not journal an unmatched answer");
+        }
+    }
+}
+
+/// Shared handle type.
+pub type SharedUpstream = Arc<Upstream>;

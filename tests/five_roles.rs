@@ -1,0 +1,515 @@
+//! The five-role deployment over real sockets: terminal -> posbridge -> simulated UnionPay host
+//! (cups-host, MACs, PIN translated to the host's zone key), with the host's faults, reversals
+//! that are never lost, and a reconciliation of posbridge's journal against the host's ledger.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use common::*;
+use posbridge::money::Money;
+use posbridge::upstream::sim_host::{
+    Condition, DeclineRule, Fault, FaultRule, LedgerState, RandomFaults,
+};
+use posbridge::upstream::{HostConfig, SimHost, SimHostConfig, SimHostHandle};
+use std::time::Duration;
+
+const HOST: &str = "cups";
+
+async fn host(config: SimHostConfig) -> (std::net::SocketAddr, SimHostHandle) {
+    SimHost::start(config).await.unwrap()
+}
+
+fn five_roles(
+    config: &mut posbridge::config::Config,
+    host_addr: std::net::SocketAddr,
+    sale_timeout_ms: u64,
+) {
+    let mut link = HostConfig::new(HOST, vec![host_addr.to_string()], "cups-host");
+    link.mac_key = Some("zak/upstream".into());
+    link.pin_key = Some("zpk/upstream".into());
+    link.zmk = Some("zmk/upstream".into());
+    link.destination_id = "0001000".into();
+    link.source_id = "48020000".into();
+    link.backoff_initial_ms = 50;
+    link.backoff_max_ms = 500;
+    config.hosts = vec![link];
+    config.routes = vec![posbridge::config::RouteConfig {
+        prefix: "622202".into(),
+        target: HOST.into(),
+        fallback: None,
+    }];
+    config.upstream.sale_timeout_ms = sale_timeout_ms;
+    config.upstream.reversal_retry_initial_ms = 100;
+    config.upstream.reversal_retry_max_ms = 400;
+    config.upstream.reversal_poll_ms = 50;
+}
+
+async fn signed_on(handle: &SimHostHandle) {
+    for _ in 0..400 {
+        if handle.signed_on_connections() > 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("posbridge never signed on to the host");
+}
+
+fn when_amount_ends(suffix: &str) -> Condition {
+    Condition {
+        mti: Some("0200".into()),
+        amount_suffix: Some(suffix.into()),
+        ..Condition::default()
+    }
+}
+
+async fn sale(
+    terminal: &mut posbridge::terminal::client::TerminalClient,
+    wallet: &posbridge::wallet_api::client::WalletClient,
+    amount_minor: i64,
+    key: &str,
+) -> (String, String) {
+    let order = terminal
+        .request_order(Money {
+            amount_minor,
+            currency: CNY,
+        })
+        .await
+        .unwrap();
+    assert_eq!(order.response_code, "00", "{order:?}");
+    let payload = order.payload.unwrap();
+    let paid = wallet
+        .pay(&payload, PAYER_PAN, Some(PAYER_PIN), key, None)
+        .await
+        .unwrap();
+    (
+        paid.response_code().unwrap_or("none").to_owned(),
+        order.voucher,
+    )
+}
+
+async fn count(store: &posbridge::journal::Store, sql: &str) -> i64 {
+    let mut tx = store.begin().await.unwrap();
+    let rows = tx.query(sql, &[]).await.unwrap();
+    tx.commit().await.unwrap();
+    rows[0].i64(0).unwrap()
+}
+
+async fn until(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    for _ in 0..600 {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn approvals_declines_timeouts_bad_macs_and_late_answers() {
+    let (addr, handle) = host(SimHostConfig {
+        decline: vec![DeclineRule {
+            when: when_amount_ends("51"),
+            code: "51".into(),
+        }],
+        faults: vec![
+            FaultRule {
+                when: when_amount_ends("91"),
+                fault: Fault::NoResponse,
+            },
+            FaultRule {
+                when: when_amount_ends("92"),
+                fault: Fault::WrongMac,
+            },
+            FaultRule {
+                when: when_amount_ends("93"),
+                fault: Fault::DuplicateResponse,
+            },
+            FaultRule {
+                when: when_amount_ends("94"),
+                fault: Fault::LateResponse,
+            },
+        ],
+        late_response_ms: 1_500,
+        ..SimHostConfig::default()
+    })
+    .await;
+    let journal = TestJournal::new(Backend::Postgres);
+    let running = start_with(&journal, |c| five_roles(c, addr, 800)).await;
+    signed_on(&handle).await;
+    let mut terminal = terminal_client(&running).await;
+    terminal.sign_on().await.unwrap();
+    let wallet = wallet_client(&running);
+    let store = running.seeded.store.clone();
+
+    // Happy path: approved by the host, PIN translated to its zone key, receipt from the 0210.
+    let (code, voucher) = sale(&mut terminal, &wallet, 1_000, "h1").await;
+    assert_eq!(code, "00");
+    let receipt = terminal.query_result(&voucher).await.unwrap();
+    assert_eq!(receipt.response_code, "00");
+    let approved: Vec<_> = handle
+        .ledger()
+        .into_iter()
+        .filter(|e| e.state == LedgerState::Approved)
+        .collect();
+    assert_eq!(approved.len(), 1);
+    assert_eq!(
+        receipt.auth_code.as_deref(),
+        Some(approved[0].auth_code.as_str())
+    );
+    // Nothing moved in the local ledger: the issuer holds the account.
+    assert_eq!(assert_ledger_conserved(&store).await, OPENING);
+
+    // A host decline is mapped to the phone and the terminal; nothing to reverse.
+    let (code, voucher) = sale(&mut terminal, &wallet, 2_051, "h2").await;
+    assert_eq!(code, "51");
+    assert_eq!(
+        terminal.query_result(&voucher).await.unwrap().response_code,
+        "51"
+    );
+
+    // No answer: 98 to the phone, the sale is reversed once the host answers the reversal.
+    let (code, _) = sale(&mut terminal, &wallet, 3_091, "h3").await;
+    assert_eq!(code, "98");
+    // A wrong MAC on an approval cannot be trusted: reversed too.
+    let (code, _) = sale(&mut terminal, &wallet, 4_092, "h4").await;
+    assert_eq!(code, "98");
+    // A duplicate 0210: the first answer counts, the second is journaled as unmatched.
+    let (code, _) = sale(&mut terminal, &wallet, 5_093, "h5").await;
+    assert_eq!(code, "00");
+    // An approval arriving after the timeout (the reversal is already queued) never pays.
+    let (code, voucher) = sale(&mut terminal, &wallet, 6_094, "h6").await;
+    assert_eq!(code, "98");
+    until("three reversals acknowledged", async || {
+        count(
+            &store,
+            "SELECT COUNT(*) FROM reversals WHERE status = 'DONE'",
+        )
+        .await
+            == 3
+    })
+    .await;
+    until("late and duplicate answers journaled", async || {
+        count(&store, "SELECT COUNT(*) FROM unmatched_responses").await >= 2
+    })
+    .await;
+    let order = running
+        .seeded
+        .orders
+        .order_by_voucher(TID, "000001", &voucher)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        order.state, "DECLINED",
+        "a late approval must never turn the order PAID"
+    );
+    let ledger = handle.ledger();
+    let state_of = |amount: u64| {
+        ledger
+            .iter()
+            .find(|e| e.amount_minor == amount)
+            .map(|e| e.state)
+    };
+    assert_eq!(state_of(1_000), Some(LedgerState::Approved));
+    assert_eq!(state_of(5_093), Some(LedgerState::Approved));
+    assert_eq!(state_of(2_051), None);
+    for reversed in [3_091, 4_092, 6_094] {
+        assert_eq!(
+            state_of(reversed),
+            Some(LedgerState::Reversed),
+            "amount {reversed}"
+        );
+    }
+    running.stop().await;
+    handle.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reversals_wait_for_a_host_that_went_away() {
+    let (addr, handle) = host(SimHostConfig {
+        faults: vec![FaultRule {
+            when: when_amount_ends("91"),
+            fault: Fault::Disconnect,
+        }],
+        ..SimHostConfig::default()
+    })
+    .await;
+    let journal = TestJournal::new(Backend::Sqlite);
+    let running = start_with(&journal, |c| five_roles(c, addr, 800)).await;
+    signed_on(&handle).await;
+    let mut terminal = terminal_client(&running).await;
+    terminal.sign_on().await.unwrap();
+    let wallet = wallet_client(&running);
+    // The host drops the connection mid-sale: ambiguous, reversed after the link reconnects.
+    let (code, _) = sale(&mut terminal, &wallet, 7_091, "d1").await;
+    assert_eq!(code, "98");
+    let store = running.seeded.store.clone();
+    until("reversal acknowledged after reconnect", async || {
+        count(
+            &store,
+            "SELECT COUNT(*) FROM reversals WHERE status = 'DONE'",
+        )
+        .await
+            == 1
+    })
+    .await;
+    assert_eq!(handle.ledger()[0].state, LedgerState::Reversed);
+    // A paid sale reversed by the terminal (0400) is reversed at the host too.
+    let (code, voucher) = sale(&mut terminal, &wallet, 1_200, "d2").await;
+    assert_eq!(code, "00");
+    assert_eq!(
+        terminal
+            .reverse(
+                &voucher,
+                Money {
+                    amount_minor: 1_200,
+                    currency: CNY
+                }
+            )
+            .await
+            .unwrap()
+            .response_code,
+        "00"
+    );
+    until("terminal reversal delivered", async || {
+        count(
+            &store,
+            "SELECT COUNT(*) FROM reversals WHERE status = 'DONE'",
+        )
+        .await
+            == 2
+    })
+    .await;
+    assert!(
+        handle
+            .ledger()
+            .iter()
+            .all(|e| e.state == LedgerState::Reversed)
+    );
+    running.stop().await;
+    handle.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_gateways_on_one_database_send_each_reversal_once() {
+    let (addr, handle) = host(SimHostConfig {
+        faults: vec![FaultRule {
+            when: when_amount_ends("91"),
+            fault: Fault::NoResponse,
+        }],
+        ..SimHostConfig::default()
+    })
+    .await;
+    let journal = TestJournal::new(Backend::Postgres);
+    let first = start_with(&journal, |c| five_roles(c, addr, 500)).await;
+    // The second gateway shares the journal (same schema) and the host; it only reverses.
+    let mut second_config = config(&journal);
+    five_roles(&mut second_config, addr, 500);
+    let second_gateway = posbridge::server::open(second_config).await.unwrap();
+    let listeners = posbridge::server::Listeners::bind(&second_gateway.config)
+        .await
+        .unwrap();
+    let (stop_second, stopped) = tokio::sync::oneshot::channel::<()>();
+    let second = tokio::spawn(posbridge::server::run(
+        second_gateway,
+        listeners,
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    signed_on(&handle).await;
+    let mut terminal = terminal_client(&first).await;
+    terminal.sign_on().await.unwrap();
+    let wallet = wallet_client(&first);
+    for n in 0..6 {
+        let (code, _) = sale(&mut terminal, &wallet, 10_091 + n * 100, &format!("t{n}")).await;
+        assert_eq!(code, "98");
+    }
+    let store = first.seeded.store.clone();
+    until("all reversals acknowledged", async || {
+        count(
+            &store,
+            "SELECT COUNT(*) FROM reversals WHERE status = 'DONE'",
+        )
+        .await
+            == 6
+    })
+    .await;
+    assert_eq!(
+        count(&store, "SELECT COUNT(*) FROM reversals WHERE attempts <> 1").await,
+        0,
+        "each reversal sent exactly once"
+    );
+    assert!(
+        handle
+            .ledger()
+            .iter()
+            .all(|e| e.state == LedgerState::Reversed)
+    );
+    let _ = stop_second.send(());
+    second.await.unwrap().unwrap();
+    first.stop().await;
+    handle.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn randomised_faults_reconcile_with_the_host() {
+    let seed: u64 = std::env::var("POSBRIDGE_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20261126);
+    println!("seed {seed}");
+    let (addr, handle) = host(SimHostConfig {
+        random_faults: Some(RandomFaults {
+            seed,
+            no_response: 0.02,
+            late_response: 0.02,
+            duplicate_response: 0.02,
+            disconnect: 0.01,
+            wrong_mac: 0.02,
+        }),
+        late_response_ms: 700,
+        accounts: vec![posbridge::upstream::sim_host::AccountConfig {
+            pan: PAYER_PAN.into(),
+            balance_minor: 1_000_000_000,
+            pin: Some(PAYER_PIN.into()),
+            pvv: None,
+        }],
+        ..SimHostConfig::default()
+    })
+    .await;
+    let journal = TestJournal::new(Backend::Postgres);
+    let running = start_with(&journal, |c| five_roles(c, addr, 400)).await;
+    signed_on(&handle).await;
+    let sales = 1_000u32;
+    let workers = 10u32;
+    let mut tasks = tokio::task::JoinSet::new();
+    for worker in 0..workers {
+        // One terminal per worker: a sign-on replaces that terminal's working keys.
+        let tid = format!("200000{worker:02}");
+        posbridge::admin::register_terminal(
+            &running.seeded.store,
+            &posbridge::admin::Terminal {
+                tid: tid.clone(),
+                mid: MID.into(),
+                acquirer: "48020000".into(),
+                master_key_label: "tmk/demo".into(),
+                enabled: true,
+            },
+        )
+        .await
+        .unwrap();
+        let wallet = wallet_client(&running);
+        let mut terminal = {
+            let spec = std::sync::Arc::new(posbridge_codecs::Spec::builtin("cups-pos").unwrap());
+            let module = posbridge_hsm::open(&posbridge_hsm::HsmConfig::default()).unwrap();
+            posbridge::terminal::client::TerminalClient::connect(
+                running.terminal,
+                spec,
+                posbridge::terminal::client::TerminalIdentity {
+                    tid,
+                    mid: MID.into(),
+                    master_key: "tmk/demo".into(),
+                    operator: "01".into(),
+                    batch: "000001".into(),
+                },
+                module,
+                0,
+            )
+            .await
+            .unwrap()
+        };
+        tasks.spawn(async move {
+            terminal.sign_on().await.unwrap();
+            let mut codes = Vec::new();
+            for n in 0..sales / workers {
+                let (code, _) = sale(
+                    &mut terminal,
+                    &wallet,
+                    100 + i64::from(n),
+                    &format!("r{worker}-{n}"),
+                )
+                .await;
+                codes.push(code);
+            }
+            codes
+        });
+    }
+    let mut approved = 0;
+    while let Some(codes) = tasks.join_next().await {
+        approved += codes.unwrap().iter().filter(|c| c.as_str() == "00").count();
+    }
+    let store = running.seeded.store.clone();
+    until("every queued reversal acknowledged", async || {
+        count(
+            &store,
+            "SELECT COUNT(*) FROM reversals WHERE status IN ('QUEUED', 'STANDBY')",
+        )
+        .await
+            == 0
+    })
+    .await;
+    // Reconcile: every forwarded sale is completed on both sides or reversed on both sides.
+    let mut tx = store.begin().await.unwrap();
+    let rows = tx
+        .query(
+            "SELECT f.tid, f.stan, f.state, o.state, r.status FROM forwarded_sales f JOIN orders o ON o.order_id = f.order_id \
+             JOIN reversals r ON r.forward_id = f.forward_id",
+            &[],
+        )
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(rows.len(), sales as usize, "every sale forwarded once");
+    let ledger = handle.ledger();
+    let host_state = |tid: &str, stan: &str| {
+        ledger
+            .iter()
+            .find(|e| e.tid == tid && e.stan == stan)
+            .map(|e| e.state)
+    };
+    let mut paid = 0;
+    for row in &rows {
+        let (tid, stan) = (row.text(0).unwrap(), row.text(1).unwrap());
+        let (forward_state, order_state, reversal) = (
+            row.text(2).unwrap(),
+            row.text(3).unwrap(),
+            row.text(4).unwrap(),
+        );
+        match (order_state.as_str(), reversal.as_str()) {
+            ("PAID", "CANCELLED") => {
+                paid += 1;
+                assert_eq!(
+                    host_state(&tid, &stan),
+                    Some(LedgerState::Approved),
+                    "{tid}/{stan} paid here, not at the host"
+                );
+            }
+            (_, "DONE") => assert!(
+                matches!(
+                    host_state(&tid, &stan),
+                    Some(LedgerState::Reversed | LedgerState::ReversedUnseen)
+                ),
+                "{tid}/{stan} reversed here, not at the host"
+            ),
+            ("DECLINED", "CANCELLED") => assert_eq!(
+                host_state(&tid, &stan),
+                None,
+                "{tid}/{stan} declined ({forward_state}) but moved at the host"
+            ),
+            other => panic!("{tid}/{stan}: unexpected {other:?} ({forward_state})"),
+        }
+    }
+    assert_eq!(paid, approved);
+    let host_approved = ledger
+        .iter()
+        .filter(|e| e.state == LedgerState::Approved)
+        .count();
+    assert_eq!(
+        host_approved, paid,
+        "the host approved sales posbridge does not know as paid (seed {seed})"
+    );
+    println!("{sales} sales: {paid} paid, {} reversed", rows.len() - paid);
+    running.stop().await;
+    handle.stop().await;
+}
