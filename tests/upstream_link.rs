@@ -531,3 +531,29 @@ async fn random_faults_reconcile_with_the_hosts_ledger() {
     }
     assert_eq!(rig.host.balance(PAN), Some(10_000_000 - approved_total));
 }
+
+#[tokio::test]
+async fn plain_iso8583_dialects_work_without_a_header_or_mac() {
+    for dialect in ["iso87binary", "iso87ascii"] {
+        let host = SimHostConfig {
+            dialect: dialect.into(),
+            ..host_config()
+        };
+        let rig = rig_with(host, |config| config.dialect = dialect.into()).await;
+        let request = with_pin(&rig, sale(2372), "1234").await;
+        let answer = rig.link.request(request, LONG).await.unwrap();
+        assert_eq!(answer.response_code(), Some("00"), "{dialect}");
+        let wrong_pin = with_pin(&rig, sale(100), "4321").await;
+        let answer = rig.link.request(wrong_pin, LONG).await.unwrap();
+        assert_eq!(answer.response_code(), Some("55"), "{dialect}");
+        assert_eq!(rig.host.key_exchange(false, LONG).await.unwrap(), "00");
+        let request = with_pin(&rig, sale(2372), "1234").await;
+        let answer = rig.link.request(request, LONG).await.unwrap();
+        assert_eq!(
+            answer.response_code(),
+            Some("00"),
+            "{dialect} after key change"
+        );
+        rig.link.shutdown().await;
+    }
+}

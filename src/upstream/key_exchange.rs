@@ -71,7 +71,8 @@ pub fn encode(keys: &[WrappedKey]) -> String {
 
 /// Reads F48; `None` when it does not follow the layout.
 pub fn decode(field: &[u8]) -> Option<Vec<WrappedKey>> {
-    let text = std::str::from_utf8(field).ok()?;
+    // ASCII only, so that the fixed offsets below are character boundaries.
+    let text = std::str::from_utf8(field).ok().filter(|t| t.is_ascii())?;
     let mut rest = text.strip_prefix(TAG)?;
     let mut keys = Vec::new();
     while !rest.is_empty() {
@@ -192,6 +193,9 @@ mod tests {
         assert_eq!(decode(b"KX01"), None);
         assert_eq!(decode(&text.as_bytes()[..50]), None);
         assert_eq!(decode(b"KX02"), None);
+        let mut accented = text.clone().into_bytes();
+        accented.splice(40..41, "é".bytes());
+        assert_eq!(decode(&accented), None);
         let twice = format!("{TAG}{}{}", &text[4..46], &text[4..46]);
         assert_eq!(decode(twice.as_bytes()), None);
     }

@@ -464,6 +464,12 @@ impl Inner {
         if !message.has(7) {
             message.set(7, transmission_date_time(std::time::SystemTime::now()));
         }
+        if !message.is_request() {
+            return not_sent(NotSentReason::Invalid(format!(
+                "MTI {:?} is not a request or advice",
+                message.mti
+            )));
+        }
         let Some(key) = match_key(&message, &self.config.match_fields) else {
             return not_sent(NotSentReason::Invalid(format!("MTI {:?}", message.mti)));
         };
@@ -805,6 +811,9 @@ async fn serve(
         }
     };
     let mut framed = Framed::new(stream, codec);
+    // Frames queued while connecting were meant for the previous connection: never written,
+    // they are refused (their callers get NotSent) rather than sent before the sign-on.
+    while commands.try_recv().is_ok() {}
     inner.set_status(index, CONNECTED);
     spawn_network(inner, index, network_code::SIGN_ON, own.clone());
     let echo_idle = Duration::from_secs(inner.config.echo_idle_secs);

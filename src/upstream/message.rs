@@ -38,18 +38,17 @@ impl std::fmt::Debug for IsoMessage {
     }
 }
 
-/// First 6 and last 4 digits of a PAN, the rest masked.
+/// First 6 and last 4 digits of a PAN, the rest masked; anything that is not a PAN of 10 or more
+/// ASCII digits is masked entirely.
 pub fn mask_pan(pan: &[u8]) -> String {
-    let text = String::from_utf8_lossy(pan);
-    if text.len() < 10 {
-        return "*".repeat(text.len());
+    if pan.len() < 10 || !pan.iter().all(u8::is_ascii_digit) {
+        return "*".repeat(pan.len());
     }
-    format!(
-        "{}{}{}",
-        &text[..6],
-        "*".repeat(text.len() - 10),
-        &text[text.len() - 4..]
-    )
+    let mut out = String::with_capacity(pan.len());
+    out.extend(pan[..6].iter().map(|&b| char::from(b)));
+    out.push_str(&"*".repeat(pan.len() - 10));
+    out.extend(pan[pan.len() - 4..].iter().map(|&b| char::from(b)));
+    out
 }
 
 impl IsoMessage {

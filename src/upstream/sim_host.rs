@@ -655,7 +655,12 @@ async fn handle(shared: &Shared, connection: u64, frame: Vec<u8>, out: mpsc::Sen
         tracing::info!(mti = %request.mti, stan = request.text(11).unwrap_or_default(), "sim host fault: dropped unprocessed");
         return;
     }
-    let mac_ok = match &shared.config.mac_key {
+    let mac_key = shared
+        .config
+        .mac_key
+        .as_ref()
+        .filter(|_| shared.spec.mac.is_some());
+    let mac_ok = match mac_key {
         None => true,
         Some(label) => {
             let covered = decoded.mac_range.clone().and_then(|r| frame.get(r));
@@ -690,7 +695,7 @@ async fn handle(shared: &Shared, connection: u64, frame: Vec<u8>, out: mpsc::Sen
         Answer {
             message,
             header: reply_header,
-            mac: shared.config.mac_key.is_some(),
+            mac: mac_key.is_some(),
         }
     };
     if shared.config.latency_ms > 0 {
