@@ -614,11 +614,8 @@ pub(crate) fn check_value(
     match def.data {
         DataEncoding::Binary | DataEncoding::Hex => {}
         DataEncoding::Ascii => {
-            let first_bad = match def.charset {
-                Charset::Numeric => value.iter().position(|b| !b.is_ascii_digit()),
-                _ => None,
-            };
-            if let Some(i) = first_bad {
+            if def.charset == Charset::Numeric && !all_ascii_digits(value) {
+                let i = value.iter().position(|b| !b.is_ascii_digit()).unwrap_or(0);
                 return bad(i, "non-digit");
             }
         }
@@ -632,6 +629,7 @@ pub(crate) fn check_value(
                 }
             }
         }
+        DataEncoding::Bcd if all_ascii_digits(value) => {}
         DataEncoding::Bcd => {
             for (i, &c) in value.iter().enumerate() {
                 let ok = c.is_ascii_digit() || (c == b'=' && def.charset == Charset::Track2);

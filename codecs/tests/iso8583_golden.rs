@@ -16,6 +16,9 @@ fn cases() -> Vec<(String, PathBuf)> {
     let mut out = Vec::new();
     for dialect in std::fs::read_dir(fixtures()).unwrap() {
         let dialect = dialect.unwrap().path();
+        if !dialect.is_dir() {
+            continue;
+        }
         let name = dialect.file_name().unwrap().to_string_lossy().into_owned();
         for file in std::fs::read_dir(&dialect).unwrap() {
             let file = file.unwrap().path();
