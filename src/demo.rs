@@ -95,10 +95,40 @@ pub async fn seed(gateway: &server::Gateway) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs the demo, writing what the terminal and the phone show to `out`. Returns an error
-/// unless the sale is approved.
-pub async fn run(out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
-    let gateway = server::open(config()).await?;
+/// Routes the demo card range to a (simulated) UnionPay host at `host`: the five-role
+/// deployment, with the demo's zone keys (`zpk/upstream`, `zak/upstream`, `zmk/upstream`).
+pub fn route_to_host(config: &mut Config, host: std::net::SocketAddr) {
+    let mut link = crate::upstream::HostConfig::new("cups", vec![host.to_string()], "cups-host");
+    link.mac_key = Some("zak/upstream".into());
+    link.pin_key = Some("zpk/upstream".into());
+    link.zmk = Some("zmk/upstream".into());
+    link.destination_id = "0001000".into();
+    link.source_id = "48020000".into();
+    link.connections = 1;
+    link.backoff_initial_ms = 50;
+    link.backoff_max_ms = 1_000;
+    config.hosts = vec![link];
+    config.routes = vec![crate::config::RouteConfig {
+        prefix: "622202".into(),
+        target: "cups".into(),
+        fallback: None,
+    }];
+}
+
+/// Runs the demo, writing what the terminal and the phone show to `out`. With `five_roles`, the
+/// sale goes through a simulated UnionPay host (`posbridge sim host`) instead of the local
+/// ledger. Returns an error unless the sale is approved.
+pub async fn run(out: &mut (dyn Write + Send), five_roles: bool) -> anyhow::Result<()> {
+    let mut config = config();
+    let host = if five_roles {
+        let (addr, handle) =
+            crate::upstream::SimHost::start(crate::upstream::SimHostConfig::default()).await?;
+        route_to_host(&mut config, addr);
+        Some((addr, handle))
+    } else {
+        None
+    };
+    let gateway = server::open(config).await?;
     seed(&gateway).await?;
     let listeners = Listeners::bind(&gateway.config).await?;
     let terminal_addr = listeners.terminal.local_addr()?;
@@ -116,9 +146,39 @@ pub async fn run(out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
         out,
         "  journal: embedded SQLite in memory; security module: software, demo keys (NOT for production)"
     )?;
+    if let Some((addr, handle)) = &host {
+        writeln!(
+            out,
+            "  five roles: card range 622202 routed to a simulated UnionPay host on {addr} (cups-host)"
+        )?;
+        for _ in 0..200 {
+            if handle.signed_on_connections() > 0 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
+    }
     let outcome = sale(out, terminal_addr, &wallet_url).await;
+    if let Some((_, handle)) = &host {
+        for entry in handle.ledger() {
+            writeln!(
+                out,
+                "\n[host] ledger: {} {} TID {} STAN {} RRN {} auth {} -> {:?}",
+                entry.pan,
+                entry.amount_minor,
+                entry.tid,
+                entry.stan,
+                entry.rrn,
+                entry.auth_code,
+                entry.state
+            )?;
+        }
+    }
     let _ = stop.send(());
     server.await.context("gateway task")??;
+    if let Some((_, handle)) = host {
+        handle.stop().await;
+    }
     outcome
 }
 

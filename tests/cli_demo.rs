@@ -31,6 +31,26 @@ fn demo_pays_with_a_pin_and_prints_both_receipts_without_leaking_the_pan() {
 }
 
 #[test]
+fn five_roles_demo_goes_through_the_simulated_host() {
+    let output = Command::new(env!("CARGO_BIN_EXE_posbridge"))
+        .args(["demo", "--five-roles"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("approved by the host"), "{stdout}");
+    assert!(
+        stdout.contains("[host] ledger: 622202*********0123 2372"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains(posbridge::demo::PAN));
+}
+
+#[test]
 fn serve_without_a_config_file_says_it_runs_on_defaults() {
     let dir = tempfile::tempdir().unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_posbridge"))

@@ -10,10 +10,8 @@ use posbridge::money::Money;
 use posbridge::upstream::sim_host::{
     Condition, DeclineRule, Fault, FaultRule, LedgerState, RandomFaults,
 };
-use posbridge::upstream::{HostConfig, SimHost, SimHostConfig, SimHostHandle};
+use posbridge::upstream::{SimHost, SimHostConfig, SimHostHandle};
 use std::time::Duration;
-
-const HOST: &str = "cups";
 
 async fn host(config: SimHostConfig) -> (std::net::SocketAddr, SimHostHandle) {
     SimHost::start(config).await.unwrap()
@@ -24,20 +22,8 @@ fn five_roles(
     host_addr: std::net::SocketAddr,
     sale_timeout_ms: u64,
 ) {
-    let mut link = HostConfig::new(HOST, vec![host_addr.to_string()], "cups-host");
-    link.mac_key = Some("zak/upstream".into());
-    link.pin_key = Some("zpk/upstream".into());
-    link.zmk = Some("zmk/upstream".into());
-    link.destination_id = "0001000".into();
-    link.source_id = "48020000".into();
-    link.backoff_initial_ms = 50;
-    link.backoff_max_ms = 500;
-    config.hosts = vec![link];
-    config.routes = vec![posbridge::config::RouteConfig {
-        prefix: "622202".into(),
-        target: HOST.into(),
-        fallback: None,
-    }];
+    posbridge::demo::route_to_host(config, host_addr);
+    config.hosts[0].connections = 2;
     config.upstream.sale_timeout_ms = sale_timeout_ms;
     config.upstream.reversal_retry_initial_ms = 100;
     config.upstream.reversal_retry_max_ms = 400;
@@ -492,6 +478,12 @@ async fn randomised_faults_reconcile_with_the_host() {
                 ),
                 "{tid}/{stan} reversed here, not at the host"
             ),
+            // Never sent (the link was down for a moment): the order is still payable.
+            ("CREATED", "CANCELLED") => assert_eq!(
+                host_state(&tid, &stan),
+                None,
+                "{tid}/{stan} not sent but moved at the host"
+            ),
             ("DECLINED", "CANCELLED") => assert_eq!(
                 host_state(&tid, &stan),
                 None,
@@ -512,4 +504,123 @@ async fn randomised_faults_reconcile_with_the_host() {
     println!("{sales} sales: {paid} paid, {} reversed", rows.len() - paid);
     running.stop().await;
     handle.stop().await;
+}
+
+#[test]
+fn a_sale_interrupted_by_sigkill_is_reversed_after_restart() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (addr, handle) = runtime.block_on(host(SimHostConfig {
+        faults: vec![FaultRule {
+            when: when_amount_ends("91"),
+            fault: Fault::NoResponse,
+        }],
+        ..SimHostConfig::default()
+    }));
+    let dir = tempfile::tempdir().unwrap();
+    let journal = TestJournal::new(Backend::Postgres);
+    let config = dir.path().join("posbridge.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[journal]\nurl = \"{}\"\nschema = \"{}\"\n[terminal]\nlisten = \"127.0.0.1:0\"\n[wallet_api]\nlisten = \"127.0.0.1:0\"\n\
+             [metrics]\nlisten = \"127.0.0.1:0\"\n[upstream]\nsale_timeout_ms = 60000\nreversal_poll_ms = 100\n\
+             [[hosts]]\nname = \"cups\"\naddrs = [\"{addr}\"]\ndialect = \"cups-host\"\nconnections = 1\nmac_key = \"zak/upstream\"\n\
+             pin_key = \"zpk/upstream\"\nzmk = \"zmk/upstream\"\ndestination_id = \"0001000\"\nsource_id = \"48020000\"\n\
+             backoff_initial_ms = 50\n[[routes]]\nprefix = \"622202\"\ntarget = \"cups\"\n",
+            journal.config.url.as_deref().unwrap(),
+            journal.config.schema,
+        ),
+    )
+    .unwrap();
+    let seed = std::process::Command::new(env!("CARGO_BIN_EXE_posbridge"))
+        .args(["admin", "seed-demo", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(
+        seed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&seed.stderr)
+    );
+    let mut server = ServeProcess::start(&config, &[]);
+    runtime.block_on(async {
+        signed_on(&handle).await;
+        let spec = std::sync::Arc::new(posbridge_codecs::Spec::builtin("cups-pos").unwrap());
+        let keys = posbridge_hsm::open(&posbridge_hsm::HsmConfig::default()).unwrap();
+        let identity = posbridge::terminal::client::TerminalIdentity {
+            tid: posbridge::demo::TID.into(),
+            mid: posbridge::demo::MID.into(),
+            master_key: "tmk/demo".into(),
+            operator: "01".into(),
+            batch: "000001".into(),
+        };
+        let mut terminal = posbridge::terminal::client::TerminalClient::connect(
+            server.terminal,
+            spec,
+            identity,
+            keys,
+            700,
+        )
+        .await
+        .unwrap();
+        terminal.sign_on().await.unwrap();
+        let order = terminal
+            .request_order(Money {
+                amount_minor: 991,
+                currency: CNY,
+            })
+            .await
+            .unwrap();
+        let payload = order.payload.unwrap();
+        let phone_keys = posbridge_hsm::open(&posbridge_hsm::HsmConfig::default()).unwrap();
+        let wallet = posbridge::wallet_api::client::WalletClient::new(
+            &server.wallet_url,
+            posbridge::demo::APP_ID,
+            posbridge::demo::APP_KEY,
+            phone_keys,
+            "pek/wallet",
+        );
+        // The phone's payment hangs: the host took the money and will never answer.
+        tokio::spawn(async move {
+            wallet
+                .pay(
+                    &payload,
+                    posbridge::demo::PAN,
+                    Some(posbridge::demo::PIN),
+                    "kill-1",
+                    None,
+                )
+                .await
+        });
+        until("the host has the sale", async || {
+            !handle.ledger().is_empty()
+        })
+        .await;
+    });
+    assert_eq!(handle.ledger()[0].state, LedgerState::Approved);
+    // posbridge dies mid-sale: no answer recorded, nothing in memory survives.
+    server.signal("KILL");
+    let restarted =
+        ServeProcess::start(&config, &[("POSBRIDGE__UPSTREAM__SALE_TIMEOUT_MS", "500")]);
+    runtime.block_on(until(
+        "the host reversed the interrupted sale",
+        async || handle.ledger()[0].state == LedgerState::Reversed,
+    ));
+    let store =
+        runtime.block_on(async { posbridge::journal::open(&journal.config).await.unwrap() });
+    let done = runtime.block_on(count(
+        &store,
+        "SELECT COUNT(*) FROM reversals WHERE status = 'DONE'",
+    ));
+    assert_eq!(done, 1);
+    let declined = runtime.block_on(count(
+        &store,
+        "SELECT COUNT(*) FROM orders WHERE state = 'DECLINED'",
+    ));
+    assert_eq!(declined, 1, "the interrupted order is declined, never paid");
+    drop(restarted);
+    runtime.block_on(handle.stop());
 }

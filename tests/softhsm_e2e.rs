@@ -6,10 +6,9 @@
 mod common;
 
 use common::{Backend, TestJournal};
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 const TOKEN: &str = "posbridge-e2e";
 const USER_PIN: &str = "246810";
@@ -59,16 +58,6 @@ fn posbridge(conf: &Path) -> Command {
     command
 }
 
-/// Kills the gateway if the test fails before stopping it.
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn serve_on_softhsm_and_postgres_pays_a_qr_sale() {
     let dir = tempfile::tempdir().unwrap();
@@ -110,48 +99,15 @@ fn serve_on_softhsm_and_postgres_pays_a_qr_sale() {
         String::from_utf8_lossy(&seed.stderr)
     );
 
-    let mut server = KillOnDrop(
-        posbridge(&conf)
-            .args(["serve", "--config"])
-            .arg(&config)
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
+    let mut server = common::ServeProcess::start(
+        &config,
+        &[
+            ("SOFTHSM2_CONF", conf.to_str().unwrap()),
+            ("POSBRIDGE_HSM_PIN", USER_PIN),
+        ],
     );
-    let stderr = server.0.stderr.take().unwrap();
-    let log = Arc::new(Mutex::new(String::new()));
-    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-    let reader = {
-        let log = Arc::clone(&log);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let line = line.unwrap_or_default();
-                if line.contains("posbridge serving") {
-                    let _ = addr_tx.send(line.clone());
-                }
-                log.lock().unwrap().push_str(&line);
-                log.lock().unwrap().push('\n');
-            }
-        })
-    };
-    let serving = addr_rx
-        .recv_timeout(std::time::Duration::from_secs(60))
-        .expect("the gateway did not start");
-    let field = |name: &str| -> String {
-        let start = serving
-            .find(&format!("{name}="))
-            .unwrap_or_else(|| panic!("{name} in {serving:?}"))
-            + name.len()
-            + 1;
-        serving[start..]
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .trim_matches('"')
-            .to_owned()
-    };
-    let terminal_addr: std::net::SocketAddr = field("terminal").parse().unwrap();
-    let wallet_url = format!("http://{}", field("wallet_api"));
+    let terminal_addr = server.terminal;
+    let wallet_url = server.wallet_url.clone();
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -214,18 +170,12 @@ fn serve_on_softhsm_and_postgres_pays_a_qr_sale() {
     assert_eq!(receipt.response_code, "00");
     assert_eq!(receipt.masked_pan.as_deref(), Some("622202*********0123"));
 
-    let status = Command::new("kill")
-        .args(["-TERM", &server.0.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let exit = server.0.wait().unwrap();
-    reader.join().unwrap();
+    let exit = server.signal("TERM");
     assert!(
         exit.success(),
         "posbridge serve did not stop cleanly: {exit:?}"
     );
-    let log = log.lock().unwrap().clone();
+    let log = server.log();
     assert!(
         log.contains("PIN translation in host memory") || log.contains("pkcs11"),
         "{log}"

@@ -15,7 +15,12 @@ pub struct ServeArgs {
 
 /// `posbridge demo` arguments.
 #[derive(Debug, Args)]
-pub struct DemoArgs {}
+pub struct DemoArgs {
+    /// Route the sale through a simulated UnionPay host (five-role deployment) instead of the
+    /// local stored-value ledger.
+    #[arg(long)]
+    pub five_roles: bool,
+}
 
 /// `posbridge config` sub-commands.
 #[derive(Debug, Subcommand)]
@@ -82,14 +87,14 @@ async fn shutdown_signal() {
 }
 
 /// Runs the demo.
-pub fn demo(_args: DemoArgs) -> anyhow::Result<()> {
+pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
     crate::logging::init(&crate::config::LogConfig {
         format: "text".into(),
         level: "warn".into(),
     });
     runtime()?.block_on(async {
         let mut out = std::io::stdout();
-        crate::demo::run(&mut out).await
+        crate::demo::run(&mut out, args.five_roles).await
     })
 }
 

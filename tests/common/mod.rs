@@ -317,3 +317,102 @@ async fn serve(seeded: Seeded) -> Running {
         task: Some(task),
     }
 }
+
+/// A `posbridge serve` process, killed if the test ends without stopping it.
+pub struct ServeProcess {
+    pub child: std::process::Child,
+    pub terminal: std::net::SocketAddr,
+    pub wallet_url: String,
+    pub log: std::sync::Arc<std::sync::Mutex<String>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ServeProcess {
+    /// Starts `posbridge serve --config FILE` with extra environment and waits until it serves.
+    pub fn start(config: &std::path::Path, env: &[(&str, &str)]) -> ServeProcess {
+        use std::io::BufRead;
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_posbridge"));
+        command
+            .args(["serve", "--config"])
+            .arg(config)
+            .env_remove("RUST_LOG")
+            .stderr(std::process::Stdio::piped());
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let mut child = command.spawn().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let (serving_tx, serving_rx) = std::sync::mpsc::channel();
+        let reader = {
+            let log = std::sync::Arc::clone(&log);
+            std::thread::spawn(move || {
+                for line in std::io::BufReader::new(stderr).lines() {
+                    let line = line.unwrap_or_default();
+                    if line.contains("posbridge serving") {
+                        let _ = serving_tx.send(line.clone());
+                    }
+                    let mut log = log.lock().unwrap();
+                    log.push_str(&line);
+                    log.push('\n');
+                }
+            })
+        };
+        let mut process = ServeProcess {
+            child,
+            terminal: "0.0.0.0:0".parse().unwrap(),
+            wallet_url: String::new(),
+            log,
+            reader: Some(reader),
+        };
+        let serving = match serving_rx.recv_timeout(std::time::Duration::from_secs(60)) {
+            Ok(line) => line,
+            Err(_) => panic!(
+                "posbridge serve did not start:\n{}",
+                process.log.lock().unwrap()
+            ),
+        };
+        let field = |name: &str| -> String {
+            let start = serving
+                .find(&format!("{name}="))
+                .unwrap_or_else(|| panic!("{name} in {serving:?}"))
+                + name.len()
+                + 1;
+            serving[start..]
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .trim_matches('"')
+                .to_owned()
+        };
+        process.terminal = field("terminal").parse().unwrap();
+        process.wallet_url = format!("http://{}", field("wallet_api"));
+        process
+    }
+
+    /// Sends a signal (`TERM`, `KILL`) and waits for the process; returns its exit status.
+    pub fn signal(&mut self, signal: &str) -> std::process::ExitStatus {
+        let status = std::process::Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let exit = self.child.wait().unwrap();
+        if let Some(reader) = self.reader.take() {
+            reader.join().unwrap();
+        }
+        exit
+    }
+
+    /// Everything the process logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+}
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
