@@ -666,6 +666,7 @@ impl<'a> MessageBuilder<'a> {
                 }
                 self.compact_if_wasteful();
             }
+            Err(i) if i == self.entries.len() => self.entries.push(entry),
             Err(i) => self.entries.insert(i, entry),
         }
         Ok(self)
