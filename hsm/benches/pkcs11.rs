@@ -8,7 +8,8 @@
 //!
 //! Besides ops/s (wall clock), each row gives the process CPU time per operation, which load from
 //! other processes on a shared machine does not change, so the pool's overhead in CPU is
-//! meaningful even when the machine is busy; "cores" is CPU seconds used per wall second.
+//! meaningful even when the machine is busy; "cores" is CPU seconds used per wall second and
+//! "waits" voluntary context switches per operation (threads blocking on a lock in the token).
 //!
 //! The raw loop does the token work a translation needs and nothing else: C_Decrypt under the
 //! source key, C_Encrypt under the destination key, one session, handles looked up once. The
@@ -108,6 +109,19 @@ fn seconds() -> Duration {
 struct Measure {
     ops_per_s: f64,
     cpu_us_per_op: f64,
+    /// Voluntary context switches per operation: a thread blocking on a lock (inside the token)
+    /// switches voluntarily; one merely waiting for a busy CPU does not.
+    waits_per_op: f64,
+}
+
+/// This thread's voluntary context switches so far (Linux /proc/thread-self/status).
+fn voluntary_switches() -> f64 {
+    std::fs::read_to_string("/proc/thread-self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|line| line.strip_prefix("voluntary_ctxt_switches:"))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or(0.0)
 }
 
 /// User + system CPU time of this process (all threads), from /proc/self/stat in clock ticks of
@@ -132,11 +146,12 @@ where
 {
     let cpu_start = process_cpu_seconds();
     let start = Instant::now();
-    let counts: Vec<u64> = std::thread::scope(|scope| {
+    let counts: Vec<(u64, f64)> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..threads)
             .map(|_| {
                 scope.spawn(|| {
                     let mut op = make();
+                    let switches_start = voluntary_switches();
                     let mut count = 0u64;
                     while start.elapsed() < duration {
                         for _ in 0..32 {
@@ -144,16 +159,18 @@ where
                         }
                         count += 32;
                     }
-                    count
+                    (count, voluntary_switches() - switches_start)
                 })
             })
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
-    let total = counts.iter().sum::<u64>() as f64;
+    let total = counts.iter().map(|(count, _)| *count).sum::<u64>() as f64;
+    let waits = counts.iter().map(|(_, waits)| waits).sum::<f64>();
     Measure {
         ops_per_s: total / start.elapsed().as_secs_f64(),
         cpu_us_per_op: (process_cpu_seconds() - cpu_start) * 1e6 / total,
+        waits_per_op: waits / total,
     }
 }
 
@@ -166,10 +183,12 @@ fn best_pair(
     let best = |a: Measure, b: Measure| Measure {
         ops_per_s: a.ops_per_s.max(b.ops_per_s),
         cpu_us_per_op: a.cpu_us_per_op.min(b.cpu_us_per_op),
+        waits_per_op: a.waits_per_op.min(b.waits_per_op),
     };
     let worst = Measure {
         ops_per_s: 0.0,
         cpu_us_per_op: f64::INFINITY,
+        waits_per_op: f64::INFINITY,
     };
     let (mut best_raw, mut best_pool) = (worst, worst);
     for _ in 0..ROUNDS {
@@ -286,7 +305,7 @@ fn run() {
         std::thread::available_parallelism().map_or(0, usize::from)
     );
     println!(
-        "{:<34} {:>10} {:>10} {:>9} | {:>10} {:>11} {:>9} | {:>5}",
+        "{:<34} {:>10} {:>10} {:>9} | {:>10} {:>11} {:>9} | {:>5} {:>6}",
         "operation",
         "raw ops/s",
         "pool ops/s",
@@ -294,7 +313,8 @@ fn run() {
         "raw CPU us",
         "pool CPU us",
         "overhead",
-        "cores"
+        "cores",
+        "waits"
     );
     let mut rows = Vec::new();
     let measured = [
@@ -317,7 +337,7 @@ fn run() {
     ];
     for (name, (raw, pool)) in measured {
         println!(
-            "{name:<34} {:>10.0} {:>10.0} {:>8.1}% | {:>10.1} {:>11.1} {:>8.1}% | {:>5.2}",
+            "{name:<34} {:>10.0} {:>10.0} {:>8.1}% | {:>10.1} {:>11.1} {:>8.1}% | {:>5.2} {:>6.3}",
             raw.ops_per_s,
             pool.ops_per_s,
             (raw.ops_per_s - pool.ops_per_s) / raw.ops_per_s * 100.0,
@@ -327,6 +347,7 @@ fn run() {
             // CPU seconds the pool run used per wall second: ~1 with two threads means they
             // took turns (a lock inside the token, or no idle core on the machine).
             pool.ops_per_s * pool.cpu_us_per_op / 1e6,
+            pool.waits_per_op,
         );
         rows.push((raw.ops_per_s, pool.ops_per_s));
     }
@@ -374,12 +395,14 @@ fn object_kinds(module: &Pkcs11Module, duration: Duration) {
         };
         let (one, two) = (measure(1), measure(2));
         println!(
-            "  {name:<22} {:>10.0} {:>10.0}   scaling {:.2}x   {:>6.1} us/op   cores used {:.2}",
+            "  {name:<22} {:>10.0} {:>10.0}   scaling {:.2}x   {:>6.1} us/op   cores used {:.2}   waits/op {:.3} -> {:.3}",
             one.ops_per_s,
             two.ops_per_s,
             two.ops_per_s / one.ops_per_s,
             one.cpu_us_per_op,
             two.ops_per_s * two.cpu_us_per_op / 1e6,
+            one.waits_per_op,
+            two.waits_per_op,
         );
     }
 }
