@@ -283,3 +283,43 @@ fn malformed_input_fails_with_one_line_naming_field_and_offset() {
     ]);
     assert!(!out.status.success());
 }
+
+#[test]
+fn a_spec_file_path_works_like_a_builtin_name() {
+    let spec = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("codecs/specs/cups-pos.toml");
+    let hex = fixture_hex("cups-pos/qr-sale-0200.hex");
+    let by_path = ok(&[
+        "iso8583",
+        "decode",
+        "--spec",
+        spec.to_str().unwrap(),
+        "--hex",
+        &hex,
+        "--json",
+    ]);
+    let by_name = ok(&[
+        "iso8583", "decode", "--spec", "cups-pos", "--hex", &hex, "--json",
+    ]);
+    assert_eq!(by_path, by_name);
+
+    // A spec that contradicts itself is refused with file, field and key.
+    let dir = std::env::temp_dir().join(format!("posbridge-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad = dir.join("bad.toml");
+    let text = std::fs::read_to_string(&spec)
+        .unwrap()
+        .replacen("max = 19", "max = 100", 1);
+    std::fs::write(&bad, text).unwrap();
+    let out = run(&[
+        "iso8583",
+        "decode",
+        "--spec",
+        bad.to_str().unwrap(),
+        "--hex",
+        &hex,
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains("bad.toml: field 2: key `max`"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
