@@ -28,6 +28,7 @@ pub fn router(gateway: Gateway, prometheus: Option<PrometheusHandle>) -> Router 
 }
 
 async fn metrics(State(state): State<HealthState>) -> impl IntoResponse {
+    upstream_gauges(&state.gateway).await;
     let (in_use, size) = state.gateway.orders.store().pool_status();
     metrics::gauge!("posbridge_journal_pool_in_use").set(in_use as f64);
     metrics::gauge!("posbridge_journal_pool_size").set(size as f64);
@@ -40,6 +41,45 @@ async fn metrics(State(state): State<HealthState>) -> impl IntoResponse {
     }
 }
 
+/// Link state, in-flight requests and the reversal queue, read at scrape time.
+async fn upstream_gauges(gateway: &Gateway) {
+    let Some(upstream) = gateway.orders.upstream() else {
+        return;
+    };
+    for link in upstream.links() {
+        let state = link.state();
+        let host = link.name().to_owned();
+        metrics::gauge!("posbridge_upstream_connections_up", "host" => host.clone())
+            .set(state.up as f64);
+        metrics::gauge!("posbridge_upstream_connections_signed_on", "host" => host.clone())
+            .set(state.signed_on as f64);
+        metrics::gauge!("posbridge_upstream_in_flight", "host" => host)
+            .set(link.in_flight() as f64);
+    }
+    let queue = async {
+        let mut tx = gateway.orders.store().begin().await?;
+        let row = tx
+            .query_opt(
+                "SELECT COUNT(*), CAST(COALESCE(MIN(created_at_ms), 0) AS BIGINT) FROM reversals WHERE status = 'QUEUED'",
+                &[],
+            )
+            .await?;
+        tx.commit().await?;
+        Ok::<_, crate::journal::JournalError>(row)
+    };
+    if let Ok(Some(row)) = queue.await {
+        let queued = row.i64(0).unwrap_or(0);
+        let oldest = row.i64(1).unwrap_or(0);
+        metrics::gauge!("posbridge_reversals_queued").set(queued as f64);
+        let age_ms = if queued > 0 {
+            crate::journal::now_ms() - oldest
+        } else {
+            0
+        };
+        metrics::gauge!("posbridge_reversals_oldest_age_seconds").set(age_ms as f64 / 1000.0);
+    }
+}
+
 async fn ready(State(state): State<HealthState>) -> impl IntoResponse {
     let journal = state.gateway.orders.store().ping().await;
     let security = state
@@ -48,11 +88,23 @@ async fn ready(State(state): State<HealthState>) -> impl IntoResponse {
         .security()
         .find_key(state.gateway.config.keys.qr_sign.clone())
         .await;
+    let links: Vec<(String, usize)> = state
+        .gateway
+        .orders
+        .upstream()
+        .map(|u| {
+            u.links()
+                .map(|l| (l.name().to_owned(), l.state().signed_on))
+                .collect()
+        })
+        .unwrap_or_default();
+    let links_ok = links.iter().all(|(_, signed_on)| *signed_on > 0);
     let body = serde_json::json!({
         "journal": journal.as_ref().map(|_| "ok".to_owned()).unwrap_or_else(|e| e.to_string()),
+        "upstream": links.iter().map(|(name, signed_on)| (name.clone(), serde_json::json!({"signed_on": signed_on}))).collect::<serde_json::Map<_, _>>(),
         "security_module": security.as_ref().map(|_| "ok".to_owned()).unwrap_or_else(|e| e.to_string()),
     });
-    let status = if journal.is_ok() && security.is_ok() {
+    let status = if journal.is_ok() && security.is_ok() && links_ok {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE

@@ -624,3 +624,41 @@ fn a_sale_interrupted_by_sigkill_is_reversed_after_restart() {
     drop(restarted);
     runtime.block_on(handle.stop());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_and_metrics_follow_the_host_link() {
+    let (addr, handle) = host(SimHostConfig::default()).await;
+    let journal = TestJournal::new(Backend::Sqlite);
+    let running = start_with(&journal, |c| five_roles(c, addr, 800)).await;
+    signed_on(&handle).await;
+    let http = reqwest::Client::new();
+    let ready = format!("http://{}/health/ready", running.metrics);
+    let status =
+        async |http: &reqwest::Client| http.get(&ready).send().await.unwrap().status().as_u16();
+    until("ready with the host signed on", async || {
+        status(&http).await == 200
+    })
+    .await;
+    let metrics = http
+        .get(format!("http://{}/metrics", running.metrics))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("posbridge_upstream_connections_signed_on{host=\"cups\"} 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("posbridge_reversals_queued 0"),
+        "{metrics}"
+    );
+    handle.stop().await;
+    until("not ready once the host is gone", async || {
+        status(&http).await == 503
+    })
+    .await;
+    running.stop().await;
+}
