@@ -574,3 +574,29 @@ fn pkcs11_opens_from_config_with_a_pin_file() {
         assert!(error.contains("hsm.pool_size"), "{error}");
     });
 }
+
+#[test]
+fn pkcs11_notices_a_key_replaced_by_another_process() {
+    // Two modules on one token stand for two gateway processes: B re-keys a terminal, A's cached
+    // handle goes stale, and A must look the label up again rather than fail (or use the old key).
+    common::in_softhsm_child("pkcs11_notices_a_key_replaced_by_another_process", || {
+        let a = common::open_test_token(1);
+        let b = common::open_test_token(1);
+        let data = b"0200 message";
+        let algorithm = MacAlgorithm::X919;
+        a.provision_key(
+            "tak/shared",
+            KeyType::Tdes2,
+            &posbridge_hsm::ClearKey::from_hex("0123456789ABCDEFFEDCBA9876543210").unwrap(),
+        )
+        .unwrap();
+        let old_mac = a.generate_mac("tak/shared", algorithm, data).unwrap();
+        let new_key =
+            posbridge_hsm::ClearKey::from_hex("3B9D4F1A6E2C8D5701F4A9C3E8B2D6F4").unwrap();
+        b.provision_key("tak/shared", KeyType::Tdes2, &new_key)
+            .unwrap();
+        let new_mac = a.generate_mac("tak/shared", algorithm, data).unwrap();
+        assert_ne!(old_mac, new_mac);
+        assert_eq!(new_mac, calculator::mac(algorithm, &new_key, data).unwrap());
+    });
+}
