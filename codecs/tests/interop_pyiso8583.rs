@@ -6,7 +6,9 @@
 //!
 //! Dialects: `iso87ascii` (pyiso8583's own `default_ascii` layout) and `cups-pos` (BCD numerics with
 //! digit-counted BCD lengths and odd lengths aligned left or right per field), described
-//! independently on the Python side in scripts/interop/pyiso8583_bridge.py.
+//! independently on the Python side in scripts/interop/pyiso8583_bridge.py; and `iso87binary`
+//! (`F` pads, right-aligned LLVAR numerics, two binary bitmaps), whose field table the bridge reads
+//! from the TOML file since no outside document defines it.
 //!
 //! Python comes from POSBRIDGE_TEST_PYTHON (set by ./scripts/test), else the repository's
 //! `.venv-test`; the test fails, never skips, when neither has pyiso8583. Messages are random from a
@@ -408,6 +410,9 @@ fn posbridge_and_pyiso8583_agree_both_ways() {
         // two-bitmap iso87ascii carries field 65 as the 1987 "extended bitmap" data element. No
         // network sends field 65, so it is left out rather than papered over.
         Dialect::new("iso87ascii", (2..=128).filter(|&n| n != 65)),
+        // The same mechanics with `F` pads, right-aligned LLVAR numerics and two bitmaps (65 left
+        // out as above).
+        Dialect::new("iso87binary", (2..=128).filter(|&n| n != 65)),
         Dialect::new(
             "cups-pos",
             [

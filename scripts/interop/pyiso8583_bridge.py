@@ -29,7 +29,9 @@ shows up as a mismatch.
 
 import copy
 import json
+import os
 import sys
+import tomllib
 
 import iso8583
 from iso8583 import specs as pyspecs
@@ -142,7 +144,69 @@ CUPS_POS = {
     "64": _binary_fixed(8, "MAC"),
 }
 
-SPECS = {"iso87ascii": ISO87ASCII, "cups-pos": CUPS_POS}
+# --- iso87binary ----------------------------------------------------------------------------------
+# posbridge's own layout (no outside document defines it), so its field table is read from
+# codecs/specs/iso87binary.toml; what this checks is the encoding mechanics against pyiso8583's
+# independent implementation: BCD digits, `F` and `0` pads, right-aligned LLVAR numerics,
+# digit-counted BCD lengths, binary bitmaps. The mapping below is written from the spec format's
+# documentation (codecs/src/spec.rs), not from posbridge's code.
+def _spec_from_toml(path):
+    with open(path, "rb") as file:
+        dialect = tomllib.load(file)
+    spec = {}
+    header = dialect.get("header", {}).get("length", 0)
+    spec["h"] = {"data_enc": "b", "len_enc": "ascii", "len_type": 0, "max_len": header, "desc": "Header"}
+    if dialect["mti"]["encoding"] == "bcd":
+        spec["t"] = {"data_enc": "b", "len_enc": "ascii", "len_type": 0, "max_len": 2, "desc": "MTI"}
+    else:
+        spec["t"] = {"data_enc": "ascii", "len_enc": "ascii", "len_type": 0, "max_len": 4, "desc": "MTI"}
+    if dialect["bitmap"]["encoding"] == "binary":
+        bitmap = {"data_enc": "b", "len_enc": "ascii", "len_type": 0, "max_len": 8}
+    else:
+        bitmap = {"data_enc": "ascii", "len_enc": "ascii", "len_type": 0, "max_len": 16}
+    spec["p"] = dict(bitmap, desc="Primary bitmap")
+    spec["1"] = dict(bitmap, desc="Secondary bitmap")
+    for number, field in dialect["fields"].items():
+        spec[number] = _field_from_toml(field)
+    return spec
+
+
+def _field_from_toml(field):
+    data = field.get("data", "ascii")
+    counts = field.get("length_counts", "bytes")
+    digits = {"fixed": 0, "llvar": 2, "lllvar": 3, "llllvar": 4}[field["type"]]
+    prefix = field.get("length_encoding", "ascii")
+    out = {"desc": field.get("name", "")}
+    if digits == 0:
+        out.update(len_enc="ascii", len_type=0, max_len=field["length"])
+    else:
+        out["max_len"] = field["max"]
+        if prefix == "bcd":
+            out.update(len_enc="bcd", len_type=(digits + 1) // 2)
+        elif prefix == "binary":
+            out.update(len_enc="b", len_type=1 if digits == 2 else 2)
+        else:
+            out.update(len_enc=prefix, len_type=digits)
+    if data in ("bcd", "binary"):
+        out["data_enc"] = "b"
+        if counts == "digits":
+            out["len_count"] = "nibbles"
+            pad = field.get("pad", "0")
+            out["left_pad" if field.get("align", "right") == "right" else "right_pad"] = pad
+    elif data == "hex":
+        out["data_enc"] = "ascii"
+    else:
+        out["data_enc"] = data
+    return out
+
+
+_SPECS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "codecs", "specs")
+
+SPECS = {
+    "iso87ascii": ISO87ASCII,
+    "cups-pos": CUPS_POS,
+    "iso87binary": _spec_from_toml(os.path.join(_SPECS_DIR, "iso87binary.toml")),
+}
 
 # pyiso8583 keys that are not data elements: header, MTI, bitmaps.
 _NOT_FIELDS = {"h", "t", "p", "1"}
