@@ -240,6 +240,9 @@ pub struct LedgerEntry {
 
 type SaleKey = (String, String, String);
 
+/// Requests of one connection handled concurrently (latency and late answers overlap).
+const MAX_CONCURRENT_PER_CONNECTION: usize = 512;
+
 struct Account {
     balance_minor: u64,
     pvv: Option<String>,
@@ -577,6 +580,9 @@ async fn connection(
     };
     let mut framed = Framed::new(socket, codec);
     let (out_tx, mut out_rx) = mpsc::channel::<Out>(256);
+    // At most this many requests of one connection are handled at once; beyond it the host
+    // stops reading, and TCP pushes back on the client.
+    let busy = Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_PER_CONNECTION));
     lock(&shared.connections).insert(id, (out_tx.clone(), false));
     loop {
         tokio::select! {
@@ -588,13 +594,19 @@ async fn connection(
                 }
                 Some(Out::Close) | None => break,
             },
-            frame = framed.next() => match frame {
+            frame = framed.next(), if busy.available_permits() > 0 => match frame {
                 Some(Ok(frame)) => {
+                    let Ok(permit) = Arc::clone(&busy).try_acquire_owned() else { break };
                     let (shared, out) = (Arc::clone(&shared), out_tx.clone());
-                    tokio::spawn(async move { handle(&shared, id, frame.to_vec(), out).await });
+                    tokio::spawn(async move {
+                        handle(&shared, id, frame.to_vec(), out).await;
+                        drop(permit);
+                    });
                 }
                 _ => break,
             },
+            // Wakes the loop when a handler finishes while reading is paused.
+            permit = Arc::clone(&busy).acquire_owned(), if busy.available_permits() == 0 => drop(permit),
             _ = stop.changed() => break,
         }
     }
