@@ -13,6 +13,7 @@
 //! they go; then drops the scratch copy. The gateway's rate divided by this one is the share of
 //! the database's limit the gateway reaches.
 
+use super::report::{Histograms, Latency, Step};
 use crate::journal::{self, JournalConfig, Store, Tx, new_id, now_ms};
 use crate::ledger::{self, AccountKind, NewAccount, TransferOutcome};
 use crate::money::Money;
@@ -54,6 +55,9 @@ pub struct Ceiling {
     pub sales_per_s: f64,
     /// Commits per second.
     pub commits_per_s: f64,
+    /// Time of one sale's two write transactions, from the database alone: what posbridge's
+    /// sale latency is to be compared with.
+    pub latency: Latency,
     /// Caveat, if any (SQLite).
     pub note: Option<String>,
 }
@@ -162,6 +166,7 @@ async fn run(
         let started = Arc::clone(&started);
         tasks.spawn(async move {
             let mut done = 0u64;
+            let mut histograms = Histograms::empty();
             loop {
                 let more = match (limit, deadline) {
                     (Limit::Count(n), _) => started.fetch_add(1, Ordering::Relaxed) < n,
@@ -169,16 +174,21 @@ async fn run(
                     (Limit::Duration(_), None) => false,
                 };
                 if !more {
-                    return Ok::<u64, anyhow::Error>(done);
+                    return Ok::<(u64, Histograms), anyhow::Error>((done, histograms));
                 }
+                let began = Instant::now();
                 sale(&store, worker % accounts, payload_len).await?;
+                histograms.record(Step::Sale, began.elapsed());
                 done += 1;
             }
         });
     }
     let mut sales = 0;
+    let mut histograms = Histograms::new()?;
     while let Some(done) = tasks.join_next().await {
-        sales += done.context("ceiling worker")??;
+        let (done, worker) = done.context("ceiling worker")??;
+        sales += done;
+        histograms.add(&worker)?;
     }
     let elapsed_s = start.elapsed().as_secs_f64();
     let sales_per_s = if elapsed_s > 0.0 {
@@ -195,6 +205,7 @@ async fn run(
         elapsed_s,
         sales_per_s,
         commits_per_s: sales_per_s * f64::from(COMMITS_PER_SALE),
+        latency: histograms.summary(Step::Sale),
         note: None,
     })
 }
