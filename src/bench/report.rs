@@ -265,8 +265,13 @@ impl Report {
             if let Some(ratio) = self.ceiling_ratio {
                 let _ = writeln!(
                     out,
-                    "  posbridge reaches {:.0}% of the ceiling",
-                    ratio * 100.0
+                    "  posbridge reaches {:.0}% of the ceiling{}",
+                    ratio * 100.0,
+                    if self.rate_target.is_some() {
+                        " (at the fixed --rate, not its maximum)"
+                    } else {
+                        ""
+                    }
                 );
             }
             if let Some(note) = &c.note {
