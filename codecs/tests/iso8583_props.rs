@@ -80,8 +80,20 @@ fn exercise(msg: &Message<'_>) {
     }
 }
 
+fn load(name: &str) -> Spec {
+    if name == "exotic" {
+        Spec::from_path(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/specs/exotic.toml"
+        ))
+        .unwrap()
+    } else {
+        Spec::builtin(name).unwrap()
+    }
+}
+
 fn round_trip(name: &str, seed: u64) {
-    let spec = Spec::builtin(name).unwrap();
+    let spec = load(name);
     let built = random_message(&spec, seed);
     let mut buf = Vec::new();
     built.encode_into(&mut buf).unwrap();
@@ -114,7 +126,14 @@ fn accepts_only_canonical(spec: &Spec, bytes: &[u8]) {
     }
 }
 
-const DIALECTS: [&str; 4] = ["iso87ascii", "iso87binary", "cups-pos", "cups-host"];
+/// The shipped dialects and the test dialect that uses every option (EBCDIC, tertiary bitmap...).
+const DIALECTS: [&str; 5] = [
+    "iso87ascii",
+    "iso87binary",
+    "cups-pos",
+    "cups-host",
+    "exotic",
+];
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(300))]
@@ -132,19 +151,47 @@ proptest! {
     fn cups_host_round_trips(seed in any::<u64>()) { round_trip("cups-host", seed); }
 
     #[test]
-    fn random_bytes_never_panic(which in 0usize..4, bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
-        let spec = Spec::builtin(DIALECTS[which]).unwrap();
+    fn every_option_round_trips(seed in any::<u64>()) { round_trip("exotic", seed); }
+
+    #[test]
+    fn subfields_read_back_what_was_written(
+        batch in "[0-9]{6}",
+        code in "[0-9]{3}",
+        tag in prop_oneof![Just("9F26"), Just("9F27"), Just("5F34"), Just("82"), Just("9F1E")],
+        ber in proptest::collection::vec(any::<u8>(), 0..140),
+        qr in "[0-9A-Za-z]{0,60}",
+    ) {
+        let spec = Spec::builtin("cups-pos").unwrap();
+        let mut m = spec.builder("0200").unwrap();
+        m.set_sub("60.3", code.as_bytes()).unwrap();
+        m.set_sub("60.2", batch.as_bytes()).unwrap();
+        m.set_sub("55.9F27", &[0x80]).unwrap();
+        m.set_sub(&format!("55.{tag}"), &ber).unwrap();
+        m.set_sub("62.01", qr.as_bytes()).unwrap();
+        let bytes = m.to_bytes().unwrap();
+        let d = decode(&spec, &bytes).unwrap();
+        prop_assert_eq!(d.get("60.2").unwrap().unwrap().into_owned(), batch.as_bytes().to_vec());
+        prop_assert_eq!(d.get("60.3").unwrap().unwrap().into_owned(), code.as_bytes().to_vec());
+        prop_assert_eq!(d.get(&format!("55.{tag}")).unwrap().unwrap().into_owned(), ber.clone());
+        let cid: &[u8] = if tag == "9F27" { &ber } else { &[0x80] };
+        prop_assert_eq!(d.get("55.9F27").unwrap().unwrap().into_owned(), cid.to_vec());
+        prop_assert_eq!(d.get("62.01").unwrap().unwrap().into_owned(), qr.as_bytes().to_vec());
+    }
+
+    #[test]
+    fn random_bytes_never_panic(which in 0usize..5, bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
+        let spec = load(DIALECTS[which]);
         accepts_only_canonical(&spec, &bytes);
     }
 
     #[test]
     fn mutated_messages_never_panic(
-        which in 0usize..4,
+        which in 0usize..5,
         seed in any::<u64>(),
         edits in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..4),
         cut in any::<usize>(),
     ) {
-        let spec = Spec::builtin(DIALECTS[which]).unwrap();
+        let spec = load(DIALECTS[which]);
         let mut buf = random_message(&spec, seed).to_bytes().unwrap();
         for (at, byte) in edits {
             let i = at % buf.len();
