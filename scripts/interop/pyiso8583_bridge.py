@@ -144,9 +144,9 @@ CUPS_POS = {
     "64": _binary_fixed(8, "MAC"),
 }
 
-# --- iso87binary ----------------------------------------------------------------------------------
-# posbridge's own layout (no outside document defines it), so its field table is read from
-# codecs/specs/iso87binary.toml; what this checks is the encoding mechanics against pyiso8583's
+# --- iso87binary, cups-host ------------------------------------------------------------------------
+# iso87binary is posbridge's own layout (no outside document defines it) and cups-host's field table
+# is not public, so their field tables are read from codecs/specs/*.toml; what this checks is the encoding mechanics against pyiso8583's
 # independent implementation: BCD digits, `F` and `0` pads, right-aligned LLVAR numerics,
 # digit-counted BCD lengths, binary bitmaps. The mapping below is written from the spec format's
 # documentation (codecs/src/spec.rs), not from posbridge's code.
@@ -206,6 +206,7 @@ SPECS = {
     "iso87ascii": ISO87ASCII,
     "cups-pos": CUPS_POS,
     "iso87binary": _spec_from_toml(os.path.join(_SPECS_DIR, "iso87binary.toml")),
+    "cups-host": _spec_from_toml(os.path.join(_SPECS_DIR, "cups-host.toml")),
 }
 
 # pyiso8583 keys that are not data elements: header, MTI, bitmaps.
