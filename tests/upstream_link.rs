@@ -557,3 +557,30 @@ async fn plain_iso8583_dialects_work_without_a_header_or_mac() {
         rig.link.shutdown().await;
     }
 }
+
+#[tokio::test]
+async fn link_started_before_its_host_connects_with_backoff() {
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = free.local_addr().unwrap();
+    drop(free);
+    let (link, _unmatched) = HostLink::start(link_config(addr), security()).unwrap();
+    let refused = link.request(sale(100), LONG).await.unwrap_err();
+    assert!(
+        matches!(refused, LinkError::NotSent(NotSentReason::LinkDown)),
+        "{refused:?}"
+    );
+    assert_eq!(link.state().signed_on, 0);
+    let (_, host) = SimHost::start(SimHostConfig {
+        listen: addr.to_string(),
+        ..host_config()
+    })
+    .await
+    .unwrap();
+    assert!(
+        link.wait_signed_on(1, LONG).await,
+        "no connect after backoff"
+    );
+    let answer = link.request(sale(100), LONG).await.unwrap();
+    assert_eq!(answer.response_code(), Some("00"));
+    assert_eq!(host.ledger().len(), 1);
+}
