@@ -135,7 +135,8 @@ pub struct Unmatched {
     pub reason: UnmatchedReason,
     /// The decoded message, when it decodes.
     pub message: Option<IsoMessage>,
-    /// The frame content as received (header + message).
+    /// The frame content as received (header + message). It holds card data in clear: never
+    /// log or store it unmasked (journal `message` fields instead).
     pub frame: Vec<u8>,
 }
 
@@ -299,6 +300,16 @@ impl HostLink {
         message: IsoMessage,
         deadline: Duration,
     ) -> Result<IsoMessage, LinkError> {
+        let outcome = self.request_once(message, deadline).await;
+        record_outcome(&self.inner.config.name, &outcome);
+        outcome
+    }
+
+    async fn request_once(
+        &self,
+        message: IsoMessage,
+        deadline: Duration,
+    ) -> Result<IsoMessage, LinkError> {
         let until = Instant::now() + deadline;
         if self.inner.closing.load(Ordering::Acquire) {
             return Err(LinkError::NotSent(NotSentReason::ShuttingDown));
@@ -380,6 +391,20 @@ impl HostLink {
     }
 }
 
+/// Counts requests by host and outcome (`answered`, `not_sent`, `timeout`, `bad_mac`,
+/// `disconnected`): the ambiguous ones are the reversals to expect.
+fn record_outcome(host: &str, outcome: &Result<IsoMessage, LinkError>) {
+    let label = match outcome {
+        Ok(_) => "answered",
+        Err(LinkError::NotSent(_)) => "not_sent",
+        Err(LinkError::Timeout) => "timeout",
+        Err(LinkError::BadMac(_)) => "bad_mac",
+        Err(LinkError::Disconnected) => "disconnected",
+    };
+    metrics::counter!("posbridge_upstream_requests_total", "host" => host.to_owned(), "outcome" => label)
+        .increment(1);
+}
+
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // A poisoned map only means another task panicked mid-update of plain data; keep going.
     mutex
@@ -426,6 +451,8 @@ impl Inner {
             up,
             signed_on,
         });
+        metrics::gauge!("posbridge_upstream_connections_signed_on", "host" => self.config.name.clone())
+            .set(signed_on as f64);
     }
 
     fn network_message(&self, code: &str) -> IsoMessage {
@@ -598,6 +625,8 @@ impl Inner {
             code = item.message.as_ref().and_then(|m| m.response_code()).unwrap_or("?"),
             "unmatched message from the host"
         );
+        metrics::counter!("posbridge_upstream_unmatched_total", "host" => self.config.name.clone())
+            .increment(1);
         if let Err(error) = self.unmatched.try_send(item) {
             tracing::error!(host = %self.config.name, %error, "unmatched channel full or closed: the message above is recorded in this log only");
         }
