@@ -272,6 +272,35 @@ async fn reversals_wait_for_a_host_that_went_away() {
             .iter()
             .all(|e| e.state == LedgerState::Reversed)
     );
+    // A void of a sale the host approved is forwarded as its reversal.
+    let (code, voucher) = sale(&mut terminal, &wallet, 1_300, "d3").await;
+    assert_eq!(code, "00");
+    let voided = terminal
+        .void(
+            &voucher,
+            Money {
+                amount_minor: 1_300,
+                currency: CNY,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(voided.response_code, "00");
+    until("void delivered as a reversal", async || {
+        count(
+            &store,
+            "SELECT COUNT(*) FROM reversals WHERE status = 'DONE'",
+        )
+        .await
+            == 3
+    })
+    .await;
+    assert!(
+        handle
+            .ledger()
+            .iter()
+            .all(|e| e.state == LedgerState::Reversed)
+    );
     running.stop().await;
     handle.stop().await;
 }

@@ -293,3 +293,75 @@ async fn metrics_and_health_endpoints() {
     );
     running.stop().await;
 }
+
+async fn void_and_refund(backend: Backend) {
+    let journal = TestJournal::new(backend);
+    let running = start(&journal).await;
+    let mut terminal = terminal_client(&running).await;
+    let wallet = wallet_client(&running);
+    terminal.sign_on().await.unwrap();
+    let order = terminal.request_order(cny(2372)).await.unwrap();
+    let paid = wallet
+        .pay(
+            order.payload.as_deref().unwrap(),
+            PAYER_PAN,
+            Some(PAYER_PIN),
+            "vr-1",
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(paid.response_code(), Some("00"));
+    let balance = async || {
+        let mut tx = running.seeded.store.begin().await.unwrap();
+        let payer = posbridge::ledger::account(&mut tx, "payer-1")
+            .await
+            .unwrap()
+            .unwrap();
+        tx.commit().await.unwrap();
+        payer.balance.amount_minor
+    };
+    assert_eq!(balance().await, OPENING - 2372);
+    // Partial refund, then one that exceeds what is left.
+    assert_eq!(
+        terminal
+            .refund(&order.voucher, cny(1000))
+            .await
+            .unwrap()
+            .response_code,
+        "00"
+    );
+    assert_eq!(balance().await, OPENING - 1372);
+    assert_eq!(
+        terminal
+            .refund(&order.voucher, cny(1500))
+            .await
+            .unwrap()
+            .response_code,
+        "13"
+    );
+    // Void gives back the rest, exactly.
+    assert_eq!(
+        terminal
+            .void(&order.voucher, cny(2372))
+            .await
+            .unwrap()
+            .response_code,
+        "00"
+    );
+    assert_eq!(balance().await, OPENING);
+    assert_eq!(
+        terminal
+            .refund(&order.voucher, cny(1))
+            .await
+            .unwrap()
+            .response_code,
+        "12"
+    );
+    assert_eq!(
+        assert_ledger_conserved(&running.seeded.store).await,
+        OPENING
+    );
+    running.stop().await;
+}
+on_both_journals!(void_and_refund, super::void_and_refund);

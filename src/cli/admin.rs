@@ -21,6 +21,39 @@ pub enum AdminCommand {
     StaticCode(StaticCodeArgs),
     /// Register the demo merchant, terminal, payer and wallet app (for `posbridge sim`).
     SeedDemo(ConfigArg),
+    /// Void a paid sale (money back; a sale approved upstream gets its reversal queued).
+    Void(SaleArgs),
+    /// Refund part or all of a paid sale of the local ledger.
+    Refund(RefundArgs),
+}
+
+/// The sale an operator command acts on.
+#[derive(Debug, Args)]
+pub struct SaleArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// Terminal ID.
+    #[arg(long)]
+    tid: String,
+    /// Batch number.
+    #[arg(long)]
+    batch: String,
+    /// Voucher number.
+    #[arg(long)]
+    voucher: String,
+}
+
+/// `admin refund`.
+#[derive(Debug, Args)]
+pub struct RefundArgs {
+    #[command(flatten)]
+    sale: SaleArgs,
+    /// Amount in minor units.
+    #[arg(long)]
+    amount_minor: i64,
+    /// ISO 4217 numeric currency.
+    #[arg(long, default_value_t = 156)]
+    currency: u16,
 }
 
 /// The configuration to act on.
@@ -219,6 +252,26 @@ async fn run_async(command: AdminCommand) -> anyhow::Result<()> {
             )
             .await?;
             println!("{payload}");
+        }
+        AdminCommand::Void(a) => {
+            let gateway = open(&a.config).await?;
+            let order = gateway
+                .orders
+                .void(&a.tid, &a.batch, &a.voucher, "operator void")
+                .await?;
+            println!("order {} is {}", order.order_id, order.state);
+        }
+        AdminCommand::Refund(a) => {
+            let gateway = open(&a.sale.config).await?;
+            let amount = Money {
+                amount_minor: a.amount_minor,
+                currency: a.currency,
+            };
+            let order = gateway
+                .orders
+                .refund(&a.sale.tid, &a.sale.batch, &a.sale.voucher, amount)
+                .await?;
+            println!("refunded {amount} of order {}", order.order_id);
         }
         AdminCommand::SeedDemo(config) => {
             let gateway = open(&config).await?;

@@ -241,7 +241,8 @@ pub async fn transfer(
     Ok(TransferOutcome::Done)
 }
 
-/// Undoes every `sale` posting of an order with opposite `reversal` postings (money back).
+/// Undoes every `sale` and `refund` posting of an order with opposite `reversal` postings:
+/// the payer gets back what the sale still holds after partial refunds.
 /// Returns how many postings were reversed; 0 when the order moved no money or was already
 /// reversed.
 pub async fn reverse(tx: &mut Tx, order_id: &str) -> Result<usize, JournalError> {
@@ -254,14 +255,15 @@ pub async fn reverse(tx: &mut Tx, order_id: &str) -> Result<usize, JournalError>
     if already.is_some() {
         return Ok(0);
     }
-    let mut rows = tx
+    // Net per account (sale minus refunds), so no balance dips below zero on the way, and in
+    // account order, as transfer() locks.
+    let rows = tx
         .query(
-            "SELECT account_id, amount_minor, currency FROM postings WHERE order_id = $1 AND kind = 'sale'",
+            "SELECT account_id, CAST(SUM(amount_minor) AS BIGINT), MIN(currency) FROM postings \
+             WHERE order_id = $1 AND kind IN ('sale', 'refund') GROUP BY account_id ORDER BY account_id",
             &[order_id.into()],
         )
         .await?;
-    // Lock in account order, as transfer() does.
-    rows.sort_by_key(|row| row.text(0).unwrap_or_default());
     let lock_sql = format!(
         "SELECT 1 FROM accounts WHERE account_id = $1{}",
         tx.for_update()
@@ -269,15 +271,21 @@ pub async fn reverse(tx: &mut Tx, order_id: &str) -> Result<usize, JournalError>
     for row in &rows {
         tx.query(&lock_sql, &[row.text(0)?.into()]).await?;
     }
+    let mut reversed = 0;
     for row in &rows {
         let account = row.text(0)?;
         let amount = row.i64(1)?;
+        if amount == 0 {
+            continue;
+        }
         let currency =
             u16::try_from(row.i64(2)?).map_err(|e| JournalError::Schema(e.to_string()))?;
+        // A merchant who no longer holds the money fails the balance CHECK: nothing moves.
         move_balance(tx, &account, -amount).await?;
         insert_posting(tx, order_id, &account, -amount, currency, "reversal").await?;
+        reversed += 1;
     }
-    Ok(rows.len())
+    Ok(reversed)
 }
 
 async fn move_balance(tx: &mut Tx, account_id: &str, delta: i64) -> Result<(), JournalError> {

@@ -1029,6 +1029,124 @@ impl OrderService {
         Ok(order)
     }
 
+    /// Voids a paid sale (terminal 0200 with 60.1 = 23, or the operator): the money goes back,
+    /// locally in the same transaction, or through a queued reversal to the host that approved
+    /// it. Only a paid order can be voided; voiding twice answers 00 and changes nothing.
+    pub async fn void(
+        &self,
+        tid: &str,
+        batch: &str,
+        voucher: &str,
+        reason: &str,
+    ) -> Result<Order, OrderError> {
+        let order = self
+            .order_by_voucher(tid, batch, voucher)
+            .await?
+            .ok_or_else(|| {
+                OrderError::refused(ResponseCode::NotFound, "no order for this voucher")
+            })?;
+        match order.state() {
+            OrderState::Paid | OrderState::Reversed => {
+                self.reverse(tid, batch, voucher, reason).await
+            }
+            _ => Err(OrderError::refused(
+                ResponseCode::InvalidTransaction,
+                format!("cannot void an order that is {}", order.state),
+            )),
+        }
+    }
+
+    /// Refunds part or all of a paid sale of the local ledger (terminal 0220 with 60.1 = 25, or
+    /// the operator): moves `amount` from the merchant back to the payer, at most what is left
+    /// of the sale after earlier refunds. Sales approved by an upstream host are voided instead.
+    pub async fn refund(
+        &self,
+        tid: &str,
+        batch: &str,
+        voucher: &str,
+        amount: Money,
+    ) -> Result<Order, OrderError> {
+        let mut tx = self.store.begin().await?;
+        let lock = tx.for_update_of_orders();
+        let order = load_order(
+            &mut tx,
+            "o.tid = $1 AND o.batch = $2 AND o.voucher = $3",
+            &[tid.into(), batch.into(), voucher.into()],
+            lock,
+        )
+        .await?
+        .ok_or_else(|| OrderError::refused(ResponseCode::NotFound, "no order for this voucher"))?;
+        if order.state() != OrderState::Paid {
+            return Err(OrderError::refused(
+                ResponseCode::InvalidTransaction,
+                format!("cannot refund an order that is {}", order.state),
+            ));
+        }
+        let payer = tx
+            .query_opt(
+                "SELECT payer_account_id FROM orders WHERE order_id = $1",
+                &[order.order_id.as_str().into()],
+            )
+            .await?
+            .and_then(|row| row.opt_text(0).ok().flatten())
+            .ok_or_else(|| {
+                OrderError::refused(
+                    ResponseCode::InvalidTransaction,
+                    "a sale approved upstream is voided, not refunded here",
+                )
+            })?;
+        let refunded = tx
+            .query_opt(
+                "SELECT CAST(COALESCE(SUM(amount_minor), 0) AS BIGINT) FROM postings WHERE order_id = $1 AND kind = 'refund' AND account_id = $2",
+                &[order.order_id.as_str().into(), payer.as_str().into()],
+            )
+            .await?
+            .map(|row| row.i64(0))
+            .transpose()?
+            .unwrap_or(0);
+        if amount.currency != order.amount.currency
+            || amount.amount_minor <= 0
+            || amount.amount_minor > order.amount.amount_minor - refunded
+        {
+            return Err(OrderError::refused(
+                ResponseCode::InvalidAmount,
+                format!(
+                    "refund of {amount} exceeds what is left of the sale ({} refunded of {})",
+                    refunded, order.amount
+                ),
+            ));
+        }
+        let merchant = self.merchant_account(&mut tx, &order.mid).await?;
+        match ledger::transfer(
+            &mut tx,
+            &order.order_id,
+            &merchant,
+            &payer,
+            amount,
+            "refund",
+        )
+        .await?
+        {
+            TransferOutcome::Done => {}
+            _ => {
+                return Err(OrderError::refused(
+                    ResponseCode::InsufficientFunds,
+                    "the merchant's balance does not cover the refund",
+                ));
+            }
+        }
+        record_event(
+            &mut tx,
+            &order.order_id,
+            Some(OrderState::Paid),
+            OrderState::Paid,
+            &format!("refunded {amount}"),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(order)
+    }
+
     /// A reversal for a terminal's voucher (0400): cancels the order if unpaid, gives the money
     /// back if paid. Idempotent: reversing a reversed order changes nothing.
     pub async fn reverse(

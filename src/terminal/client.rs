@@ -446,6 +446,41 @@ impl TerminalClient {
         self.exchange(frame).await
     }
 
+    /// Voids the sale of `voucher` (0200, 60.1 = 23, 61 = original batch + voucher).
+    pub async fn void(&mut self, voucher: &str, amount: Money) -> anyhow::Result<Receipt> {
+        self.after_sale("0200", super::protocol::TYPE_VOID, voucher, amount)
+            .await
+    }
+
+    /// Refunds `amount` of the sale of `voucher` (0220, 60.1 = 25).
+    pub async fn refund(&mut self, voucher: &str, amount: Money) -> anyhow::Result<Receipt> {
+        self.after_sale("0220", super::protocol::TYPE_REFUND, voucher, amount)
+            .await
+    }
+
+    async fn after_sale(
+        &mut self,
+        mti: &str,
+        type_code: &str,
+        voucher: &str,
+        amount: Money,
+    ) -> anyhow::Result<Receipt> {
+        let stan = self.next_stan();
+        let spec = Arc::clone(&self.spec);
+        let mut b = self.builder(&spec, mti, &stan)?;
+        b.set(3, b"200000".to_vec())?;
+        b.set(4, amount.iso8583_amount().into_bytes())?;
+        b.set(25, b"00".to_vec())?;
+        b.set(49, amount.iso8583_currency().into_bytes())?;
+        b.set(
+            60,
+            format!("{type_code}{}000", self.identity.batch).into_bytes(),
+        )?;
+        b.set(61, format!("{}{voucher}", self.identity.batch).into_bytes())?;
+        let frame = self.encode(b, true)?;
+        self.exchange(frame).await
+    }
+
     /// Settlement (0500) with the terminal's own totals of approved sales.
     pub async fn settle(&mut self, count: u32, amount_minor: u64) -> anyhow::Result<Receipt> {
         let stan = self.next_stan();

@@ -32,6 +32,10 @@ pub const TYPE_QR_ORDER: &str = "48";
 pub const TYPE_QR_QUERY: &str = "49";
 /// 60.1 of a sale (standard UnionPay code).
 pub const TYPE_SALE: &str = "22";
+/// 60.1 of a sale void (standard UnionPay code; 61 = original batch + voucher).
+pub const TYPE_VOID: &str = "23";
+/// 60.1 of a refund (standard UnionPay code, MTI 0220; 61 = original batch + voucher).
+pub const TYPE_REFUND: &str = "25";
 /// F39 of a result query answered before the order is final: "query again".
 pub const PENDING: &str = "09";
 
@@ -101,7 +105,7 @@ async fn dispatch(
         "0820" => Ok(reply(
             respond(gateway, message, ResponseCode::Approved, |_| Ok(())).await,
         )),
-        "0200" | "0400" | "0500" => {
+        "0200" | "0220" | "0400" | "0500" => {
             verify_mac(gateway, message, tid).await?;
             match (message.mti(), kind.as_deref(), network.as_deref()) {
                 ("0200", Some(TYPE_QR_ORDER), _) => {
@@ -109,6 +113,8 @@ async fn dispatch(
                 }
                 ("0200", Some(TYPE_QR_QUERY), _) => result_query(gateway, message).await,
                 ("0200", Some(TYPE_SALE), _) => held_sale(gateway, message, &terminal).await,
+                ("0200", Some(TYPE_VOID), _) => void(gateway, message).await.map(reply),
+                ("0220", Some(TYPE_REFUND), _) => refund(gateway, message).await.map(reply),
                 ("0400", _, _) => reversal(gateway, message).await.map(reply),
                 ("0500", _, _) => settlement(gateway, message).await.map(reply),
                 _ => Err(ResponseCode::InvalidTransaction),
@@ -380,6 +386,48 @@ async fn reversal(
     }
 }
 
+/// The original sale named by field 61 (batch n6 + voucher n6).
+fn original(message: &Message<'_>) -> Result<(String, String), ResponseCode> {
+    let original = field_text(message, 61).ok_or(ResponseCode::FormatError)?;
+    match (original.get(..6), original.get(6..12)) {
+        (Some(batch), Some(voucher)) => Ok((batch.to_owned(), voucher.to_owned())),
+        _ => Err(ResponseCode::FormatError),
+    }
+}
+
+async fn void(gateway: &Gateway, message: &Message<'_>) -> Result<Option<Vec<u8>>, ResponseCode> {
+    let tid = field_text(message, 41).unwrap_or_default();
+    let (batch, voucher) = original(message)?;
+    gateway
+        .orders
+        .void(&tid, &batch, &voucher, "terminal void")
+        .await
+        .map_err(refusal)?;
+    Ok(respond(gateway, message, ResponseCode::Approved, |_| Ok(())).await)
+}
+
+async fn refund(gateway: &Gateway, message: &Message<'_>) -> Result<Option<Vec<u8>>, ResponseCode> {
+    let tid = field_text(message, 41).unwrap_or_default();
+    let (batch, voucher) = original(message)?;
+    let amount = message
+        .field(4)
+        .and_then(|f| f.as_u64())
+        .ok_or(ResponseCode::InvalidAmount)?;
+    let currency = field_text(message, 49)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(156);
+    let amount = Money {
+        amount_minor: i64::try_from(amount).map_err(|_| ResponseCode::InvalidAmount)?,
+        currency,
+    };
+    gateway
+        .orders
+        .refund(&tid, &batch, &voucher, amount)
+        .await
+        .map_err(refusal)?;
+    Ok(respond(gateway, message, ResponseCode::Approved, |_| Ok(())).await)
+}
+
 async fn settlement(
     gateway: &Gateway,
     message: &Message<'_>,
@@ -444,8 +492,8 @@ async fn respond(
     builder.set(39, code.as_str().as_bytes().to_vec()).ok()?;
     extra(&mut builder).ok()?;
     let tid = request.str(41).unwrap_or("").to_owned();
-    let wants_mac =
-        matches!(request.mti(), "0200" | "0400" | "0500") && code != ResponseCode::MacError;
+    let wants_mac = matches!(request.mti(), "0200" | "0220" | "0400" | "0500")
+        && code != ResponseCode::MacError;
     if wants_mac {
         builder.set(64, vec![0; 8]).ok()?;
     }
