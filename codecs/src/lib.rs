@@ -51,6 +51,7 @@ pub mod emv_qr;
 pub mod error;
 pub mod field;
 pub mod framing;
+pub mod mask;
 pub mod message;
 pub mod spec;
 pub mod subfield;

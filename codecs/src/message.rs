@@ -4,12 +4,14 @@
 //! computed over what travels, never over a re-encoding.
 
 use std::borrow::Cow;
+use std::fmt;
 use std::ops::Range;
 
 use crate::bitmap::Bitmap;
 use crate::ebcdic::CodePage;
 use crate::error::{DecodeError, DecodeErrorKind, EncodeError, Location, PathError};
 use crate::field::{self, EncodeBuffer, Slot};
+use crate::mask;
 use crate::spec::{BitmapEncoding, DataEncoding, FieldDef, MtiEncoding, Spec, ValueKind};
 use crate::subfield::{self, SubfieldEntry};
 
@@ -21,7 +23,8 @@ static ZERO_HEADER: [u8; 256] = [0; 256];
 const SLOTS: usize = 192;
 
 /// A decoded message. Field data are ranges into the input; nothing is copied until asked for.
-#[derive(Debug, Clone)]
+/// Its `Debug` masks sensitive fields as the dialect marks them.
+#[derive(Clone)]
 pub struct Message<'a> {
     spec: &'a Spec,
     input: &'a [u8],
@@ -535,8 +538,8 @@ pub struct Encoded {
 
 /// A message built in code (or from a decoded one): MTI, header and field values, checked
 /// against the dialect as they are set. Values are the field's value, not its wire form: text,
-/// digits (ASCII digit bytes, `=` in track 2) or bytes.
-#[derive(Debug, Clone)]
+/// digits (ASCII digit bytes, `=` in track 2) or bytes. Its `Debug` masks sensitive fields.
+#[derive(Clone)]
 pub struct MessageBuilder<'a> {
     spec: &'a Spec,
     mti: [u8; 4],
@@ -755,6 +758,12 @@ impl<'a> MessageBuilder<'a> {
             self.spec.field(number)?,
             self.value(number)?,
         ))
+    }
+
+    /// Bytes the builder holds for its fields' pre-encoded wire form (live and replaced ones;
+    /// bounded by compaction), for callers that watch memory.
+    pub fn retained_bytes(&self) -> usize {
+        self.wire.len()
     }
 
     /// Numbers of the fields set, ascending.
@@ -1083,5 +1092,43 @@ impl Spec {
     /// Starts a message of this dialect; see [`MessageBuilder::new`].
     pub fn builder(&self, mti: &str) -> Result<MessageBuilder<'_>, EncodeError> {
         MessageBuilder::new(self, mti)
+    }
+}
+
+impl fmt::Debug for Message<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mti = self.mti;
+        let fields: std::collections::BTreeMap<u16, String> = self
+            .fields()
+            .map(|fl| (fl.number(), mask::masked_text(fl.def, &mti, &fl.value())))
+            .collect();
+        f.debug_struct("Message")
+            .field("dialect", &self.spec.name)
+            .field("mti", &self.mti())
+            .field("header", &field::to_hex(self.header()))
+            .field("fields", &fields)
+            .finish()
+    }
+}
+
+impl fmt::Debug for MessageBuilder<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mti = self.mti;
+        let spec = self.spec;
+        let fields: std::collections::BTreeMap<u16, String> = self
+            .entries
+            .iter()
+            .filter_map(|e| {
+                let def = spec.field(e.number)?;
+                Some((e.number, mask::masked_text(def, &mti, &e.value)))
+            })
+            .collect();
+        f.debug_struct("MessageBuilder")
+            .field("dialect", &self.spec.name)
+            .field("mti", &self.mti())
+            .field("header", &field::to_hex(&self.header))
+            .field("fields", &fields)
+            .field("retained_bytes", &self.retained_bytes())
+            .finish()
     }
 }

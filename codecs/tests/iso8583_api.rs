@@ -299,6 +299,27 @@ fn editing_a_builder_many_times_keeps_it_bounded_and_correct() {
     }
     m.set_sub("60.2", b"000001").unwrap();
     assert_eq!(to_hex(&m.to_bytes().unwrap()), to_hex(&reference));
-    let size = format!("{m:?}").len();
-    assert!(size < 20_000, "builder grew to {size} debug bytes");
+    let size = m.retained_bytes();
+    assert!(
+        size < 2 * reference.len() + 300,
+        "builder holds {size} bytes"
+    );
+}
+
+#[test]
+fn debug_output_masks_what_the_dialect_marks_sensitive() {
+    let spec = Spec::builtin("cups-pos").unwrap();
+    let mut m = cups_pos_sale(&spec);
+    m.set_str(35, "6222021234567890123=2512201").unwrap();
+    m.set(52, vec![0xA1; 8]).unwrap();
+    let built = format!("{m:?}");
+    let bytes = m.to_bytes().unwrap();
+    let decoded = format!("{:?}", decode(&spec, &bytes).unwrap());
+    for text in [&built, &decoded] {
+        assert!(!text.contains("6222021234567890123"), "{text}");
+        assert!(!text.contains("A1A1A1A1"), "{text}");
+        assert!(text.contains("622202*********0123"), "{text}");
+        assert!(text.contains("[redacted PIN block, 8 bytes]"), "{text}");
+        assert!(text.contains("\"12345678\""), "TID in clear: {text}");
+    }
 }

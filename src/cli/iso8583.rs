@@ -9,9 +9,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context as _, anyhow, bail};
 use clap::{Args, Subcommand};
-use posbridge_codecs::{
-    FieldDef, FrameLength, Message, Sensitivity, Spec, ValueKind, decode, from_hex, to_hex,
-};
+use posbridge_codecs::{FrameLength, Message, Spec, decode, from_hex, mask, to_hex};
 
 /// `posbridge iso8583` sub-commands.
 #[derive(Debug, Subcommand)]
@@ -226,45 +224,6 @@ fn json_of(spec: &Spec, message: &Message<'_>) -> String {
     out
 }
 
-fn mask_pan(digits: &str) -> String {
-    let n = digits.chars().count();
-    if n <= 10 {
-        return "*".repeat(n);
-    }
-    digits
-        .chars()
-        .enumerate()
-        .map(|(i, c)| if i < 6 || i >= n - 4 { c } else { '*' })
-        .collect()
-}
-
-/// What a person may see of a field.
-fn shown_value(def: &FieldDef, text: &str, sensitivity: Option<Sensitivity>, len: usize) -> String {
-    match sensitivity {
-        None => printable(def, text),
-        Some(Sensitivity::Pan) => mask_pan(text),
-        Some(Sensitivity::Track) => match text.find(['=', 'D', '^']) {
-            Some(i) => format!("{}{}", mask_pan(&text[..i]), "*".repeat(text.len() - i)),
-            None => "*".repeat(text.len()),
-        },
-        Some(Sensitivity::Pin) => format!("[redacted PIN block, {len} bytes]"),
-        Some(Sensitivity::Mac) => format!("[redacted MAC, {len} bytes]"),
-        Some(Sensitivity::Key) => format!("[redacted key material, {len} bytes]"),
-    }
-}
-
-/// Text as is when printable, otherwise hex (so control bytes never reach the terminal).
-fn printable(def: &FieldDef, text: &str) -> String {
-    if def.value_kind() == ValueKind::Bytes || text.chars().all(|c| (' '..='~').contains(&c)) {
-        text.to_owned()
-    } else {
-        format!(
-            "hex:{}",
-            to_hex(&text.chars().map(|c| u32::from(c) as u8).collect::<Vec<_>>())
-        )
-    }
-}
-
 fn human_of(spec: &Spec, message: &Message<'_>, reveal: bool) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "MTI     {}  ({})", message.mti(), spec.name);
@@ -279,9 +238,7 @@ fn human_of(spec: &Spec, message: &Message<'_>, reveal: bool) -> String {
         } else {
             def.sensitivity_for(&mti)
         };
-        let value = field.value();
-        let text = field.text();
-        let shown = shown_value(def, &text, sensitivity, value.len());
+        let shown = mask::shown_text(def, sensitivity, &field.value());
         let _ = writeln!(
             out,
             "{:>4}  {:<44} {}",

@@ -1,0 +1,54 @@
+//! What people may see of a field: the PAN as first 6 and last 4 digits, track data with its PAN
+//! part masked and the rest starred, PIN blocks, MACs and key material redacted. The inspector's
+//! human output and the `Debug` of messages and builders go through here, so a test PAN or key
+//! never reaches a log by way of this crate.
+
+use crate::field::value_text;
+use crate::spec::{FieldDef, Sensitivity, ValueKind};
+
+/// The PAN as its first 6 and last 4 digits at most; short numbers are starred entirely.
+pub fn mask_pan(digits: &str) -> String {
+    let n = digits.chars().count();
+    if n <= 10 {
+        return "*".repeat(n);
+    }
+    digits
+        .chars()
+        .enumerate()
+        .map(|(i, c)| if i < 6 || i >= n - 4 { c } else { '*' })
+        .collect()
+}
+
+/// A value as text for people, with `sensitivity` applied (`None` shows it in clear). Text with
+/// control or non-ASCII bytes is shown as `hex:...` so it cannot disturb a terminal.
+pub fn shown_text(def: &FieldDef, sensitivity: Option<Sensitivity>, value: &[u8]) -> String {
+    let len = value.len();
+    let text = value_text(def, value);
+    match sensitivity {
+        None if def.value_kind() == ValueKind::Bytes
+            || value.iter().all(|b| (0x20..0x7F).contains(b)) =>
+        {
+            text
+        }
+        None => format!("hex:{}", crate::field::to_hex(value)),
+        Some(Sensitivity::Pan) => mask_pan(&text),
+        Some(Sensitivity::Track) => {
+            let chars: Vec<char> = text.chars().collect();
+            match chars.iter().position(|c| matches!(c, '=' | 'D' | '^')) {
+                Some(i) => {
+                    let pan: String = chars.iter().take(i).collect();
+                    format!("{}{}", mask_pan(&pan), "*".repeat(chars.len() - i))
+                }
+                None => "*".repeat(chars.len()),
+            }
+        }
+        Some(Sensitivity::Pin) => format!("[redacted PIN block, {len} bytes]"),
+        Some(Sensitivity::Mac) => format!("[redacted MAC, {len} bytes]"),
+        Some(Sensitivity::Key) => format!("[redacted key material, {len} bytes]"),
+    }
+}
+
+/// A value as text for people in a message of this MTI, masked as the dialect marks it.
+pub fn masked_text(def: &FieldDef, mti: &[u8; 4], value: &[u8]) -> String {
+    shown_text(def, def.sensitivity_for(mti), value)
+}
