@@ -38,8 +38,9 @@ pub struct Message<'a> {
     slots: [u16; SLOTS],
 }
 
-/// One field of a decoded message.
-#[derive(Debug, Clone, Copy)]
+/// One field of a decoded message. Its `Debug` shows the value masked as if in a message with
+/// no MTI-specific rule (sensitive fields are always masked).
+#[derive(Clone, Copy)]
 pub struct Field<'a> {
     def: &'a FieldDef,
     code_page: CodePage,
@@ -1092,6 +1093,19 @@ impl Spec {
     /// Starts a message of this dialect; see [`MessageBuilder::new`].
     pub fn builder(&self, mti: &str) -> Result<MessageBuilder<'_>, EncodeError> {
         MessageBuilder::new(self, mti)
+    }
+}
+
+impl fmt::Debug for Field<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Field")
+            .field("number", &self.def.number)
+            .field("offset", &self.offset)
+            .field(
+                "value",
+                &mask::shown_text(self.def, self.def.sensitive, &self.value()),
+            )
+            .finish()
     }
 }
 
