@@ -79,3 +79,59 @@ async fn sim_host_command_serves_a_link() {
     assert_eq!(declined.response_code(), Some("61"));
     link.shutdown().await;
 }
+
+#[tokio::test]
+async fn sim_host_reads_accounts_rules_and_faults_from_a_toml_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("host.toml");
+    std::fs::write(
+        &path,
+        r#"
+dialect = "cups-host"
+[[accounts]]
+pan = "6222021234567890123"
+balance_minor = 1000
+pin = "1234"
+[[decline]]
+amount_suffix = "77"
+code = "05"
+[[faults]]
+amount_suffix = "91"
+fault = "duplicate-response"
+"#,
+    )
+    .unwrap();
+    let mut child = Child(
+        Command::new(env!("CARGO_BIN_EXE_posbridge"))
+            .args(["sim", "host", "--listen", "127.0.0.1:0", "--config"])
+            .arg(&path)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut line = String::new();
+    BufReader::new(child.0.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .split("listening on ")
+        .nth(1)
+        .unwrap()
+        .trim()
+        .to_owned();
+    let mut config = HostConfig::new("cli", vec![addr], "cups-host");
+    config.connections = 1;
+    config.mac_key = Some("zak/upstream".into());
+    let security = Security::new(Arc::new(SoftwareModule::demo().unwrap()));
+    let (link, mut unmatched) = HostLink::start(config, security).unwrap();
+    let long = Duration::from_secs(20);
+    assert!(link.wait_signed_on(1, long).await);
+    let answer = |amount| link.request(sale(amount), long);
+    assert_eq!(answer(177).await.unwrap().response_code(), Some("05"));
+    assert_eq!(answer(2000).await.unwrap().response_code(), Some("51"));
+    assert_eq!(answer(191).await.unwrap().response_code(), Some("00"));
+    let copy = tokio::time::timeout(long, unmatched.recv()).await.unwrap();
+    assert_eq!(copy.unwrap().message.unwrap().response_code(), Some("00"));
+    link.shutdown().await;
+}

@@ -584,3 +584,61 @@ async fn link_started_before_its_host_connects_with_backoff() {
     assert_eq!(answer.response_code(), Some("00"));
     assert_eq!(host.ledger().len(), 1);
 }
+
+#[tokio::test]
+async fn match_key_override_by_rrn_keeps_same_stan_requests_apart() {
+    let rig = rig_with(host_config(), |config| config.match_fields = vec![37]).await;
+    let link = rig.link.clone();
+    let first = tokio::spawn(async move {
+        link.request(sale(1091).with(11, "000555").with(37, "000000000001"), LONG)
+            .await
+    });
+    wait_booked(&rig.host, 1091).await;
+    // Same TID + STAN, different RRN: it goes out (the default key would refuse it).
+    let second = rig
+        .link
+        .request(sale(700).with(11, "000555").with(37, "000000000002"), LONG)
+        .await
+        .unwrap();
+    assert_eq!(second.text(37), Some("000000000002"));
+    // The host keys its ledger on acquirer + TID + STAN: the second is a duplicate to it.
+    assert_eq!(second.response_code(), Some("94"));
+    assert_eq!(rig.link.in_flight(), 1);
+    first.abort();
+}
+
+#[tokio::test]
+async fn reversal_advice_and_reversal_of_an_unknown_sale() {
+    let rig = rig().await;
+    let approved = rig.link.request(sale(1234), LONG).await.unwrap();
+    let stan = approved.text(11).unwrap().to_owned();
+    let mut advice = sale(1234).with(90, format!("0200{stan}{:032}", 0));
+    advice.mti = "0420".into();
+    let answer = rig.link.request(advice.clone(), LONG).await.unwrap();
+    assert_eq!(
+        (answer.mti.as_str(), answer.response_code()),
+        ("0430", Some("00"))
+    );
+    advice.mti = "0421".into();
+    let again = rig.link.request(advice, LONG).await.unwrap();
+    assert_eq!(again.response_code(), Some("00"));
+    assert_eq!(rig.host.balance(PAN), Some(10_000_000));
+
+    // A reversal for a sale the host never saw: 25, nothing moves, and the sale, should it
+    // arrive afterwards, is refused as a duplicate.
+    let mut reversal = sale(999).with(90, format!("0200{}{:032}", "424242", 0));
+    reversal.mti = "0400".into();
+    let answer = rig.link.request(reversal, LONG).await.unwrap();
+    assert_eq!(answer.response_code(), Some("25"));
+    let late_sale = rig
+        .link
+        .request(sale(999).with(11, "424242"), LONG)
+        .await
+        .unwrap();
+    assert_eq!(late_sale.response_code(), Some("94"));
+    assert_eq!(rig.host.balance(PAN), Some(10_000_000));
+    let ledger = rig.host.ledger();
+    assert_eq!(ledger.len(), 2);
+    assert_eq!(ledger[0].state, LedgerState::Reversed);
+    assert_eq!(ledger[1].state, LedgerState::ReversedUnseen);
+}

@@ -416,9 +416,7 @@ impl Inner {
     fn next_stan(&self) -> String {
         let stan = self
             .stan
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |s| {
-                Some(if s >= 999_999 { 1 } else { s + 1 })
-            })
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |s| Some(stan_after(s)))
             .unwrap_or(1);
         format!("{stan:06}")
     }
@@ -918,6 +916,11 @@ fn spawn_network(inner: &Arc<Inner>, index: usize, code: &'static str, own: mpsc
     });
 }
 
+/// The STAN after `stan`: 000001..=999999, wrapping (000000 is never used).
+fn stan_after(stan: u32) -> u32 {
+    if stan >= 999_999 { 1 } else { stan + 1 }
+}
+
 /// F7: UTC transmission date and time, MMDDhhmmss.
 pub fn transmission_date_time(now: std::time::SystemTime) -> String {
     let secs = now
@@ -960,6 +963,13 @@ mod tests {
         assert_eq!(transmission_date_time(at), "1126055006");
         assert_eq!(civil_from_days(0), (1970, 1, 1));
         assert_eq!(civil_from_days(19_782), (2024, 2, 29));
+    }
+
+    #[test]
+    fn stan_wraps_from_999999_to_000001() {
+        assert_eq!(stan_after(1), 2);
+        assert_eq!(stan_after(999_998), 999_999);
+        assert_eq!(stan_after(999_999), 1);
     }
 
     #[test]
