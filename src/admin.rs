@@ -314,3 +314,54 @@ pub async fn create_static_code(
     tx.commit().await?;
     Ok(payload)
 }
+
+/// A terminal's working keys as issued at its last sign-on, encrypted under its master key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkingKeys {
+    /// PIN key cryptogram and check value.
+    pub pin_key: (Vec<u8>, Vec<u8>),
+    /// MAC key cryptogram and check value.
+    pub mac_key: (Vec<u8>, Vec<u8>),
+}
+
+/// Records the working keys issued at sign-on, so a restarted gateway whose security module
+/// lost them (a software module keeps keys in memory) can load them back.
+pub async fn store_working_keys(
+    store: &Store,
+    tid: &str,
+    keys: &WorkingKeys,
+) -> Result<(), JournalError> {
+    let mut tx = store.begin().await?;
+    tx.execute(
+        "UPDATE terminals SET tpk_cryptogram = $2, tpk_kcv = $3, tak_cryptogram = $4, tak_kcv = $5, signed_on_at_ms = $6 WHERE tid = $1",
+        &[
+            tid.into(),
+            keys.pin_key.0.clone().into(),
+            keys.pin_key.1.clone().into(),
+            keys.mac_key.0.clone().into(),
+            keys.mac_key.1.clone().into(),
+            now_ms().into(),
+        ],
+    )
+    .await?;
+    tx.commit().await
+}
+
+/// The working keys of a terminal's last sign-on, if any.
+pub async fn working_keys(store: &Store, tid: &str) -> Result<Option<WorkingKeys>, JournalError> {
+    let mut tx = store.begin().await?;
+    let row = tx
+        .query_opt(
+            "SELECT tpk_cryptogram, tpk_kcv, tak_cryptogram, tak_kcv FROM terminals WHERE tid = $1 AND tak_cryptogram IS NOT NULL",
+            &[tid.into()],
+        )
+        .await?;
+    tx.commit().await?;
+    row.map(|row| {
+        Ok(WorkingKeys {
+            pin_key: (row.bytes(0)?, row.bytes(1)?),
+            mac_key: (row.bytes(2)?, row.bytes(3)?),
+        })
+    })
+    .transpose()
+}

@@ -365,3 +365,37 @@ async fn void_and_refund(backend: Backend) {
     running.stop().await;
 }
 on_both_journals!(void_and_refund, super::void_and_refund);
+
+async fn restart_keeps_terminals_signed_on(backend: Backend) {
+    let journal = TestJournal::new(backend);
+    let running = start(&journal).await;
+    let mut terminal = terminal_client(&running).await;
+    terminal.sign_on().await.unwrap();
+    let unpaid = terminal.request_order(cny(700)).await.unwrap();
+    running.stop().await;
+    // A new gateway process: its software module starts with the demo keys only.
+    let restarted = restart(&journal).await;
+    let spec = std::sync::Arc::new(posbridge_codecs::Spec::builtin("cups-pos").unwrap());
+    // The terminal keeps its keys and reconnects without signing on again.
+    let mut again = terminal.reconnect(restarted.terminal, spec).await.unwrap();
+    let order = again.request_order(cny(800)).await.unwrap();
+    assert_eq!(order.response_code, "00", "{order:?}");
+    // The order left unpaid before the restart can still be paid.
+    let wallet = wallet_client(&restarted);
+    let paid = wallet
+        .pay(
+            unpaid.payload.as_deref().unwrap(),
+            PAYER_PAN,
+            Some(PAYER_PIN),
+            "after-restart",
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(paid.response_code(), Some("00"));
+    restarted.stop().await;
+}
+on_both_journals!(
+    restart_keeps_terminals_signed_on,
+    super::restart_keeps_terminals_signed_on
+);

@@ -163,6 +163,15 @@ impl TerminalClient {
         })
     }
 
+    /// The same terminal (identity, keys, trace counter) on a new connection.
+    pub async fn reconnect(
+        self,
+        addr: SocketAddr,
+        spec: Arc<Spec>,
+    ) -> anyhow::Result<TerminalClient> {
+        TerminalClient::connect(addr, spec, self.identity, self.security, self.stan).await
+    }
+
     /// The terminal's identity.
     pub fn identity(&self) -> &TerminalIdentity {
         &self.identity

@@ -142,16 +142,21 @@ async fn verify_mac(
     let (Some(covered), Some(mac)) = (message.mac_input(), message.raw(64)) else {
         return Err(ResponseCode::MacError);
     };
-    let outcome = gateway
-        .orders
-        .security()
-        .verify_mac(
+    let verify = || {
+        gateway.orders.security().verify_mac(
             terminal_mac_key(tid),
             MacAlgorithm::CupsEcb,
             covered.to_vec(),
             mac.to_vec(),
         )
-        .await;
+    };
+    let mut outcome = verify().await;
+    if let Err(SecurityError::Hsm(posbridge_hsm::HsmError::KeyNotFound { .. })) = &outcome {
+        // The module lost the keys (a restart of a software module): load the last sign-on's.
+        if reload_working_keys(gateway, tid).await {
+            outcome = verify().await;
+        }
+    }
     match outcome {
         Ok(()) => Ok(()),
         Err(SecurityError::Hsm(error)) => {
@@ -159,6 +164,52 @@ async fn verify_mac(
             Err(ResponseCode::MacError)
         }
         Err(_) => Err(ResponseCode::SystemError),
+    }
+}
+
+/// Imports a terminal's working keys from the journal (encrypted under its master key, checked
+/// by KCV). False when there are none or they do not import.
+async fn reload_working_keys(gateway: &Gateway, tid: &str) -> bool {
+    let store = gateway.orders.store();
+    let (Ok(Some(terminal)), Ok(Some(keys))) = (
+        admin::terminal(store, tid).await,
+        admin::working_keys(store, tid).await,
+    ) else {
+        return false;
+    };
+    let security = gateway.orders.security();
+    let tmk = terminal.master_key_label;
+    let pin = security
+        .import_key(
+            tmk.clone(),
+            terminal_pin_key(tid),
+            KeyType::Tdes2,
+            keys.pin_key.0,
+            keys.pin_key.1,
+        )
+        .await;
+    let mac = security
+        .import_key(
+            tmk,
+            terminal_mac_key(tid),
+            KeyType::Des,
+            keys.mac_key.0,
+            keys.mac_key.1,
+        )
+        .await;
+    match (pin, mac) {
+        (Ok(_), Ok(_)) => {
+            tracing::info!("working keys of the last sign-on loaded from the journal");
+            true
+        }
+        (pin, mac) => {
+            tracing::warn!(
+                pin_ok = pin.is_ok(),
+                mac_ok = mac.is_ok(),
+                "could not load the working keys; the terminal must sign on"
+            );
+            false
+        }
     }
 }
 
@@ -186,6 +237,16 @@ async fn sign_on(
     keys.extend_from_slice(&mac_key.cryptogram);
     keys.extend_from_slice(&[0; 8]);
     keys.extend_from_slice(mac_key.kcv.get(..4).unwrap_or(&mac_key.kcv));
+    let issued = admin::WorkingKeys {
+        pin_key: (pin_key.cryptogram.clone(), pin_key.kcv.clone()),
+        mac_key: (mac_key.cryptogram.clone(), mac_key.kcv.clone()),
+    };
+    if admin::store_working_keys(gateway.orders.store(), &terminal.tid, &issued)
+        .await
+        .is_err()
+    {
+        return Err(ResponseCode::SystemError);
+    }
     Ok(respond(gateway, message, ResponseCode::Approved, |b| {
         b.set(62, keys.clone()).map(|_| ())
     })

@@ -416,3 +416,19 @@ impl Drop for ServeProcess {
         let _ = self.child.wait();
     }
 }
+
+/// A new gateway on an existing (already seeded) journal: a restart.
+pub async fn restart(journal: &TestJournal) -> Running {
+    let gateway = server::open(config(journal))
+        .await
+        .map_err(|e| format!("{e:#}"))
+        .unwrap();
+    let orders = gateway.orders.clone();
+    let store = orders.store().clone();
+    serve(Seeded {
+        gateway,
+        orders,
+        store,
+    })
+    .await
+}
