@@ -642,3 +642,17 @@ async fn reversal_advice_and_reversal_of_an_unknown_sale() {
     assert_eq!(ledger[0].state, LedgerState::Reversed);
     assert_eq!(ledger[1].state, LedgerState::ReversedUnseen);
 }
+
+#[tokio::test]
+async fn dropping_every_handle_closes_the_connections() {
+    let rig = rig().await;
+    assert_eq!(rig.host.connections(), 1);
+    drop(rig.link);
+    tokio::time::timeout(LONG, async {
+        while rig.host.connections() != 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("connections stayed open after the last handle was dropped");
+}

@@ -201,10 +201,23 @@ struct Inner {
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
-/// A handle on one host's link; clone it freely (all clones share the connections).
+/// A handle on one host's link; clone it freely (all clones share the connections). When the
+/// last handle is dropped the connections close without a sign-off; call
+/// [`HostLink::shutdown`] for an orderly end.
 #[derive(Clone)]
 pub struct HostLink {
     inner: Arc<Inner>,
+    _last_handle: Arc<StopOnDrop>,
+}
+
+/// Stops the connection tasks when the last [`HostLink`] handle goes (the tasks themselves hold
+/// `Inner`, so its own drop would never run while they do).
+struct StopOnDrop(watch::Sender<bool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.send(true);
+    }
 }
 
 impl std::fmt::Debug for HostLink {
@@ -285,7 +298,14 @@ impl HostLink {
             tasks.push(tokio::spawn(run_connection(Arc::clone(&inner), index, rx)));
         }
         *lock(&inner.tasks) = tasks;
-        Ok((HostLink { inner }, unmatched_rx))
+        let guard = Arc::new(StopOnDrop(inner.stop.clone()));
+        Ok((
+            HostLink {
+                inner,
+                _last_handle: guard,
+            },
+            unmatched_rx,
+        ))
     }
 
     /// Sends a request and waits for its answer until `deadline` (measured from the call,
