@@ -587,7 +587,13 @@ async fn link_started_before_its_host_connects_with_backoff() {
 
 #[tokio::test]
 async fn match_key_override_by_rrn_keeps_same_stan_requests_apart() {
-    let rig = rig_with(host_config(), |config| config.match_fields = vec![37]).await;
+    let rig = rig_with(host_config(), |config| {
+        config.match_fields = vec![37];
+        config.connections = 2;
+    })
+    .await;
+    // 0800s carry no RRN: both connections still sign on (network messages match on STAN).
+    assert!(rig.link.wait_signed_on(2, LONG).await);
     let link = rig.link.clone();
     let first = tokio::spawn(async move {
         link.request(sale(1091).with(11, "000555").with(37, "000000000001"), LONG)

@@ -488,6 +488,17 @@ impl Inner {
         self.config.mac_key.as_deref()
     }
 
+    /// The match key of a message. Network management (08xx) always matches on the STAN the
+    /// link assigned, whatever `match_fields` says: a per-host key such as the RRN is absent
+    /// from 0800s, and sign-ons on several connections would otherwise collide.
+    fn key_of(&self, message: &IsoMessage) -> Option<String> {
+        if message.mti.starts_with("08") {
+            match_key(message, &[11])
+        } else {
+            match_key(message, &self.config.match_fields)
+        }
+    }
+
     fn forget(&self, key: &str, id: u64) {
         let mut pending = lock(&self.pending);
         if pending.get(key).is_some_and(|p| p.id == id) {
@@ -515,7 +526,7 @@ impl Inner {
                 message.mti
             )));
         }
-        let Some(key) = match_key(&message, &self.config.match_fields) else {
+        let Some(key) = self.key_of(&message) else {
             return not_sent(NotSentReason::Invalid(format!("MTI {:?}", message.mti)));
         };
         let mac_key = self.mac_key_for(&message);
@@ -670,7 +681,7 @@ impl Inner {
             self.host_request(connection, decoded, frame, own);
             return;
         }
-        let key = match_key(&decoded.message, &self.config.match_fields);
+        let key = self.key_of(&decoded.message);
         let waiting = key.and_then(|key| lock(&self.pending).remove(&key));
         let reason = match waiting {
             Some(pending) => match pending.reply.send(Reply::Answer {
