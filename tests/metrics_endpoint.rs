@@ -24,8 +24,14 @@ struct Served {
 
 /// A gateway seeded like `posbridge admin seed-demo`, serving on loopback.
 async fn serve(journal: JournalConfig) -> Served {
-    let mut config = common::config(&TestJournal::new(Backend::Sqlite));
-    config.journal = journal;
+    let mut config = posbridge::config::Config {
+        journal,
+        ..Default::default()
+    };
+    config.terminal.listen = "127.0.0.1:0".parse().unwrap();
+    config.wallet_api.listen = "127.0.0.1:0".parse().unwrap();
+    config.metrics.listen = Some("127.0.0.1:0".parse().unwrap());
+    config.gateway.poll_interval_ms = 50;
     let gateway = server::open(config).await.unwrap();
     posbridge::demo::seed(&gateway).await.unwrap();
     let listeners = Listeners::bind(&gateway.config).await.unwrap();
