@@ -575,6 +575,39 @@ pub(crate) fn parse_value_text(def: &FieldDef, text: &str) -> Result<Vec<u8>, En
     }
 }
 
+/// Checks a value and appends its wire form (prefix and data) to `out`. ASCII and binary fields,
+/// the bulk of most messages, take a short path; the rest go through [`check_value`] and
+/// [`write_field`]. On error nothing is appended.
+#[inline]
+pub(crate) fn encode_value(
+    def: &FieldDef,
+    cp: CodePage,
+    value: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<(), EncodeError> {
+    if matches!(def.data, DataEncoding::Ascii | DataEncoding::Binary) {
+        let units = def.units_of_value(value.len());
+        let fits = match units {
+            Ok(u) if def.is_fixed() => u == def.max,
+            Ok(u) => u <= def.max,
+            Err(_) => false,
+        };
+        let digits_ok = def.data == DataEncoding::Binary
+            || def.charset != Charset::Numeric
+            || all_ascii_digits(value);
+        if let (true, true, Ok(units)) = (fits, digits_ok, units) {
+            if let Some(prefix) = &def.prefix {
+                write_prefix(prefix, units, out);
+            }
+            out.extend_from_slice(value);
+            return Ok(());
+        }
+    }
+    let units = check_value(def, cp, value)?;
+    write_field(def, cp, value, units, out);
+    Ok(())
+}
+
 /// Checks a value against the field and returns its length in `counts` units.
 pub(crate) fn check_value(
     def: &FieldDef,

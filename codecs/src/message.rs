@@ -641,23 +641,20 @@ impl<'a> MessageBuilder<'a> {
     ) -> Result<&mut Self, EncodeError> {
         let def = self.def(number)?;
         let value = value.into();
-        let units = field::check_value(def, self.spec.code_page, &value)?;
+        let mut start = self.wire.len();
+        field::encode_value(def, self.spec.code_page, &value, &mut self.wire)?;
         self.bitmap.insert(number);
         let found = self.find(number);
         if let Ok(i) = found {
-            // Re-setting the last-encoded field reuses its bytes; otherwise the old bytes stay
-            // unused until `clear`.
-            if self
-                .entries
-                .get(i)
-                .is_some_and(|e| e.wire.end == self.wire.len())
-            {
-                let start = self.entries.get(i).map_or(0, |e| e.wire.start);
-                self.wire.truncate(start);
+            // Re-setting the field encoded last reuses its place; otherwise its old bytes stay
+            // unused until compaction or `clear`.
+            let old = self.entries.get(i).map(|e| e.wire.clone());
+            if let Some(old) = old.filter(|old| old.end == start) {
+                self.wire.copy_within(start.., old.start);
+                self.wire.truncate(self.wire.len() - (start - old.start));
+                start = old.start;
             }
         }
-        let start = self.wire.len();
-        field::write_field(def, self.spec.code_page, &value, units, &mut self.wire);
         let entry = Entry {
             number,
             value,
