@@ -997,6 +997,15 @@ mod tests {
     }
 
     #[test]
+    fn handles_are_shareable_across_tasks() {
+        fn shareable<T: Clone + Send + Sync + 'static>() {}
+        shareable::<HostLink>();
+        fn sendable<T: Send + 'static>() {}
+        sendable::<LinkError>();
+        sendable::<Unmatched>();
+    }
+
+    #[test]
     fn stan_wraps_from_999999_to_000001() {
         assert_eq!(stan_after(1), 2);
         assert_eq!(stan_after(999_998), 999_999);

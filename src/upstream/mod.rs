@@ -14,6 +14,8 @@
 //! HostLink::in_flight(&self) -> usize
 //! HostLink::wait_signed_on(&self, connections: usize, timeout: Duration) -> bool
 //! HostLink::shutdown(&self)                       // sign-off, close, join
+//! HostLink::name(&self) -> &str;  HostLink::config(&self) -> &HostConfig
+//! link::transmission_date_time(SystemTime) -> String   // F7, UTC MMDDhhmmss
 //! LinkError::is_ambiguous(&self) -> bool          // false only for NotSent
 //! ```
 //!
