@@ -15,7 +15,7 @@ use crate::tlv;
 pub struct SubfieldEntry {
     /// Full path (`60.2`, `55.9F26`).
     pub path: String,
-    /// Human name (positional parts), empty for TLV tags.
+    /// Human name (positional parts and well-known EMV tags), empty otherwise.
     pub name: String,
     /// Where the sub-field's value lies in the field's value.
     pub range: Range<usize>,
@@ -308,10 +308,11 @@ pub(crate) fn list(def: &FieldDef, value: &[u8]) -> Result<Vec<SubfieldEntry>, P
         Subfields::BerTlv => {
             let mut pos = 0;
             while let Some(item) = tlv::ber_next(value, pos).map_err(malformed(def))? {
-                let tag = to_hex(value.get(item.tag.clone()).unwrap_or_default());
+                let tag_bytes = value.get(item.tag.clone()).unwrap_or_default();
+                let tag = to_hex(tag_bytes);
                 out.push(SubfieldEntry {
                     path: format!("{n}.{tag}"),
-                    name: String::new(),
+                    name: tlv::emv_tag_name(tag_bytes).unwrap_or_default().to_owned(),
                     range: item.value.clone(),
                     is_text: false,
                 });

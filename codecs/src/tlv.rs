@@ -76,6 +76,43 @@ pub(crate) fn ber_next(data: &[u8], mut pos: usize) -> Result<Option<Item>, TlvE
     }))
 }
 
+/// Names of the EMV tags field 55 commonly carries (EMV Book 3, annex A), for the inspector.
+pub(crate) fn emv_tag_name(tag: &[u8]) -> Option<&'static str> {
+    Some(match tag {
+        [0x4F] => "Application identifier (card)",
+        [0x50] => "Application label",
+        [0x57] => "Track 2 equivalent data",
+        [0x5A] => "Application PAN",
+        [0x5F, 0x20] => "Cardholder name",
+        [0x5F, 0x24] => "Application expiration date",
+        [0x5F, 0x2A] => "Transaction currency code",
+        [0x5F, 0x34] => "PAN sequence number",
+        [0x82] => "Application interchange profile",
+        [0x84] => "Dedicated file name",
+        [0x8A] => "Authorisation response code",
+        [0x91] => "Issuer authentication data",
+        [0x95] => "Terminal verification results",
+        [0x9A] => "Transaction date",
+        [0x9C] => "Transaction type",
+        [0x9F, 0x02] => "Amount, authorised",
+        [0x9F, 0x03] => "Amount, other",
+        [0x9F, 0x09] => "Application version number (terminal)",
+        [0x9F, 0x10] => "Issuer application data",
+        [0x9F, 0x1A] => "Terminal country code",
+        [0x9F, 0x1E] => "Interface device serial number",
+        [0x9F, 0x26] => "Application cryptogram",
+        [0x9F, 0x27] => "Cryptogram information data",
+        [0x9F, 0x33] => "Terminal capabilities",
+        [0x9F, 0x34] => "Cardholder verification method results",
+        [0x9F, 0x35] => "Terminal type",
+        [0x9F, 0x36] => "Application transaction counter",
+        [0x9F, 0x37] => "Unpredictable number",
+        [0x9F, 0x41] => "Transaction sequence counter",
+        [0x9F, 0x63] => "Card product identification",
+        _ => return None,
+    })
+}
+
 /// Whether a BER tag is constructed (its value is itself TLV).
 pub(crate) fn ber_constructed(tag: &[u8]) -> bool {
     tag.first().is_some_and(|b| b & 0x20 != 0)
