@@ -42,7 +42,9 @@ pub struct HostConfig {
     /// TCP connect timeout.
     #[serde(default = "default_connect_timeout_ms")]
     pub connect_timeout_ms: u64,
-    /// Deadline of the link's own network management requests (sign-on, echo, sign-off).
+    /// Deadline of the link's own network management requests (sign-on, echo, sign-off), and
+    /// the longest a write may block on a host that stops reading (the connection is then
+    /// closed and its requests end `Disconnected`).
     #[serde(default = "default_request_timeout_ms")]
     pub request_timeout_ms: u64,
     /// An echo test is sent on a connection silent for this long; 0 disables it.

@@ -875,6 +875,7 @@ async fn serve(
     inner.set_status(index, CONNECTED);
     spawn_network(inner, index, network_code::SIGN_ON, own.clone());
     let echo_idle = Duration::from_secs(inner.config.echo_idle_secs);
+    let write_timeout = Duration::from_millis(inner.config.request_timeout_ms);
     let mut last_activity = Instant::now();
     let mut ticker = tokio::time::interval(if echo_idle.is_zero() {
         Duration::from_secs(3600)
@@ -886,7 +887,10 @@ async fn serve(
         tokio::select! {
             command = commands.recv() => match command {
                 Some(Command::Send { frame, written }) => {
-                    let ok = framed.send(frame.as_slice()).await.is_ok();
+                    // A host that stops reading must not wedge the connection forever.
+                    let ok = tokio::time::timeout(write_timeout, framed.send(frame.as_slice()))
+                        .await
+                        .is_ok_and(|sent| sent.is_ok());
                     let _ = written.send(ok);
                     if !ok {
                         return;
