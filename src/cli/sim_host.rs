@@ -3,8 +3,8 @@
 
 use crate::upstream::sim_host::{Condition, DeclineRule, RandomFaults, SimHost, SimHostConfig};
 use anyhow::Context;
-use figment::providers::Format as _;
 use clap::Args;
+use figment::providers::Format as _;
 use std::path::PathBuf;
 
 /// Options of `posbridge sim host`; flags override the `--config` file.
