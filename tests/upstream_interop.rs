@@ -186,3 +186,67 @@ async fn key_change_worked_example_imports_and_a_bad_check_value_changes_nothing
             .is_err()
     );
 }
+
+#[tokio::test]
+async fn garbage_from_the_host_is_unmatched_not_fatal() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut config = HostConfig::new(
+        "raw",
+        vec![listener.local_addr().unwrap().to_string()],
+        "cups-host",
+    );
+    config.connections = 1;
+    let (link, mut unmatched) = HostLink::start(config, security()).unwrap();
+    let (mut socket, _) = listener.accept().await.unwrap();
+    let spec = Spec::builtin("cups-host").unwrap();
+    let sign_on = read_frame(&mut socket).await;
+    // Junk first: a frame too short for the header, then one whose MTI is not digits.
+    write_frame(&mut socket, b"garbage").await;
+    let mut junk = sign_on.clone();
+    junk[46..50].copy_from_slice(b"X8Y0");
+    write_frame(&mut socket, &junk).await;
+    for _ in 0..2 {
+        let item = tokio::time::timeout(Duration::from_secs(20), unmatched.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            item.reason,
+            posbridge::upstream::UnmatchedReason::Undecodable
+        );
+    }
+    // The connection survived: the real answer still signs it on.
+    let mut answer = spec.decode(&sign_on).unwrap().to_builder();
+    answer.set_mti("0810").unwrap().set_str(39, "00").unwrap();
+    let mut bytes = Vec::new();
+    answer.encode_into(&mut bytes).unwrap();
+    write_frame(&mut socket, &bytes).await;
+    assert!(link.wait_signed_on(1, Duration::from_secs(20)).await);
+}
+
+#[tokio::test]
+async fn garbage_to_the_sim_host_is_ignored() {
+    use posbridge::upstream::{SimHost, SimHostConfig};
+    let (addr, host) = SimHost::start(SimHostConfig::default()).await.unwrap();
+    let mut socket = TcpStream::connect(addr).await.unwrap();
+    write_frame(&mut socket, b"garbage").await;
+    write_frame(&mut socket, &[0x2E; 60]).await;
+    let mut config = HostConfig::new("after-garbage", vec![addr.to_string()], "cups-host");
+    config.connections = 1;
+    config.mac_key = Some("zak/upstream".into());
+    let (link, _unmatched) = HostLink::start(config, security()).unwrap();
+    assert!(link.wait_signed_on(1, Duration::from_secs(20)).await);
+    let answer = link
+        .request(
+            IsoMessage::new("0200")
+                .with(2, "6222021234567890123")
+                .with(3, "000000")
+                .with(4, "000000000100")
+                .with(41, "12345678"),
+            Duration::from_secs(20),
+        )
+        .await
+        .unwrap();
+    assert_eq!(answer.response_code(), Some("00"));
+    assert_eq!(host.ledger().len(), 1);
+}
