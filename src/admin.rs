@@ -153,14 +153,12 @@ fn terminal_from_row(row: &Row) -> Result<Terminal, JournalError> {
 
 /// Reads a terminal.
 pub async fn terminal(store: &Store, tid: &str) -> Result<Option<Terminal>, JournalError> {
-    let mut tx = store.begin().await?;
-    let row = tx
-        .query_opt(
+    let row = store
+        .read_opt(
             "SELECT tid, mid, acquirer, master_key_label, enabled FROM terminals WHERE tid = $1",
             &[tid.into()],
         )
         .await?;
-    tx.commit().await?;
     row.as_ref().map(terminal_from_row).transpose()
 }
 
@@ -257,14 +255,12 @@ pub async fn wallet_app_by_key(
     app_id: &str,
     api_key: &str,
 ) -> Result<Option<WalletApp>, JournalError> {
-    let mut tx = store.begin().await?;
-    let row = tx
-        .query_opt(
+    let row = store
+        .read_opt(
             "SELECT app_id, name, pek_label, key_hash FROM wallet_apps WHERE app_id = $1",
             &[app_id.into()],
         )
         .await?;
-    tx.commit().await?;
     let Some(row) = row else { return Ok(None) };
     if !constant_time_eq(&row.bytes(3)?, &key_hash(api_key)) {
         return Ok(None);

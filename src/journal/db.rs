@@ -170,11 +170,29 @@ impl Store {
         }
     }
 
+    /// Runs one read-only statement on its own (autocommit): one round trip instead of the
+    /// three of BEGIN / SELECT / COMMIT. For lookups that need no row lock.
+    pub async fn read(&self, sql: &str, params: &[Value]) -> Result<Vec<Row>, JournalError> {
+        match self {
+            Store::Postgres(pg) => {
+                let client = pg.pool.get().await.map_err(pool_error)?;
+                pg_query(&client, sql, params).await
+            }
+            Store::Sqlite(lite) => {
+                let connection = lite.connection.lock().await;
+                lite_query(&connection, sql, params)
+            }
+        }
+    }
+
+    /// [`Store::read`] expecting at most one row.
+    pub async fn read_opt(&self, sql: &str, params: &[Value]) -> Result<Option<Row>, JournalError> {
+        Ok(self.read(sql, params).await?.into_iter().next())
+    }
+
     /// Runs `SELECT 1`, for readiness probes.
     pub async fn ping(&self) -> Result<(), JournalError> {
-        let mut tx = self.begin().await?;
-        tx.query("SELECT 1", &[]).await?;
-        tx.commit().await
+        self.read("SELECT 1", &[]).await.map(|_| ())
     }
 }
 
@@ -345,14 +363,7 @@ impl PgTx {
     }
 
     async fn query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>, JournalError> {
-        let client = self.client()?;
-        let statement = client.prepare_cached(sql).await.map_err(pg_error)?;
-        let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = params
-            .iter()
-            .map(|p| p as &(dyn tokio_postgres::types::ToSql + Sync))
-            .collect();
-        let rows = client.query(&statement, &refs).await.map_err(pg_error)?;
-        rows.iter().map(pg_row).collect()
+        pg_query(self.client()?, sql, params).await
     }
 
     async fn commit(mut self) -> Result<(), JournalError> {
@@ -381,6 +392,20 @@ impl Drop for PgTx {
             drop(deadpool_postgres::Object::take(client));
         }
     }
+}
+
+async fn pg_query(
+    client: &deadpool_postgres::Object,
+    sql: &str,
+    params: &[Value],
+) -> Result<Vec<Row>, JournalError> {
+    let statement = client.prepare_cached(sql).await.map_err(pg_error)?;
+    let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = params
+        .iter()
+        .map(|p| p as &(dyn tokio_postgres::types::ToSql + Sync))
+        .collect();
+    let rows = client.query(&statement, &refs).await.map_err(pg_error)?;
+    rows.iter().map(pg_row).collect()
 }
 
 fn pg_row(row: &tokio_postgres::Row) -> Result<Row, JournalError> {
@@ -506,28 +531,7 @@ impl SqliteTx {
     }
 
     fn query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>, JournalError> {
-        let sql = sqlite_placeholders(sql);
-        let mut statement = self.guard.prepare_cached(&sql).map_err(lite_error)?;
-        let columns = statement.column_count();
-        let mut rows = statement
-            .query(rusqlite::params_from_iter(params.iter()))
-            .map_err(lite_error)?;
-        let mut out = Vec::new();
-        while let Some(row) = rows.next().map_err(lite_error)? {
-            let mut values = Vec::with_capacity(columns);
-            for index in 0..columns {
-                use rusqlite::types::ValueRef;
-                values.push(match row.get_ref(index).map_err(lite_error)? {
-                    ValueRef::Null => Value::Null,
-                    ValueRef::Integer(v) => Value::I64(v),
-                    ValueRef::Real(v) => Value::Text(v.to_string()),
-                    ValueRef::Text(v) => Value::Text(String::from_utf8_lossy(v).into_owned()),
-                    ValueRef::Blob(v) => Value::Bytes(v.to_vec()),
-                });
-            }
-            out.push(Row(values));
-        }
-        Ok(out)
+        lite_query(&self.guard, sql, params)
     }
 
     fn commit(mut self) -> Result<(), JournalError> {
@@ -556,6 +560,35 @@ impl rusqlite::ToSql for Value {
             Value::Bytes(v) => ToSqlOutput::Borrowed(ValueRef::Blob(v)),
         })
     }
+}
+
+fn lite_query(
+    connection: &rusqlite::Connection,
+    sql: &str,
+    params: &[Value],
+) -> Result<Vec<Row>, JournalError> {
+    let sql = sqlite_placeholders(sql);
+    let mut statement = connection.prepare_cached(&sql).map_err(lite_error)?;
+    let columns = statement.column_count();
+    let mut rows = statement
+        .query(rusqlite::params_from_iter(params.iter()))
+        .map_err(lite_error)?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next().map_err(lite_error)? {
+        let mut values = Vec::with_capacity(columns);
+        for index in 0..columns {
+            use rusqlite::types::ValueRef;
+            values.push(match row.get_ref(index).map_err(lite_error)? {
+                ValueRef::Null => Value::Null,
+                ValueRef::Integer(v) => Value::I64(v),
+                ValueRef::Real(v) => Value::Text(v.to_string()),
+                ValueRef::Text(v) => Value::Text(String::from_utf8_lossy(v).into_owned()),
+                ValueRef::Blob(v) => Value::Bytes(v.to_vec()),
+            });
+        }
+        out.push(Row(values));
+    }
+    Ok(out)
 }
 
 /// Turns PostgreSQL's `$N` placeholders into SQLite's numbered `?N` ones.

@@ -437,10 +437,7 @@ impl OrderService {
 
     /// Reads an order by id.
     pub async fn order(&self, order_id: &str) -> Result<Option<Order>, OrderError> {
-        let mut tx = self.store.begin().await?;
-        let order = load_order(&mut tx, "o.order_id = $1", &[order_id.into()], "").await?;
-        tx.commit().await?;
-        Ok(order)
+        Ok(read_order(&self.store, "o.order_id = $1", &[order_id.into()]).await?)
     }
 
     /// Reads an order by terminal, batch and voucher.
@@ -450,16 +447,12 @@ impl OrderService {
         batch: &str,
         voucher: &str,
     ) -> Result<Option<Order>, OrderError> {
-        let mut tx = self.store.begin().await?;
-        let order = load_order(
-            &mut tx,
+        Ok(read_order(
+            &self.store,
             "o.tid = $1 AND o.batch = $2 AND o.voucher = $3",
             &[tid.into(), batch.into(), voucher.into()],
-            "",
         )
-        .await?;
-        tx.commit().await?;
-        Ok(order)
+        .await?)
     }
 
     /// Resolves a scanned payload to the order as stored on the server (S104): what the phone
@@ -473,10 +466,8 @@ impl OrderService {
                 "a static code has no order to resolve",
             )
         })?;
-        let mut tx = self.store.begin().await?;
-        let order = load_order(&mut tx, "o.reference = $1", &[reference.into()], "").await?;
-        tx.commit().await?;
-        let order = order
+        let order = read_order(&self.store, "o.reference = $1", &[reference.into()])
+            .await?
             .ok_or_else(|| OrderError::refused(ResponseCode::NotFound, "no order for this code"))?;
         if order.payload != scanned_text {
             return Err(OrderError::refused(
@@ -1306,6 +1297,23 @@ impl Tx {
             crate::journal::Dialect::Sqlite => "",
         }
     }
+}
+
+/// Reads an order outside any transaction (no lock, one round trip).
+async fn read_order(
+    store: &Store,
+    condition: &str,
+    params: &[Value],
+) -> Result<Option<Order>, JournalError> {
+    let sql = format!(
+        "SELECT {ORDER_COLUMNS} FROM orders o JOIN merchants m ON m.mid = o.mid WHERE {condition}"
+    );
+    store
+        .read_opt(&sql, params)
+        .await?
+        .as_ref()
+        .map(order_from_row)
+        .transpose()
 }
 
 async fn load_order(
