@@ -27,20 +27,53 @@ pub enum AdminCommand {
     Refund(RefundArgs),
 }
 
-/// The sale an operator command acts on.
+/// The sale an operator command acts on: by terminal, batch and voucher, or by its RRN.
 #[derive(Debug, Args)]
 pub struct SaleArgs {
     #[command(flatten)]
     config: ConfigArg,
     /// Terminal ID.
-    #[arg(long)]
-    tid: String,
+    #[arg(long, required_unless_present = "rrn")]
+    tid: Option<String>,
     /// Batch number.
-    #[arg(long)]
-    batch: String,
+    #[arg(long, required_unless_present = "rrn")]
+    batch: Option<String>,
     /// Voucher number.
-    #[arg(long)]
-    voucher: String,
+    #[arg(long, required_unless_present = "rrn")]
+    voucher: Option<String>,
+    /// Retrieval reference number (F37) of the sale, instead of terminal, batch and voucher.
+    #[arg(long, conflicts_with_all = ["tid", "batch", "voucher"])]
+    rrn: Option<String>,
+}
+
+impl SaleArgs {
+    /// Terminal, batch and voucher of the sale, looked up by RRN when given so.
+    async fn locate(
+        &self,
+        gateway: &crate::server::Gateway,
+    ) -> anyhow::Result<(String, String, String)> {
+        if let Some(rrn) = &self.rrn {
+            let order = gateway
+                .orders
+                .order_by_rrn(rrn)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("no sale with RRN {rrn}"))?;
+            return match (order.tid, order.batch, order.voucher) {
+                (Some(tid), Some(batch), Some(voucher)) => Ok((tid, batch, voucher)),
+                _ => Err(anyhow::anyhow!(
+                    "the sale with RRN {rrn} has no terminal voucher (a static-code payment)"
+                )),
+            };
+        }
+        match (&self.tid, &self.batch, &self.voucher) {
+            (Some(tid), Some(batch), Some(voucher)) => {
+                Ok((tid.clone(), batch.clone(), voucher.clone()))
+            }
+            _ => Err(anyhow::anyhow!(
+                "give --tid, --batch and --voucher, or --rrn"
+            )),
+        }
+    }
 }
 
 /// `admin refund`.
@@ -255,21 +288,23 @@ async fn run_async(command: AdminCommand) -> anyhow::Result<()> {
         }
         AdminCommand::Void(a) => {
             let gateway = open(&a.config).await?;
+            let (tid, batch, voucher) = a.locate(&gateway).await?;
             let order = gateway
                 .orders
-                .void(&a.tid, &a.batch, &a.voucher, "operator void")
+                .void(&tid, &batch, &voucher, "operator void")
                 .await?;
             println!("order {} is {}", order.order_id, order.state);
         }
         AdminCommand::Refund(a) => {
             let gateway = open(&a.sale.config).await?;
+            let (tid, batch, voucher) = a.sale.locate(&gateway).await?;
             let amount = Money {
                 amount_minor: a.amount_minor,
                 currency: a.currency,
             };
             let order = gateway
                 .orders
-                .refund(&a.sale.tid, &a.sale.batch, &a.sale.voucher, amount)
+                .refund(&tid, &batch, &voucher, amount)
                 .await?;
             println!("refunded {amount} of order {}", order.order_id);
         }

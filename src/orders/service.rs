@@ -455,6 +455,11 @@ impl OrderService {
         .await?)
     }
 
+    /// Reads a paid (or reversed) order by its retrieval reference number.
+    pub async fn order_by_rrn(&self, rrn: &str) -> Result<Option<Order>, OrderError> {
+        Ok(read_order(&self.store, "o.rrn = $1", &[rrn.into()]).await?)
+    }
+
     /// Resolves a scanned payload to the order as stored on the server (S104): what the phone
     /// shows the payer comes from here, never from the code itself.
     pub async fn resolve(&self, scanned_text: &str) -> Result<Order, OrderError> {
