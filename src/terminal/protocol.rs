@@ -25,6 +25,7 @@ use posbridge_codecs::framing::Tpdu;
 use posbridge_codecs::{Message, MessageBuilder, Spec};
 use posbridge_hsm::{KeyType, MacAlgorithm};
 use std::time::Duration;
+use tracing::Instrument;
 
 /// 60.1 of a (a) QR order request.
 pub const TYPE_QR_ORDER: &str = "48";
@@ -67,9 +68,15 @@ pub async fn handle(gateway: &Gateway, spec: &Spec, frame: &[u8]) -> Outcome {
         }
     };
     let tid = field_text(&message, 41).unwrap_or_default();
-    let span = tracing::info_span!("terminal", mti = message.mti(), tid = %tid, voucher = field_text(&message, 11).unwrap_or_default());
-    let _entered = span.enter();
-    let result = dispatch(gateway, spec, &message).await;
+    // One span per transaction: what an operator greps for (never the PAN).
+    let span = tracing::info_span!(
+        "terminal",
+        mti = message.mti(),
+        tid = %tid,
+        batch = %sub_text(&message, "60.2").unwrap_or_default(),
+        voucher = %field_text(&message, 11).unwrap_or_default(),
+    );
+    let result = dispatch(gateway, spec, &message).instrument(span).await;
     match result {
         Ok(outcome) => outcome,
         Err(code) => Outcome {
