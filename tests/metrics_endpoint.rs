@@ -67,6 +67,7 @@ async fn small_run(served: &Served, count: u64) -> posbridge::bench::report::Rep
             amount_minor: 1,
             ceiling: false,
             idle_connections: 0,
+            five_roles: false,
         },
         Arc::new(Progress::default()),
     )

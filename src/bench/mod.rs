@@ -9,8 +9,9 @@
 //! for the durable writes a sale needs ([`ceiling`]), and the memory idle terminal connections
 //! cost ([`idle`]).
 //!
-//! The five-role mode of the issue (sales going upstream through `posbridge sim host`) waits
-//! for the upstream link; it is not offered yet.
+//! With `five_roles` (spawn mode), the sales go upstream: the bench starts a simulated UnionPay
+//! host (`posbridge sim host`) holding the payers' accounts, and the gateway forwards every
+//! paid order to it as a 0200 with the PIN block translated to the host's zone key.
 
 pub mod ceiling;
 pub mod idle;
@@ -76,6 +77,9 @@ pub struct BenchOptions {
     pub ceiling: bool,
     /// Idle terminal connections to hold open during the run (0: none).
     pub idle_connections: usize,
+    /// Spawn mode: route the sales through a simulated UnionPay host started in this process
+    /// (the five-role deployment) instead of the local ledger.
+    pub five_roles: bool,
 }
 
 /// Counts what the run has done so far, for a progress display.
@@ -123,7 +127,16 @@ pub async fn run(options: BenchOptions, progress: Arc<Progress>) -> anyhow::Resu
     let batch = run_batch();
     match &options.target {
         Target::Spawn(config) => {
-            let spawned = seed::spawn((**config).clone(), options.terminals, &batch).await?;
+            let mut config = (**config).clone();
+            let host = if options.five_roles {
+                Some(start_host(&mut config, options.terminals).await?)
+            } else {
+                None
+            };
+            let spawned = seed::spawn(config, options.terminals, &batch).await?;
+            if let Some(host) = &host {
+                wait_signed_on(host).await?;
+            }
             let journal = spawned.gateway.config.journal.clone();
             let backend = spawned.gateway.orders.security().module().capabilities();
             let outcome = measure(
@@ -135,8 +148,16 @@ pub async fn run(options: BenchOptions, progress: Arc<Progress>) -> anyhow::Resu
             )
             .await;
             spawned.stop().await?;
+            if let Some(host) = host {
+                host.stop().await;
+            }
             let mut report = outcome?;
-            report.mode = "spawn".into();
+            report.mode = if options.five_roles {
+                "spawn-five-roles"
+            } else {
+                "spawn"
+            }
+            .into();
             report.security_module = Some(backend.backend.to_string());
             Ok(report)
         }
@@ -203,4 +224,37 @@ async fn measure(
 /// (the journal refuses a second order for the same terminal, batch and voucher).
 fn run_batch() -> String {
     format!("{:06}", rand::random_range(1..1_000_000u32))
+}
+
+/// Starts the simulated host with an account per bench payer and routes their card range to it.
+async fn start_host(
+    config: &mut Config,
+    terminals: usize,
+) -> anyhow::Result<crate::upstream::SimHostHandle> {
+    let accounts = (0..terminals)
+        .map(|i| crate::upstream::sim_host::AccountConfig {
+            pan: seed::pan(i),
+            balance_minor: u64::try_from(seed::OPENING_MINOR).unwrap_or(u64::MAX),
+            pin: Some(seed::PIN.into()),
+            pvv: None,
+        })
+        .collect();
+    let host_config = crate::upstream::SimHostConfig {
+        accounts,
+        ..crate::upstream::SimHostConfig::default()
+    };
+    let (addr, handle) = crate::upstream::SimHost::start(host_config).await?;
+    crate::demo::route_to_host(config, addr);
+    config.hosts[0].connections = 2;
+    Ok(handle)
+}
+
+async fn wait_signed_on(host: &crate::upstream::SimHostHandle) -> anyhow::Result<()> {
+    for _ in 0..400 {
+        if host.signed_on_connections() > 0 {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    anyhow::bail!("the gateway did not sign on to the simulated host")
 }

@@ -25,8 +25,9 @@ with `posbridge admin seed-demo --config FILE`. With --spawn it opens a gateway 
 on the journal and security module of --config (or the embedded defaults) and registers one \
 merchant, terminal and payer per simulated terminal itself.
 
-Not yet available: --five-roles (sales going upstream through `posbridge sim host`) waits for \
-the upstream link of the five-role issue.")]
+With --five-roles (and --spawn) the sales go upstream: a simulated UnionPay host (`posbridge \
+sim host`) starts in this process with the payers' accounts, and the gateway forwards every paid \
+order to it (five-role deployment).")]
 pub struct BenchArgs {
     /// Open the gateway in this process (journal and security module from --config).
     #[arg(long, conflicts_with_all = ["terminal", "wallet", "gateway_pid"])]
@@ -71,6 +72,9 @@ pub struct BenchArgs {
     /// Print one JSON object on standard output instead of the table (no progress bar).
     #[arg(long)]
     pub json: bool,
+    /// With --spawn: route the sales through a simulated UnionPay host (five roles).
+    #[arg(long, requires = "spawn")]
+    pub five_roles: bool,
 }
 
 /// Parses `20s`, `1500ms`, `2m` or a plain number of seconds.
@@ -125,6 +129,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         amount_minor: args.amount_minor,
         ceiling: args.ceiling,
         idle_connections: args.idle_connections,
+        five_roles: args.five_roles,
     };
     let show_bar = !args.json && std::io::stderr().is_terminal();
     let runtime = tokio::runtime::Builder::new_multi_thread()
