@@ -50,7 +50,10 @@ fn report(output: &Output) -> serde_json::Value {
 }
 
 fn check_counts(report: &serde_json::Value, journal: &str) {
-    assert_eq!(report["mode"], "spawn");
+    assert!(
+        report["mode"].as_str().unwrap().starts_with("spawn"),
+        "{report}"
+    );
     assert_eq!(report["journal"], journal);
     assert_eq!(report["security_module"], "software");
     assert_eq!(report["terminals"], 2);
@@ -139,4 +142,14 @@ fn no_log_line_of_a_bench_run_carries_a_card_number_or_pin() {
             "PIN in a log line: {line}"
         );
     }
+}
+
+#[test]
+fn smoke_run_through_the_simulated_host() {
+    let journal = TestJournal::new(Backend::Sqlite);
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_file(dir.path(), &journal);
+    let report = report(&bench(&config, &["--five-roles"], "warn"));
+    assert_eq!(report["mode"], "spawn-five-roles");
+    check_counts(&report, "sqlite");
 }
