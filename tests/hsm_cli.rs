@@ -136,6 +136,16 @@ fn software_key_file_keeps_imported_keys() {
         ],
         &[],
     );
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+        assert_eq!(
+            mode & 0o077,
+            0,
+            "a key file with clear keys must be private: {mode:o}"
+        );
+    }
     let list = ok(&["hsm", "keys", "list", "--key-file", path, "--json"], &[]);
     let keys: serde_json::Value = serde_json::from_str(&list).unwrap();
     assert_eq!(keys[0]["label"], "tak/1");

@@ -225,8 +225,23 @@ fn save(path: &Path, keys: &BTreeMap<String, Stored>) -> Result<()> {
     };
     let text = Zeroizing::new(toml::to_string(&file).map_err(|e| fail(e.to_string()))?);
     let temporary = path.with_extension("tmp");
-    std::fs::write(&temporary, text.as_bytes()).map_err(|e| fail(e.to_string()))?;
+    write_private(&temporary, text.as_bytes()).map_err(|e| fail(e.to_string()))?;
     std::fs::rename(&temporary, path).map_err(|e| fail(e.to_string()))
+}
+
+/// Writes a file only its owner can read: it holds clear keys.
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path)?;
+    file.write_all(bytes)?;
+    file.sync_all()
 }
 
 impl SecurityModule for SoftwareModule {
