@@ -210,7 +210,8 @@ pub struct Capabilities {
     pub backend: String,
     /// One line on what is behind the module (library, token, firmware).
     pub description: String,
-    /// Whether the module is fit for production at all (the software module never is).
+    /// Whether PIN blocks and working keys stay inside secure hardware throughout (PCI PIN). False
+    /// for the software module, and for `pkcs11` until key import happens inside the token.
     pub production: bool,
     /// Where PIN blocks are in clear during a translation between keys of the same format.
     pub pin_translation: PinTranslation,

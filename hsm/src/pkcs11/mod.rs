@@ -644,7 +644,8 @@ impl SecurityModule for Pkcs11Module {
         Capabilities {
             backend: "pkcs11".into(),
             description: format!("{}, {} sessions", self.description, self.pool.size()),
-            production: self.translation == PinTranslation::InToken,
+            // Working keys still pass through host memory on import, so not yet, on any token.
+            production: false,
             pin_translation: self.translation,
             key_transport: KeyTransport::HostMemory,
             notes,
