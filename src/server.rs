@@ -232,6 +232,11 @@ fn start_upstream(
                 Ok(count) => tracing::info!(count, "reversals acknowledged"),
                 Err(error) => tracing::warn!(%error, "reversal delivery failed; will retry"),
             }
+            match crate::orders::forward::deliver_advices(store, upstream).await {
+                Ok(0) => {}
+                Ok(count) => tracing::info!(count, "refund advices acknowledged"),
+                Err(error) => tracing::warn!(%error, "advice delivery failed; will retry"),
+            }
         }
     }));
     tracing::info!(hosts = gateway.config.hosts.len(), "upstream links started");

@@ -272,6 +272,42 @@ async fn reversals_wait_for_a_host_that_went_away() {
             .iter()
             .all(|e| e.state == LedgerState::Reversed)
     );
+    // A refund of a sale the host approved goes there as a 0220 advice; at most what is left.
+    let (code, voucher) = sale(&mut terminal, &wallet, 2_000, "d4").await;
+    assert_eq!(code, "00");
+    let cny = |amount_minor| Money {
+        amount_minor,
+        currency: CNY,
+    };
+    assert_eq!(
+        terminal
+            .refund(&voucher, cny(500))
+            .await
+            .unwrap()
+            .response_code,
+        "00"
+    );
+    assert_eq!(
+        terminal
+            .refund(&voucher, cny(1_600))
+            .await
+            .unwrap()
+            .response_code,
+        "13"
+    );
+    until("refund advice acknowledged", async || {
+        count(&store, "SELECT COUNT(*) FROM advices WHERE status = 'DONE'").await == 1
+    })
+    .await;
+    let refunded = handle
+        .ledger()
+        .into_iter()
+        .find(|e| e.amount_minor == 2_000)
+        .unwrap();
+    assert_eq!(
+        (refunded.state, refunded.refunded_minor),
+        (LedgerState::Approved, 500)
+    );
     // A void of a sale the host approved is forwarded as its reversal.
     let (code, voucher) = sale(&mut terminal, &wallet, 1_300, "d3").await;
     assert_eq!(code, "00");
@@ -299,7 +335,7 @@ async fn reversals_wait_for_a_host_that_went_away() {
         handle
             .ledger()
             .iter()
-            .all(|e| e.state == LedgerState::Reversed)
+            .all(|e| e.state == LedgerState::Reversed || e.amount_minor == 2_000)
     );
     running.stop().await;
     handle.stop().await;

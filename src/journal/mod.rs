@@ -87,6 +87,7 @@ pub async fn open(config: &JournalConfig) -> Result<Store, JournalError> {
 const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("migrations/0001_core.sql")),
     (2, include_str!("migrations/0002_upstream.sql")),
+    (3, include_str!("migrations/0003_advices.sql")),
 ];
 
 /// Applies the migrations not yet recorded in `schema_migrations`. Several gateways starting

@@ -396,31 +396,90 @@ pub async fn recover_standby(store: &Store, config: &UpstreamConfig) -> Result<u
     Ok(changed)
 }
 
+/// A store-and-forward queue of messages to hosts: reversals, and refund advices.
+struct Queue {
+    /// Table (`reversals` or `advices`) and its id column.
+    table: &'static str,
+    id: &'static str,
+    /// MTI of the first send and of the repeats.
+    mtis: (&'static str, &'static str),
+    /// Answers that end the message as delivered.
+    done: &'static [&'static str],
+    /// Answers that end it as refused by the host (an operator must look).
+    refused: &'static [&'static str],
+    /// What delivery changes besides the queue row ($1 = the row's id).
+    after_done: Option<&'static str>,
+}
+
+fn reversal_queue(config: &UpstreamConfig) -> Queue {
+    Queue {
+        table: "reversals",
+        id: "reversal_id",
+        mtis: if config.reversal_as_advice {
+            ("0420", "0421")
+        } else {
+            ("0400", "0401")
+        },
+        // 25: the host never saw the sale, nothing to reverse; 12/94: already reversed.
+        done: &["00", "25", "12", "94"],
+        refused: &[],
+        after_done: Some(
+            "UPDATE orders SET state = CASE WHEN state = 'PAID' THEN 'REVERSED' ELSE state END \
+             WHERE order_id = (SELECT f.order_id FROM forwarded_sales f JOIN reversals r ON r.forward_id = f.forward_id \
+             WHERE r.reversal_id = $1)",
+        ),
+    }
+}
+
+const ADVICE_QUEUE: Queue = Queue {
+    table: "advices",
+    id: "advice_id",
+    mtis: ("0220", "0221"),
+    done: &["00"],
+    refused: &["12", "13", "25", "30"],
+    after_done: None,
+};
+
 /// Sends the due queued reversals once; returns how many the hosts acknowledged.
 pub async fn deliver_reversals(store: &Store, upstream: &Upstream) -> Result<usize, JournalError> {
+    deliver(store, upstream, &reversal_queue(&upstream.config)).await
+}
+
+/// Sends the due refund advices once; returns how many the hosts acknowledged.
+pub async fn deliver_advices(store: &Store, upstream: &Upstream) -> Result<usize, JournalError> {
+    deliver(store, upstream, &ADVICE_QUEUE).await
+}
+
+/// Takes the due rows of a queue (`FOR UPDATE SKIP LOCKED`: one gateway per row), sends each,
+/// and records the answer; unanswered ones are retried with back-off until they expire.
+async fn deliver(store: &Store, upstream: &Upstream, queue: &Queue) -> Result<usize, JournalError> {
     let config = &upstream.config;
     let mut tx = store.begin().await?;
     let sql = format!(
-        "SELECT reversal_id, host, message, attempts, expires_at_ms FROM reversals WHERE status = 'QUEUED' \
+        "SELECT {}, host, message, attempts, expires_at_ms FROM {} WHERE status = 'QUEUED' \
          AND next_attempt_at_ms <= $1 ORDER BY next_attempt_at_ms LIMIT 10{}",
+        queue.id,
+        queue.table,
         tx.for_update_skip_locked()
     );
     let due = tx.query(&sql, &[now_ms().into()]).await?;
     let mut acknowledged = 0;
     for row in due {
-        let reversal_id = row.text(0)?;
+        let id = row.text(0)?;
         let host = row.text(1)?;
         let attempts = row.i64(3)?;
         if now_ms() >= row.i64(4)? {
             tracing::error!(
-                reversal_id,
+                table = queue.table,
+                id,
                 host,
                 attempts,
-                "reversal EXPIRED without acknowledgement: reconcile by hand"
+                "EXPIRED without acknowledgement: reconcile by hand"
             );
-            set_reversal(
+            set_row(
                 &mut tx,
-                &reversal_id,
+                queue,
+                &id,
                 status::EXPIRED,
                 attempts,
                 now_ms(),
@@ -430,9 +489,10 @@ pub async fn deliver_reversals(store: &Store, upstream: &Upstream) -> Result<usi
             continue;
         }
         let Some(link) = upstream.link(&host) else {
-            set_reversal(
+            set_row(
                 &mut tx,
-                &reversal_id,
+                queue,
+                &id,
                 status::QUEUED,
                 attempts,
                 now_ms() + 60_000,
@@ -441,49 +501,76 @@ pub async fn deliver_reversals(store: &Store, upstream: &Upstream) -> Result<usi
             .await?;
             continue;
         };
-        let message = reversal_request(&row.text(2)?, attempts > 0, config.reversal_as_advice)?;
+        let mti = if attempts > 0 {
+            queue.mtis.1
+        } else {
+            queue.mtis.0
+        };
+        let message = stored_request(&row.text(2)?, mti)?;
         let deadline = Duration::from_millis(config.sale_timeout_ms);
-        match link.request(message, deadline).await {
-            // 00 done; 25: the host never saw the sale: nothing to reverse; 12/94 (already
-            // reversed) likewise ends it.
-            Ok(answer) if matches!(answer.response_code(), Some("00" | "25" | "12" | "94")) => {
+        let answer = link.request(message, deadline).await;
+        let code = answer
+            .as_ref()
+            .ok()
+            .and_then(|a| a.response_code().map(str::to_owned));
+        match code.as_deref() {
+            Some(code) if queue.done.contains(&code) => {
                 acknowledged += 1;
-                set_reversal(
+                set_row(
                     &mut tx,
-                    &reversal_id,
+                    queue,
+                    &id,
                     status::DONE,
                     attempts + 1,
                     now_ms(),
                     None,
                 )
                 .await?;
-                tx.execute(
-                    "UPDATE orders SET state = CASE WHEN state = 'PAID' THEN 'REVERSED' ELSE state END, updated_at_ms = $2 \
-                     WHERE order_id = (SELECT f.order_id FROM forwarded_sales f JOIN reversals r ON r.forward_id = f.forward_id \
-                     WHERE r.reversal_id = $1)",
-                    &[reversal_id.as_str().into(), now_ms().into()],
+                if let Some(sql) = queue.after_done {
+                    tx.execute(sql, &[id.as_str().into()]).await?;
+                }
+            }
+            Some(code) if queue.refused.contains(&code) => {
+                tracing::error!(
+                    table = queue.table,
+                    id,
+                    host,
+                    code,
+                    "refused by the host: reconcile by hand"
+                );
+                set_row(
+                    &mut tx,
+                    queue,
+                    &id,
+                    "REFUSED",
+                    attempts + 1,
+                    now_ms(),
+                    Some(&format!("answered {code}")),
                 )
                 .await?;
             }
-            other => {
-                let error = match other {
-                    Ok(answer) => format!("answered {}", answer.response_code().unwrap_or("?")),
-                    Err(error) => error.to_string(),
+            _ => {
+                let error = match (&answer, code) {
+                    (_, Some(code)) => format!("answered {code}"),
+                    (Err(error), None) => error.to_string(),
+                    (Ok(_), None) => "answer without response code".to_owned(),
                 };
-                let backoff = backoff_ms(config, attempts);
                 tracing::warn!(
-                    reversal_id,
+                    table = queue.table,
+                    id,
                     host,
                     attempts = attempts + 1,
                     error,
-                    "reversal not acknowledged; will retry"
+                    "not acknowledged; will retry"
                 );
-                set_reversal(
+                let next = now_ms() + backoff_ms(config, attempts);
+                set_row(
                     &mut tx,
-                    &reversal_id,
+                    queue,
+                    &id,
                     status::QUEUED,
                     attempts + 1,
-                    now_ms() + backoff,
+                    next,
                     Some(&error),
                 )
                 .await?;
@@ -501,38 +588,117 @@ fn backoff_ms(config: &UpstreamConfig, attempts: i64) -> i64 {
     i64::try_from(doubled.min(config.reversal_retry_max_ms)).unwrap_or(i64::MAX / 4)
 }
 
-async fn set_reversal(
+async fn set_row(
     tx: &mut Tx,
-    reversal_id: &str,
+    queue: &Queue,
+    id: &str,
     status: &str,
     attempts: i64,
     next_at: i64,
     error: Option<&str>,
 ) -> Result<(), JournalError> {
+    let sql = format!(
+        "UPDATE {} SET status = $2, attempts = $3, next_attempt_at_ms = $4, last_error = $5, updated_at_ms = $6 WHERE {} = $1",
+        queue.table, queue.id
+    );
     tx.execute(
-        "UPDATE reversals SET status = $2, attempts = $3, next_attempt_at_ms = $4, last_error = $5, updated_at_ms = $6 \
-         WHERE reversal_id = $1",
-        &[reversal_id.into(), status.into(), attempts.into(), next_at.into(), error.map(str::to_owned).into(), now_ms().into()],
+        &sql,
+        &[
+            id.into(),
+            status.into(),
+            attempts.into(),
+            next_at.into(),
+            error.map(str::to_owned).into(),
+            now_ms().into(),
+        ],
     )
     .await?;
     Ok(())
 }
 
-fn reversal_request(stored: &str, repeat: bool, advice: bool) -> Result<IsoMessage, JournalError> {
-    let json: serde_json::Value = serde_json::from_str(stored)
-        .map_err(|e| JournalError::Schema(format!("reversal message: {e}")))?;
-    let mti = match (advice, repeat) {
-        (false, false) => "0400",
-        (false, true) => "0401",
-        (true, false) => "0420",
-        (true, true) => "0421",
+/// Queues a refund advice (0220) for a sale an upstream host approved: at most what is left of
+/// the sale after earlier refunds, and never for a sale being reversed. The advice carries the
+/// original data elements (field 90) and its own RRN (the host's key against repeats).
+pub async fn queue_refund(
+    tx: &mut Tx,
+    order_id: &str,
+    amount: crate::money::Money,
+    config: &UpstreamConfig,
+) -> Result<Result<(), (super::ResponseCode, String)>, JournalError> {
+    let row = tx
+        .query_opt(
+            "SELECT f.forward_id, f.host, f.amount_minor, f.currency, r.message, r.status FROM forwarded_sales f \
+             JOIN reversals r ON r.forward_id = f.forward_id WHERE f.order_id = $1 AND f.state = 'APPROVED'",
+            &[order_id.into()],
+        )
+        .await?;
+    let Some(row) = row else {
+        return Ok(Err((
+            super::ResponseCode::InvalidTransaction,
+            "no sale approved by a host".into(),
+        )));
     };
+    let (forward_id, host, sale_amount, currency) =
+        (row.text(0)?, row.text(1)?, row.i64(2)?, row.i64(3)?);
+    if row.text(5)? != status::CANCELLED {
+        return Ok(Err((
+            super::ResponseCode::InvalidTransaction,
+            "the sale is being reversed".into(),
+        )));
+    }
+    let refunded = tx
+        .query_opt(
+            "SELECT CAST(COALESCE(SUM(amount_minor), 0) AS BIGINT) FROM advices WHERE forward_id = $1 AND status IN ('QUEUED', 'DONE')",
+            &[forward_id.as_str().into()],
+        )
+        .await?
+        .map(|r| r.i64(0))
+        .transpose()?
+        .unwrap_or(0);
+    if i64::from(amount.currency) != currency
+        || amount.amount_minor <= 0
+        || amount.amount_minor > sale_amount - refunded
+    {
+        return Ok(Err((
+            super::ResponseCode::InvalidAmount,
+            format!("refund of {amount} exceeds what is left of the sale"),
+        )));
+    }
+    let mut json: serde_json::Value = serde_json::from_str(&row.text(4)?)
+        .map_err(|e| JournalError::Schema(format!("reversal message: {e}")))?;
+    if let Some(fields) = json["fields"].as_object_mut() {
+        for number in ["11", "12", "13", "39"] {
+            fields.remove(number);
+        }
+        fields.insert("3".into(), "200000".into());
+        fields.insert("4".into(), amount.iso8583_amount().into());
+        let rrn: String = (0..12)
+            .map(|_| char::from(b'0' + rand::random_range(0..10u8)))
+            .collect();
+        fields.insert("37".into(), rrn.into());
+    }
+    let now = now_ms();
+    let expires = now
+        + i64::try_from(config.reversal_expiry_secs.saturating_mul(1000)).unwrap_or(i64::MAX / 2);
+    tx.execute(
+        "INSERT INTO advices (advice_id, forward_id, host, kind, amount_minor, status, message, attempts, next_attempt_at_ms, \
+         expires_at_ms, created_at_ms, updated_at_ms) VALUES ($1, $2, $3, 'refund', $4, 'QUEUED', $5, 0, $6, $7, $6, $6)",
+        &[new_id().into(), forward_id.into(), host.into(), amount.amount_minor.into(), json.to_string().into(), now.into(), expires.into()],
+    )
+    .await?;
+    Ok(Ok(()))
+}
+
+/// Rebuilds a queued message from its stored fields.
+fn stored_request(stored: &str, mti: &str) -> Result<IsoMessage, JournalError> {
+    let json: serde_json::Value = serde_json::from_str(stored)
+        .map_err(|e| JournalError::Schema(format!("queued message: {e}")))?;
     let mut message = IsoMessage::new(mti);
     if let Some(fields) = json["fields"].as_object() {
         for (number, value) in fields {
             let number: u16 = number
                 .parse()
-                .map_err(|_| JournalError::Schema(format!("reversal field {number}")))?;
+                .map_err(|_| JournalError::Schema(format!("queued field {number}")))?;
             message.set(number, text(value.as_str().unwrap_or_default()));
         }
     }

@@ -1084,13 +1084,32 @@ impl OrderService {
                 &[order.order_id.as_str().into()],
             )
             .await?
-            .and_then(|row| row.opt_text(0).ok().flatten())
-            .ok_or_else(|| {
-                OrderError::refused(
-                    ResponseCode::InvalidTransaction,
-                    "a sale approved upstream is voided, not refunded here",
-                )
-            })?;
+            .and_then(|row| row.opt_text(0).ok().flatten());
+        let Some(payer) = payer else {
+            // Approved by an upstream host: the refund goes there as an advice.
+            let upstream_config = self
+                .upstream
+                .as_ref()
+                .map(|u| u.config.clone())
+                .unwrap_or_default();
+            return match forward::queue_refund(&mut tx, &order.order_id, amount, &upstream_config)
+                .await?
+            {
+                Ok(()) => {
+                    record_event(
+                        &mut tx,
+                        &order.order_id,
+                        Some(OrderState::Paid),
+                        OrderState::Paid,
+                        &format!("refund advice of {amount} queued"),
+                    )
+                    .await?;
+                    tx.commit().await?;
+                    Ok(order)
+                }
+                Err((code, reason)) => Err(OrderError::refused(code, reason)),
+            };
+        };
         let refunded = tx
             .query_opt(
                 "SELECT CAST(COALESCE(SUM(amount_minor), 0) AS BIGINT) FROM postings WHERE order_id = $1 AND kind = 'refund' AND account_id = $2",

@@ -236,6 +236,8 @@ pub struct LedgerEntry {
     pub state: LedgerState,
     /// F38 given (empty for [`LedgerState::ReversedUnseen`]).
     pub auth_code: String,
+    /// Refunded so far (0220 refund advices), minor units.
+    pub refunded_minor: u64,
 }
 
 type SaleKey = (String, String, String);
@@ -255,6 +257,8 @@ struct Books {
     /// The full PAN of each ledger entry (the ledger itself shows it masked).
     pans: Vec<String>,
     index: HashMap<SaleKey, usize>,
+    /// F37 of every refund advice applied (a repeat 0221 moves no money).
+    refunds: std::collections::HashSet<String>,
 }
 
 enum Out {
@@ -702,6 +706,7 @@ async fn handle(shared: &Shared, connection: u64, frame: Vec<u8>, out: mpsc::Sen
         let message = match request.mti.as_str() {
             "0200" => sale(shared, &request).await,
             "0400" | "0401" | "0420" | "0421" => reversal(shared, &request),
+            "0220" | "0221" => refund(shared, &request),
             _ => request.response("12"),
         };
         Answer {
@@ -905,12 +910,50 @@ async fn sale(shared: &Shared, request: &IsoMessage) -> IsoMessage {
         amount_minor: amount,
         state: LedgerState::Approved,
         auth_code: auth_code.clone(),
+        refunded_minor: 0,
     });
     books.pans.push(pan.to_owned());
     books.index.insert(key, position);
     let mut response = request.response("00");
     response.set(38, auth_code).set(37, rrn);
     response
+}
+
+/// 0220/0221 refund advice: the original sale is found as for a reversal; the refund's own
+/// F37 makes a repeat idempotent. At most what is left of the sale is refunded (13 otherwise).
+fn refund(shared: &Shared, request: &IsoMessage) -> IsoMessage {
+    let original_stan = match request.get(90) {
+        Some(f90) if f90.len() >= 10 => String::from_utf8_lossy(&f90[4..10]).into_owned(),
+        _ => return request.response("30"),
+    };
+    let key = sale_key(request, &original_stan);
+    let refund_id = request.text(37).unwrap_or_default().to_owned();
+    let amount = request
+        .text(4)
+        .and_then(|a| a.parse::<u64>().ok())
+        .unwrap_or(0);
+    let mut books = lock(&shared.books);
+    let Some(&position) = books.index.get(&key) else {
+        return request.response("25");
+    };
+    if books.refunds.contains(&refund_id) {
+        return request.response("00");
+    }
+    let entry = books.ledger[position].clone();
+    if entry.state != LedgerState::Approved {
+        return request.response("12");
+    }
+    if amount == 0 || amount > entry.amount_minor - entry.refunded_minor {
+        return request.response("13");
+    }
+    let pan = books.pans[position].clone();
+    match books.accounts.get_mut(&pan) {
+        Some(account) => account.balance_minor += amount,
+        None => return request.response("96"),
+    }
+    books.ledger[position].refunded_minor += amount;
+    books.refunds.insert(refund_id);
+    request.response("00")
 }
 
 /// 0400/0401/0420/0421: the original is found by F32 + F41 + original STAN (F90 positions 5-10,
@@ -937,6 +980,7 @@ fn reversal(shared: &Shared, request: &IsoMessage) -> IsoMessage {
             amount_minor: amount,
             state: LedgerState::ReversedUnseen,
             auth_code: String::new(),
+            refunded_minor: 0,
         });
         books.pans.push(String::new());
         books.index.insert(key, position);
