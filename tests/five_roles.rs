@@ -727,3 +727,36 @@ async fn readiness_and_metrics_follow_the_host_link() {
     .await;
     running.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_falls_back_while_its_primary_host_is_down() {
+    let (addr, handle) = host(SimHostConfig::default()).await;
+    // A primary nobody listens on: its link never signs on.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let journal = TestJournal::new(Backend::Sqlite);
+    let running = start_with(&journal, |c| {
+        five_roles(c, addr, 800);
+        let mut primary = c.hosts[0].clone();
+        primary.name = "primary".into();
+        primary.addrs = vec![dead.to_string()];
+        c.hosts.push(primary);
+        c.routes = vec![posbridge::config::RouteConfig {
+            prefix: "622202".into(),
+            target: "primary".into(),
+            fallback: Some("cups".into()),
+        }];
+    })
+    .await;
+    signed_on(&handle).await;
+    let mut terminal = terminal_client(&running).await;
+    terminal.sign_on().await.unwrap();
+    let wallet = wallet_client(&running);
+    let (code, _) = sale(&mut terminal, &wallet, 1_500, "fb").await;
+    assert_eq!(code, "00");
+    assert_eq!(handle.ledger().len(), 1, "the fallback host approved it");
+    running.stop().await;
+    handle.stop().await;
+}

@@ -405,6 +405,21 @@ pub async fn answer_hold(
     let Some(order) = order else {
         return respond(gateway, &message, ResponseCode::NotFound, |_| Ok(())).await;
     };
+    // The result of a held sale: its span carries what an operator looks up (never the PAN).
+    let span = tracing::info_span!(
+        "terminal",
+        mti = message.mti(),
+        tid = order.tid.as_deref().unwrap_or_default(),
+        batch = order.batch.as_deref().unwrap_or_default(),
+        voucher = order.voucher.as_deref().unwrap_or_default(),
+        rrn = order.rrn.as_deref().unwrap_or_default(),
+    );
+    answer_order(gateway, &message, order)
+        .instrument(span)
+        .await
+}
+
+async fn answer_order(gateway: &Gateway, message: &Message<'_>, order: &Order) -> Option<Vec<u8>> {
     let code = match order.state() {
         OrderState::Created | OrderState::Authorizing => ResponseCode::InProgress,
         OrderState::Paid => ResponseCode::Approved,
@@ -416,7 +431,7 @@ pub async fn answer_hold(
     let amount = order.amount.iso8583_amount();
     let rrn = order.rrn.clone();
     let auth = order.auth_code.clone();
-    respond(gateway, &message, code, move |b| {
+    respond(gateway, message, code, move |b| {
         b.set(4, amount.clone().into_bytes())?;
         if let Some(rrn) = &rrn {
             b.set(37, rrn.clone().into_bytes())?;
