@@ -65,13 +65,7 @@ async fn pay_with(
 }
 
 async fn balance(orders: &OrderService, account: &str) -> i64 {
-    let mut tx = orders.store().begin().await.unwrap();
-    let account = posbridge::ledger::account(&mut tx, account)
-        .await
-        .unwrap()
-        .unwrap();
-    tx.commit().await.unwrap();
-    account.balance.amount_minor
+    common::balance(orders.store(), account).await
 }
 
 async fn happy_path(backend: Backend) {

@@ -113,13 +113,10 @@ async fn both_flows_and_receipts(backend: Backend) {
             .response_code,
         "00"
     );
-    let mut tx = running.seeded.store.begin().await.unwrap();
-    let payer = posbridge::ledger::account(&mut tx, "payer-1")
-        .await
-        .unwrap()
-        .unwrap();
-    tx.commit().await.unwrap();
-    assert_eq!(payer.balance.amount_minor, OPENING - 1500);
+    assert_eq!(
+        balance(&running.seeded.store, "payer-1").await,
+        OPENING - 1500
+    );
     assert_eq!(
         assert_ledger_conserved(&running.seeded.store).await,
         OPENING
@@ -312,15 +309,7 @@ async fn void_and_refund(backend: Backend) {
         .await
         .unwrap();
     assert_eq!(paid.response_code(), Some("00"));
-    let balance = async || {
-        let mut tx = running.seeded.store.begin().await.unwrap();
-        let payer = posbridge::ledger::account(&mut tx, "payer-1")
-            .await
-            .unwrap()
-            .unwrap();
-        tx.commit().await.unwrap();
-        payer.balance.amount_minor
-    };
+    let balance = async || balance(&running.seeded.store, "payer-1").await;
     assert_eq!(balance().await, OPENING - 2372);
     // Partial refund, then one that exceeds what is left.
     assert_eq!(

@@ -432,3 +432,14 @@ pub async fn restart(journal: &TestJournal) -> Running {
     })
     .await
 }
+
+/// An account's balance in minor units.
+pub async fn balance(store: &Store, account: &str) -> i64 {
+    let mut tx = store.begin().await.unwrap();
+    let account = posbridge::ledger::account(&mut tx, account)
+        .await
+        .unwrap()
+        .unwrap();
+    tx.commit().await.unwrap();
+    account.balance.amount_minor
+}
