@@ -40,6 +40,27 @@ async fn signed_on(handle: &SimHostHandle) {
     panic!("posbridge never signed on to the host");
 }
 
+/// A five-role configuration file for a `posbridge serve` process on `journal` and `host`.
+fn config_file(
+    dir: &std::path::Path,
+    journal: &TestJournal,
+    host: std::net::SocketAddr,
+    sale_timeout_ms: u64,
+) -> std::path::PathBuf {
+    let path = dir.join("posbridge.toml");
+    let text = format!(
+        "[journal]\nurl = \"{}\"\nschema = \"{}\"\n[terminal]\nlisten = \"127.0.0.1:0\"\n[wallet_api]\nlisten = \"127.0.0.1:0\"\n\
+         [metrics]\nlisten = \"127.0.0.1:0\"\n[upstream]\nsale_timeout_ms = {sale_timeout_ms}\nreversal_poll_ms = 100\n\
+         [[hosts]]\nname = \"cups\"\naddrs = [\"{host}\"]\ndialect = \"cups-host\"\nconnections = 1\nmac_key = \"zak/upstream\"\n\
+         pin_key = \"zpk/upstream\"\nzmk = \"zmk/upstream\"\ndestination_id = \"0001000\"\nsource_id = \"48020000\"\n\
+         backoff_initial_ms = 50\n[[routes]]\nprefix = \"622202\"\ntarget = \"cups\"\n",
+        journal.config.url.as_deref().unwrap(),
+        journal.config.schema,
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
 fn when_amount_ends(suffix: &str) -> Condition {
     Condition {
         mti: Some("0200".into()),
@@ -342,7 +363,7 @@ async fn reversals_wait_for_a_host_that_went_away() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_gateways_on_one_database_send_each_reversal_once() {
+async fn two_gateway_processes_on_one_database_send_each_reversal_once() {
     let (addr, handle) = host(SimHostConfig {
         faults: vec![FaultRule {
             when: when_amount_ends("91"),
@@ -353,21 +374,10 @@ async fn two_gateways_on_one_database_send_each_reversal_once() {
     .await;
     let journal = TestJournal::new(Backend::Postgres);
     let first = start_with(&journal, |c| five_roles(c, addr, 500)).await;
-    // The second gateway shares the journal (same schema) and the host; it only reverses.
-    let mut second_config = config(&journal);
-    five_roles(&mut second_config, addr, 500);
-    let second_gateway = posbridge::server::open(second_config).await.unwrap();
-    let listeners = posbridge::server::Listeners::bind(&second_gateway.config)
-        .await
-        .unwrap();
-    let (stop_second, stopped) = tokio::sync::oneshot::channel::<()>();
-    let second = tokio::spawn(posbridge::server::run(
-        second_gateway,
-        listeners,
-        async move {
-            let _ = stopped.await;
-        },
-    ));
+    // The second gateway is another OS process on the same journal (schema) and host; it
+    // takes its share of the reversal queue.
+    let dir = tempfile::tempdir().unwrap();
+    let second = ServeProcess::start(&config_file(dir.path(), &journal, addr, 500), &[]);
     signed_on(&handle).await;
     let mut terminal = terminal_client(&first).await;
     terminal.sign_on().await.unwrap();
@@ -397,8 +407,7 @@ async fn two_gateways_on_one_database_send_each_reversal_once() {
             .iter()
             .all(|e| e.state == LedgerState::Reversed)
     );
-    let _ = stop_second.send(());
-    second.await.unwrap().unwrap();
+    drop(second);
     first.stop().await;
     handle.stop().await;
 }
@@ -586,20 +595,7 @@ fn a_sale_interrupted_by_sigkill_is_reversed_after_restart() {
     }));
     let dir = tempfile::tempdir().unwrap();
     let journal = TestJournal::new(Backend::Postgres);
-    let config = dir.path().join("posbridge.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[journal]\nurl = \"{}\"\nschema = \"{}\"\n[terminal]\nlisten = \"127.0.0.1:0\"\n[wallet_api]\nlisten = \"127.0.0.1:0\"\n\
-             [metrics]\nlisten = \"127.0.0.1:0\"\n[upstream]\nsale_timeout_ms = 60000\nreversal_poll_ms = 100\n\
-             [[hosts]]\nname = \"cups\"\naddrs = [\"{addr}\"]\ndialect = \"cups-host\"\nconnections = 1\nmac_key = \"zak/upstream\"\n\
-             pin_key = \"zpk/upstream\"\nzmk = \"zmk/upstream\"\ndestination_id = \"0001000\"\nsource_id = \"48020000\"\n\
-             backoff_initial_ms = 50\n[[routes]]\nprefix = \"622202\"\ntarget = \"cups\"\n",
-            journal.config.url.as_deref().unwrap(),
-            journal.config.schema,
-        ),
-    )
-    .unwrap();
+    let config = config_file(dir.path(), &journal, addr, 60_000);
     let seed = std::process::Command::new(env!("CARGO_BIN_EXE_posbridge"))
         .args(["admin", "seed-demo", "--config"])
         .arg(&config)
