@@ -17,7 +17,7 @@
 
 use super::service::Order;
 use crate::config::{Config, RouteConfig, UpstreamConfig};
-use crate::journal::{JournalError, Store, Tx, new_id, now_ms};
+use crate::journal::{JournalError, Row, Store, Tx, new_id, now_ms};
 use crate::security::Security;
 use crate::upstream::{HostLink, IsoMessage, LinkError, Unmatched};
 use posbridge_hsm::PinBlockFormat;
@@ -450,25 +450,87 @@ pub async fn deliver_advices(store: &Store, upstream: &Upstream) -> Result<usize
     deliver(store, upstream, &ADVICE_QUEUE).await
 }
 
-/// Takes the due rows of a queue (`FOR UPDATE SKIP LOCKED`: one gateway per row), sends each,
-/// and records the answer; unanswered ones are retried with back-off until they expire.
+/// Sends up to ten due messages of a queue, each in its own transaction: on PostgreSQL the row
+/// is taken `FOR UPDATE SKIP LOCKED` (so gateways sharing the journal send each one once) and
+/// its lock held only across that one exchange. An embedded SQLite journal belongs to one
+/// process, whose single worker reads the row without a lock: holding SQLite's database-wide
+/// write lock across a network call would stall every payment.
 async fn deliver(store: &Store, upstream: &Upstream, queue: &Queue) -> Result<usize, JournalError> {
-    let config = &upstream.config;
-    let mut tx = store.begin().await?;
-    let sql = format!(
-        "SELECT {}, host, message, attempts, expires_at_ms FROM {} WHERE status = 'QUEUED' \
-         AND next_attempt_at_ms <= $1 ORDER BY next_attempt_at_ms LIMIT 10{}",
-        queue.id,
-        queue.table,
-        tx.for_update_skip_locked()
-    );
-    let due = tx.query(&sql, &[now_ms().into()]).await?;
+    let sql = |lock: &str| {
+        format!(
+            "SELECT {}, host, message, attempts, expires_at_ms FROM {} WHERE status = 'QUEUED' \
+             AND next_attempt_at_ms <= $1 ORDER BY next_attempt_at_ms LIMIT 1{lock}",
+            queue.id, queue.table
+        )
+    };
     let mut acknowledged = 0;
-    for row in due {
-        let id = row.text(0)?;
-        let host = row.text(1)?;
-        let attempts = row.i64(3)?;
-        if now_ms() >= row.i64(4)? {
+    for _ in 0..10 {
+        let now = [now_ms().into()];
+        let delivered = match store.dialect() {
+            crate::journal::Dialect::Postgres => {
+                let mut tx = store.begin().await?;
+                let Some(row) = tx.query_opt(&sql(" FOR UPDATE SKIP LOCKED"), &now).await? else {
+                    break;
+                };
+                let outcome = send(upstream, queue, &row).await?;
+                let done = record(&mut tx, queue, &upstream.config, &row, outcome).await?;
+                tx.commit().await?;
+                done
+            }
+            crate::journal::Dialect::Sqlite => {
+                let Some(row) = store.read_opt(&sql(""), &now).await? else {
+                    break;
+                };
+                let outcome = send(upstream, queue, &row).await?;
+                let mut tx = store.begin().await?;
+                let done = record(&mut tx, queue, &upstream.config, &row, outcome).await?;
+                tx.commit().await?;
+                done
+            }
+        };
+        acknowledged += usize::from(delivered);
+    }
+    Ok(acknowledged)
+}
+
+/// What became of one queued message.
+enum Sent {
+    /// Past its expiry: not sent.
+    Expired,
+    /// Its host is not configured here: not sent.
+    NoHost,
+    /// Sent; the host's answer or the link's error.
+    Answer(Result<IsoMessage, LinkError>),
+}
+
+async fn send(upstream: &Upstream, queue: &Queue, row: &Row) -> Result<Sent, JournalError> {
+    if now_ms() >= row.i64(4)? {
+        return Ok(Sent::Expired);
+    }
+    let Some(link) = upstream.link(&row.text(1)?) else {
+        return Ok(Sent::NoHost);
+    };
+    let mti = if row.i64(3)? > 0 {
+        queue.mtis.1
+    } else {
+        queue.mtis.0
+    };
+    let message = stored_request(&row.text(2)?, mti)?;
+    let deadline = Duration::from_millis(upstream.config.sale_timeout_ms);
+    Ok(Sent::Answer(link.request(message, deadline).await))
+}
+
+/// Records what happened to one queued message; true when the host acknowledged it.
+async fn record(
+    tx: &mut Tx,
+    queue: &Queue,
+    config: &UpstreamConfig,
+    row: &Row,
+    sent: Sent,
+) -> Result<bool, JournalError> {
+    let (id, host, attempts) = (row.text(0)?, row.text(1)?, row.i64(3)?);
+    let answer = match sent {
+        Sent::Expired => {
             tracing::error!(
                 table = queue.table,
                 id,
@@ -477,7 +539,7 @@ async fn deliver(store: &Store, upstream: &Upstream, queue: &Queue) -> Result<us
                 "EXPIRED without acknowledgement: reconcile by hand"
             );
             set_row(
-                &mut tx,
+                tx,
                 queue,
                 &id,
                 status::EXPIRED,
@@ -486,11 +548,11 @@ async fn deliver(store: &Store, upstream: &Upstream, queue: &Queue) -> Result<us
                 Some("expired"),
             )
             .await?;
-            continue;
+            return Ok(false);
         }
-        let Some(link) = upstream.link(&host) else {
+        Sent::NoHost => {
             set_row(
-                &mut tx,
+                tx,
                 queue,
                 &id,
                 status::QUEUED,
@@ -499,86 +561,70 @@ async fn deliver(store: &Store, upstream: &Upstream, queue: &Queue) -> Result<us
                 Some("host not configured"),
             )
             .await?;
-            continue;
-        };
-        let mti = if attempts > 0 {
-            queue.mtis.1
-        } else {
-            queue.mtis.0
-        };
-        let message = stored_request(&row.text(2)?, mti)?;
-        let deadline = Duration::from_millis(config.sale_timeout_ms);
-        let answer = link.request(message, deadline).await;
-        let code = answer
-            .as_ref()
-            .ok()
-            .and_then(|a| a.response_code().map(str::to_owned));
-        match code.as_deref() {
-            Some(code) if queue.done.contains(&code) => {
-                acknowledged += 1;
-                set_row(
-                    &mut tx,
-                    queue,
-                    &id,
-                    status::DONE,
-                    attempts + 1,
-                    now_ms(),
-                    None,
-                )
-                .await?;
-                if let Some(sql) = queue.after_done {
-                    tx.execute(sql, &[id.as_str().into()]).await?;
-                }
+            return Ok(false);
+        }
+        Sent::Answer(answer) => answer,
+    };
+    let code = answer
+        .as_ref()
+        .ok()
+        .and_then(|a| a.response_code().map(str::to_owned));
+    match code.as_deref() {
+        Some(code) if queue.done.contains(&code) => {
+            set_row(tx, queue, &id, status::DONE, attempts + 1, now_ms(), None).await?;
+            if let Some(sql) = queue.after_done {
+                tx.execute(sql, &[id.as_str().into()]).await?;
             }
-            Some(code) if queue.refused.contains(&code) => {
-                tracing::error!(
-                    table = queue.table,
-                    id,
-                    host,
-                    code,
-                    "refused by the host: reconcile by hand"
-                );
-                set_row(
-                    &mut tx,
-                    queue,
-                    &id,
-                    "REFUSED",
-                    attempts + 1,
-                    now_ms(),
-                    Some(&format!("answered {code}")),
-                )
-                .await?;
-            }
-            _ => {
-                let error = match (&answer, code) {
-                    (_, Some(code)) => format!("answered {code}"),
-                    (Err(error), None) => error.to_string(),
-                    (Ok(_), None) => "answer without response code".to_owned(),
-                };
-                tracing::warn!(
-                    table = queue.table,
-                    id,
-                    host,
-                    attempts = attempts + 1,
-                    error,
-                    "not acknowledged; will retry"
-                );
-                let next = now_ms() + backoff_ms(config, attempts);
-                set_row(
-                    &mut tx,
-                    queue,
-                    &id,
-                    status::QUEUED,
-                    attempts + 1,
-                    next,
-                    Some(&error),
-                )
-                .await?;
-            }
+            Ok(true)
+        }
+        Some(code) if queue.refused.contains(&code) => {
+            tracing::error!(
+                table = queue.table,
+                id,
+                host,
+                code,
+                "refused by the host: reconcile by hand"
+            );
+            set_row(
+                tx,
+                queue,
+                &id,
+                "REFUSED",
+                attempts + 1,
+                now_ms(),
+                Some(&format!("answered {code}")),
+            )
+            .await?;
+            Ok(false)
+        }
+        _ => {
+            let error = match (&answer, code) {
+                (_, Some(code)) => format!("answered {code}"),
+                (Err(error), None) => error.to_string(),
+                (Ok(_), None) => "answer without response code".to_owned(),
+            };
+            tracing::warn!(
+                table = queue.table,
+                id,
+                host,
+                attempts = attempts + 1,
+                error,
+                "not acknowledged; will retry"
+            );
+            let next = now_ms() + backoff_ms(config, attempts);
+            set_row(
+                tx,
+                queue,
+                &id,
+                status::QUEUED,
+                attempts + 1,
+                next,
+                Some(&error),
+            )
+            .await?;
+            Ok(false)
         }
     }
-    tx.commit().await?;
-    Ok(acknowledged)
 }
 
 fn backoff_ms(config: &UpstreamConfig, attempts: i64) -> i64 {
