@@ -98,29 +98,40 @@ pub async fn register_merchant(
     Ok(merchant)
 }
 
-/// Reads a merchant.
-pub async fn merchant(tx: &mut Tx, mid: &str) -> Result<Option<Merchant>, JournalError> {
-    let row = tx
-        .query_opt(
-            "SELECT mid, name, city, mcc, country, currency, account_id, webhook_url, webhook_secret FROM merchants WHERE mid = $1",
-            &[mid.into()],
-        )
-        .await?;
-    row.map(|row| {
-        Ok(Merchant {
-            mid: row.text(0)?,
-            name: row.text(1)?,
-            city: row.text(2)?,
-            mcc: row.text(3)?,
-            country: row.text(4)?,
-            currency: u16::try_from(row.i64(5)?)
-                .map_err(|e| JournalError::Schema(e.to_string()))?,
-            account_id: row.text(6)?,
-            webhook_url: row.opt_text(7)?,
-            webhook_secret: row.opt_text(8)?,
-        })
+const MERCHANT_SQL: &str = "SELECT mid, name, city, mcc, country, currency, account_id, webhook_url, webhook_secret \
+     FROM merchants WHERE mid = $1";
+
+fn merchant_from_row(row: &Row) -> Result<Merchant, JournalError> {
+    Ok(Merchant {
+        mid: row.text(0)?,
+        name: row.text(1)?,
+        city: row.text(2)?,
+        mcc: row.text(3)?,
+        country: row.text(4)?,
+        currency: u16::try_from(row.i64(5)?).map_err(|e| JournalError::Schema(e.to_string()))?,
+        account_id: row.text(6)?,
+        webhook_url: row.opt_text(7)?,
+        webhook_secret: row.opt_text(8)?,
     })
-    .transpose()
+}
+
+/// Reads a merchant inside a transaction.
+pub async fn merchant(tx: &mut Tx, mid: &str) -> Result<Option<Merchant>, JournalError> {
+    tx.query_opt(MERCHANT_SQL, &[mid.into()])
+        .await?
+        .as_ref()
+        .map(merchant_from_row)
+        .transpose()
+}
+
+/// Reads a merchant on its own (one autocommit statement).
+pub async fn read_merchant(store: &Store, mid: &str) -> Result<Option<Merchant>, JournalError> {
+    store
+        .read_opt(MERCHANT_SQL, &[mid.into()])
+        .await?
+        .as_ref()
+        .map(merchant_from_row)
+        .transpose()
 }
 
 /// Registers a terminal of a merchant.
@@ -345,14 +356,12 @@ pub async fn store_working_keys(
 
 /// The working keys of a terminal's last sign-on, if any.
 pub async fn working_keys(store: &Store, tid: &str) -> Result<Option<WorkingKeys>, JournalError> {
-    let mut tx = store.begin().await?;
-    let row = tx
-        .query_opt(
+    let row = store
+        .read_opt(
             "SELECT tpk_cryptogram, tpk_kcv, tak_cryptogram, tak_kcv FROM terminals WHERE tid = $1 AND tak_cryptogram IS NOT NULL",
             &[tid.into()],
         )
         .await?;
-    tx.commit().await?;
     row.map(|row| {
         Ok(WorkingKeys {
             pin_key: (row.bytes(0)?, row.bytes(1)?),

@@ -215,15 +215,23 @@ fn start_upstream(
     }
     let every = Duration::from_millis(gateway.config.upstream.reversal_poll_ms);
     let worker = gateway.clone();
+    // Recovery of sales left in flight is a write over the whole reversal table: once a second
+    // is plenty (the queued rows are then sent at the polling pace).
+    let mut last_recovery: Option<std::time::Instant> = None;
     tasks.spawn(periodic(stop.clone(), every, move || {
         let worker = worker.clone();
+        let recover = last_recovery.is_none_or(|at| at.elapsed() >= Duration::from_secs(1));
+        if recover {
+            last_recovery = Some(std::time::Instant::now());
+        }
         async move {
             let Some(upstream) = worker.orders.upstream() else {
                 return;
             };
             let store = worker.orders.store();
-            if let Err(error) =
-                crate::orders::forward::recover_standby(store, &upstream.config).await
+            if recover
+                && let Err(error) =
+                    crate::orders::forward::recover_standby(store, &upstream.config).await
             {
                 tracing::warn!(%error, "reversal recovery failed; will retry");
             }

@@ -235,10 +235,7 @@ fn payer_account(i: usize) -> String {
 }
 
 async fn merchant_exists(store: &Store, i: usize) -> anyhow::Result<bool> {
-    let mut tx = store.begin().await?;
-    let merchant = admin::merchant(&mut tx, &mid(i)).await?;
-    tx.commit().await?;
-    Ok(merchant.is_some())
+    Ok(admin::read_merchant(store, &mid(i)).await?.is_some())
 }
 
 async fn payer_exists(store: &Store, i: usize) -> anyhow::Result<bool> {

@@ -22,7 +22,6 @@ use crate::security::Security;
 use crate::upstream::{HostLink, IsoMessage, LinkError, Unmatched};
 use posbridge_hsm::PinBlockFormat;
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
@@ -783,6 +782,3 @@ pub async fn journal_unmatched(store: Store, mut unmatched: mpsc::Receiver<Unmat
         }
     }
 }
-
-/// Shared handle type.
-pub type SharedUpstream = Arc<Upstream>;

@@ -45,16 +45,6 @@ impl Origin {
             Origin::Static => "static",
         }
     }
-
-    /// Parses the journal's name.
-    pub fn parse(text: &str) -> Option<Origin> {
-        match text {
-            "gateway-code" => Some(Origin::GatewayCode),
-            "terminal-code" => Some(Origin::TerminalCode),
-            "static" => Some(Origin::Static),
-            _ => None,
-        }
-    }
 }
 
 /// An order's state.

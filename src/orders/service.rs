@@ -965,9 +965,7 @@ impl OrderService {
     }
 
     async fn merchant(&self, mid: &str) -> Result<crate::admin::Merchant, OrderError> {
-        let mut tx = self.store.begin().await?;
-        let merchant = crate::admin::merchant(&mut tx, mid).await?;
-        tx.commit().await?;
+        let merchant = crate::admin::read_merchant(&self.store, mid).await?;
         merchant.ok_or_else(|| {
             OrderError::refused(
                 ResponseCode::InvalidMerchant,

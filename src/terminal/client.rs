@@ -346,6 +346,28 @@ impl TerminalClient {
         self.exchange(frame).await
     }
 
+    /// A financial request: processing code (3), amount (4), condition code (25), currency (49)
+    /// and field 60 (transaction type, this terminal's batch, and what follows).
+    fn financial<'s>(
+        &self,
+        spec: &'s Spec,
+        (mti, stan): (&str, &str),
+        processing_code: &[u8],
+        amount: Money,
+        (type_code, suffix): (&str, &str),
+    ) -> anyhow::Result<MessageBuilder<'s>> {
+        let mut b = self.builder(spec, mti, stan)?;
+        b.set(3, processing_code.to_vec())?;
+        b.set(4, amount.iso8583_amount().into_bytes())?;
+        b.set(25, b"00".to_vec())?;
+        b.set(49, amount.iso8583_currency().into_bytes())?;
+        b.set(
+            60,
+            format!("{type_code}{}{suffix}", self.identity.batch).into_bytes(),
+        )?;
+        Ok(b)
+    }
+
     fn sale_builder<'s>(
         &self,
         spec: &'s Spec,
@@ -353,16 +375,8 @@ impl TerminalClient {
         stan: &str,
         amount: Money,
     ) -> anyhow::Result<MessageBuilder<'s>> {
-        let mut b = self.builder(spec, "0200", stan)?;
-        b.set(3, b"000000".to_vec())?;
-        b.set(4, amount.iso8583_amount().into_bytes())?;
+        let mut b = self.financial(spec, ("0200", stan), b"000000", amount, (type_code, "000"))?;
         b.set(22, b"032".to_vec())?;
-        b.set(25, b"00".to_vec())?;
-        b.set(49, amount.iso8583_currency().into_bytes())?;
-        b.set(
-            60,
-            format!("{type_code}{}000", self.identity.batch).into_bytes(),
-        )?;
         b.set(63, self.identity.operator.as_bytes().to_vec())?;
         Ok(b)
     }
@@ -441,16 +455,8 @@ impl TerminalClient {
     /// Reverses the sale of `voucher` (0400).
     pub async fn reverse(&mut self, voucher: &str, amount: Money) -> anyhow::Result<Receipt> {
         let spec = Arc::clone(&self.spec);
-        let mut b = self.builder(&spec, "0400", voucher)?;
-        b.set(3, b"000000".to_vec())?;
-        b.set(4, amount.iso8583_amount().into_bytes())?;
-        b.set(25, b"00".to_vec())?;
+        let mut b = self.financial(&spec, ("0400", voucher), b"000000", amount, (TYPE_SALE, ""))?;
         b.set(39, b"98".to_vec())?;
-        b.set(49, amount.iso8583_currency().into_bytes())?;
-        b.set(
-            60,
-            format!("{TYPE_SALE}{}", self.identity.batch).into_bytes(),
-        )?;
         let frame = self.encode(b, true)?;
         self.exchange(frame).await
     }
@@ -476,15 +482,7 @@ impl TerminalClient {
     ) -> anyhow::Result<Receipt> {
         let stan = self.next_stan();
         let spec = Arc::clone(&self.spec);
-        let mut b = self.builder(&spec, mti, &stan)?;
-        b.set(3, b"200000".to_vec())?;
-        b.set(4, amount.iso8583_amount().into_bytes())?;
-        b.set(25, b"00".to_vec())?;
-        b.set(49, amount.iso8583_currency().into_bytes())?;
-        b.set(
-            60,
-            format!("{type_code}{}000", self.identity.batch).into_bytes(),
-        )?;
+        let mut b = self.financial(&spec, (mti, &stan), b"200000", amount, (type_code, "000"))?;
         b.set(61, format!("{}{voucher}", self.identity.batch).into_bytes())?;
         let frame = self.encode(b, true)?;
         self.exchange(frame).await

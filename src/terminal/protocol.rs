@@ -76,7 +76,7 @@ pub async fn handle(gateway: &Gateway, spec: &Spec, frame: &[u8]) -> Outcome {
         batch = %sub_text(&message, "60.2").unwrap_or_default(),
         voucher = %field_text(&message, 11).unwrap_or_default(),
     );
-    let result = dispatch(gateway, spec, &message).instrument(span).await;
+    let result = dispatch(gateway, &message).instrument(span).await;
     match result {
         Ok(outcome) => outcome,
         Err(code) => Outcome {
@@ -86,11 +86,7 @@ pub async fn handle(gateway: &Gateway, spec: &Spec, frame: &[u8]) -> Outcome {
     }
 }
 
-async fn dispatch(
-    gateway: &Gateway,
-    spec: &Spec,
-    message: &Message<'_>,
-) -> Result<Outcome, ResponseCode> {
+async fn dispatch(gateway: &Gateway, message: &Message<'_>) -> Result<Outcome, ResponseCode> {
     let tid = &field_text(message, 41).ok_or(ResponseCode::FormatError)?;
     let terminal = admin::terminal(gateway.orders.store(), tid)
         .await
@@ -127,10 +123,7 @@ async fn dispatch(
                 _ => Err(ResponseCode::InvalidTransaction),
             }
         }
-        _ => {
-            let _ = spec;
-            Err(ResponseCode::InvalidTransaction)
-        }
+        _ => Err(ResponseCode::InvalidTransaction),
     }
 }
 

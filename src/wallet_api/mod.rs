@@ -358,9 +358,7 @@ async fn merchant_payments(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .ok_or_else(ApiError::unauthorized)?;
-    let mut tx = orders.store().begin().await?;
-    let merchant = admin::merchant(&mut tx, &mid).await?;
-    tx.commit().await?;
+    let merchant = admin::read_merchant(orders.store(), &mid).await?;
     let authorised = merchant
         .and_then(|m| m.webhook_secret)
         .is_some_and(|secret| {
