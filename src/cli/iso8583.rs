@@ -9,6 +9,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context as _, anyhow, bail};
 use clap::{Args, Subcommand};
+use posbridge_codecs::framing::Framing;
 use posbridge_codecs::{FrameLength, Message, Spec, decode, from_hex, mask, to_hex};
 
 /// `posbridge iso8583` sub-commands.
@@ -103,87 +104,36 @@ fn read_input(args: &DecodeArgs) -> anyhow::Result<Vec<u8>> {
     }
 }
 
+/// The dialect's stream framing; `None` when its transport delimits messages itself.
+fn framing(spec: &Spec) -> anyhow::Result<Option<Framing>> {
+    if spec.framing.length == FrameLength::None {
+        return Ok(None);
+    }
+    Ok(Some(
+        Framing::from_spec(spec).map_err(|e| anyhow!("frame: {e}"))?,
+    ))
+}
+
 /// Strips the frame length prefix (or ETX); returns the message and the prefix width.
 fn unframe<'a>(spec: &Spec, input: &'a [u8]) -> anyhow::Result<(&'a [u8], usize)> {
-    let width = spec.framing.length.width();
-    let (prefix, rest) = input.split_at_checked(width).ok_or_else(|| {
-        anyhow!(
-            "frame: input of {} bytes is shorter than the {width}-byte length prefix",
-            input.len()
-        )
-    })?;
-    let announced = match spec.framing.length {
-        FrameLength::Binary2 => prefix
-            .iter()
-            .fold(0usize, |n, &b| (n << 8) | usize::from(b)),
-        FrameLength::Bcd2 => {
-            let mut n = 0usize;
-            for &b in prefix {
-                if b >> 4 > 9 || b & 0xF > 9 {
-                    bail!(
-                        "frame: length prefix {} at byte 0 is not BCD",
-                        to_hex(prefix)
-                    );
-                }
-                n = n * 100 + usize::from(b >> 4) * 10 + usize::from(b & 0xF);
-            }
-            n
+    match framing(spec)? {
+        Some(framing) => {
+            let body = framing.unframe(input).map_err(|e| anyhow!("frame: {e}"))?;
+            Ok((body, framing.length_prefix.prefix_len()))
         }
-        FrameLength::Ascii4 => std::str::from_utf8(prefix)
-            .ok()
-            .filter(|s| s.bytes().all(|b| b.is_ascii_digit()))
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| anyhow!("frame: length prefix at byte 0 is not 4 ASCII digits"))?,
-        FrameLength::Etx => {
-            return match rest.split_last() {
-                Some((0x03, body)) => Ok((body, 0)),
-                _ => bail!(
-                    "frame: message does not end with ETX (0x03) at byte {}",
-                    input.len().saturating_sub(1)
-                ),
-            };
-        }
-        FrameLength::None => rest.len(),
-    };
-    if announced != rest.len() {
-        bail!(
-            "frame: length prefix at byte 0 announces {announced} bytes but {} follow",
-            rest.len()
-        );
+        None => Ok((input, 0)),
     }
-    Ok((rest, width))
 }
 
 /// Prepends the frame length prefix (or appends ETX).
 fn frame(spec: &Spec, message: &[u8]) -> anyhow::Result<Vec<u8>> {
-    let len = message.len();
-    let mut out = Vec::with_capacity(len + 4);
-    match spec.framing.length {
-        FrameLength::Binary2 => {
-            let n = u16::try_from(len)
-                .map_err(|_| anyhow!("frame: {len} bytes do not fit a 2-byte length"))?;
-            out.extend_from_slice(&n.to_be_bytes());
-        }
-        FrameLength::Bcd2 => {
-            if len > 9999 {
-                bail!("frame: {len} bytes do not fit a BCD length");
-            }
-            let d = |v: usize| (v % 10) as u8;
-            out.push((d(len / 1000) << 4) | d(len / 100));
-            out.push((d(len / 10) << 4) | d(len));
-        }
-        FrameLength::Ascii4 => {
-            if len > 9999 {
-                bail!("frame: {len} bytes do not fit 4 ASCII digits");
-            }
-            out.extend_from_slice(format!("{len:04}").as_bytes());
-        }
-        FrameLength::Etx | FrameLength::None => {}
-    }
-    out.extend_from_slice(message);
-    if spec.framing.length == FrameLength::Etx {
-        out.push(0x03);
-    }
+    let Some(framing) = framing(spec)? else {
+        return Ok(message.to_vec());
+    };
+    let mut out = Vec::with_capacity(message.len() + 4);
+    framing
+        .frame_into(message, &mut out)
+        .map_err(|e| anyhow!("frame: {e}"))?;
     Ok(out)
 }
 

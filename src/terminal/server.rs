@@ -12,7 +12,7 @@ use crate::server::Gateway;
 use bytes::BytesMut;
 use futures_util::{SinkExt, StreamExt};
 use posbridge_codecs::Spec;
-use posbridge_codecs::framing::{FrameCodec, Framing, HeaderLayout, LengthPrefix};
+use posbridge_codecs::framing::{FrameCodec, Framing, HeaderLayout};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -21,21 +21,13 @@ use tokio::sync::{Semaphore, watch};
 use tokio_util::codec::Framed;
 
 /// The frame codec for a dialect: its length prefix and size limit; the header stays in the
-/// frame for the message decoder.
+/// frame for the message decoder (which reads it as the dialect's raw header).
 pub fn frame_codec(spec: &Spec) -> anyhow::Result<FrameCodec> {
-    use posbridge_codecs::FrameLength;
-    let length_prefix = match spec.framing.length {
-        FrameLength::Binary2 => LengthPrefix::Binary2,
-        FrameLength::Bcd2 => LengthPrefix::Bcd2,
-        FrameLength::Ascii4 => LengthPrefix::Ascii4,
-        FrameLength::Etx => LengthPrefix::Etx,
-        FrameLength::None => {
-            anyhow::bail!("dialect {} has no framing; a TCP link needs one", spec.name)
-        }
-    };
-    let framing = Framing::new(length_prefix, HeaderLayout::None)
-        .with_max_frame_bytes(spec.framing.max_frame_bytes);
-    Ok(FrameCodec::new(framing)?)
+    let framing = Framing::from_spec(spec)?;
+    Ok(FrameCodec::new(
+        Framing::new(framing.length_prefix, HeaderLayout::None)
+            .with_max_frame_bytes(framing.max_frame_bytes),
+    )?)
 }
 
 /// Serves terminals until `stop` turns true, then waits (bounded) for connections to finish.
