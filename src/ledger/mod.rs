@@ -181,63 +181,55 @@ pub enum TransferOutcome {
     CurrencyMismatch,
 }
 
-/// Moves `amount` from `payer` to `merchant` for `order_id`: two balance updates and two
-/// postings. Both accounts are locked in identifier order, so concurrent payments to the same
-/// merchant never deadlock.
+/// Moves `amount` from account `from` to account `to` for `order_id` (a sale: from to
+/// to; a refund: to to from): two balance updates and two postings. Both accounts
+/// are locked in identifier order, so concurrent payments to the same to never deadlock.
 pub async fn transfer(
     tx: &mut Tx,
     order_id: &str,
-    payer: &str,
-    merchant: &str,
+    from: &str,
+    to: &str,
     amount: Money,
     kind: &str,
 ) -> Result<TransferOutcome, JournalError> {
     assert!(amount.amount_minor > 0, "transfers move a positive amount");
-    assert_ne!(payer, merchant, "an account cannot pay itself");
-    let mut ids = [payer, merchant];
+    assert_ne!(from, to, "an account cannot pay itself");
+    let mut ids = [from, to];
     ids.sort_unstable();
     let lock_sql = format!(
         "SELECT balance_minor, currency FROM accounts WHERE account_id = $1{}",
         tx.for_update()
     );
-    let mut payer_state = None;
+    let mut from_state = None;
     for id in ids {
         let row = tx
             .query_opt(&lock_sql, &[id.into()])
             .await?
             .ok_or_else(|| JournalError::Internal(format!("account {id} missing")))?;
-        if id == payer {
-            payer_state = Some((row.i64(0)?, row.i64(1)?));
+        if id == from {
+            from_state = Some((row.i64(0)?, row.i64(1)?));
         }
     }
     let (balance, currency) =
-        payer_state.ok_or_else(|| JournalError::Internal("payer not locked".into()))?;
+        from_state.ok_or_else(|| JournalError::Internal("source account not locked".into()))?;
     if currency != i64::from(amount.currency) {
         return Ok(TransferOutcome::CurrencyMismatch);
     }
     if balance < amount.amount_minor {
         return Ok(TransferOutcome::InsufficientFunds);
     }
-    move_balance(tx, payer, -amount.amount_minor).await?;
-    move_balance(tx, merchant, amount.amount_minor).await?;
+    move_balance(tx, from, -amount.amount_minor).await?;
+    move_balance(tx, to, amount.amount_minor).await?;
     insert_posting(
         tx,
         order_id,
-        payer,
+        from,
         -amount.amount_minor,
         amount.currency,
         kind,
     )
     .await?;
-    insert_posting(
-        tx,
-        order_id,
-        merchant,
-        amount.amount_minor,
-        amount.currency,
-        kind,
-    )
-    .await?;
+    insert_posting(tx, order_id, to, amount.amount_minor, amount.currency, kind).await?;
     Ok(TransferOutcome::Done)
 }
 
