@@ -355,5 +355,37 @@ pub fn validate(config: &Config) -> anyhow::Result<()> {
         "journal.pool_size",
         "at least 1",
     )?;
+    // Intervals and timeouts of zero would spin, panic a timer, or give up at once.
+    let upstream = &config.upstream;
+    check(
+        upstream.reversal_poll_ms >= 10,
+        "upstream.reversal_poll_ms",
+        "at least 10",
+    )?;
+    check(
+        upstream.sale_timeout_ms >= 100,
+        "upstream.sale_timeout_ms",
+        "at least 100",
+    )?;
+    check(
+        upstream.reversal_retry_initial_ms > 0
+            && upstream.reversal_retry_max_ms >= upstream.reversal_retry_initial_ms,
+        "upstream.reversal_retry_initial_ms",
+        "more than 0 and at most upstream.reversal_retry_max_ms",
+    )?;
+    check(
+        upstream.reversal_expiry_secs > 0,
+        "upstream.reversal_expiry_secs",
+        "at least 1",
+    )?;
+    check(
+        config.terminal.shutdown_grace_secs > 0,
+        "terminal.shutdown_grace_secs",
+        "at least 1",
+    )?;
+    for host in &config.hosts {
+        host.validate()
+            .map_err(|e| anyhow::anyhow!("configuration key hosts: {e}"))?;
+    }
     Ok(())
 }

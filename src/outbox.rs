@@ -68,9 +68,52 @@ pub fn signature(secret: &str, timestamp_ms: i64, body: &str) -> String {
     )
 }
 
-/// Delivers the due events once; returns how many were delivered. Several gateways may run this
-/// on one database: each due row is taken by one of them (`SKIP LOCKED`).
+/// How long a claimed event is left to the process that claimed it before another may take it.
+const CLAIM_LEASE_MS: i64 = 60_000;
+
+/// Delivers the due events once; returns how many were delivered. The due rows are claimed in
+/// a short transaction (on PostgreSQL `SKIP LOCKED`, so several gateways share the outbox) by
+/// pushing their next attempt out by a lease; the webhooks are then called outside any
+/// transaction, and each result recorded in its own. A process that dies mid-way leaves its
+/// claims to expire: delivery is at least once, and receivers de-duplicate by event id.
 pub async fn deliver_due(store: &Store, client: &reqwest::Client) -> Result<usize, JournalError> {
+    let due = claim_due(store).await?;
+    let mut delivered = 0;
+    for event in due {
+        let timestamp = now_ms();
+        let outcome = client
+            .post(&event.url)
+            .header("content-type", "application/json")
+            .header("x-posbridge-event-id", &event.event_id)
+            .header(
+                "x-posbridge-signature",
+                signature(&event.secret, timestamp, &event.body),
+            )
+            .body(event.body.clone())
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await;
+        let error = match outcome {
+            Ok(response) if response.status().is_success() => None,
+            Ok(response) => Some(format!("HTTP {}", response.status())),
+            Err(error) => Some(error.to_string()),
+        };
+        delivered += usize::from(error.is_none());
+        record_delivery(store, &event, error).await?;
+    }
+    Ok(delivered)
+}
+
+/// A claimed outbox row.
+struct Claimed {
+    event_id: String,
+    url: String,
+    body: String,
+    attempts: i64,
+    secret: String,
+}
+
+async fn claim_due(store: &Store) -> Result<Vec<Claimed>, JournalError> {
     let mut tx = store.begin().await?;
     let sql = format!(
         "SELECT o.event_id, o.url, o.body, o.attempts, m.webhook_secret FROM outbox o JOIN merchants m ON m.mid = o.mid \
@@ -81,58 +124,64 @@ pub async fn deliver_due(store: &Store, client: &reqwest::Client) -> Result<usiz
             crate::journal::Dialect::Sqlite => "",
         }
     );
-    let due = tx
-        .query(&sql, &[MAX_ATTEMPTS.into(), now_ms().into()])
-        .await?;
-    let mut delivered = 0;
-    for row in due {
-        let event_id = row.text(0)?;
-        let body = row.text(2)?;
-        let attempts = row.i64(3)? + 1;
-        let timestamp = now_ms();
-        let secret = row.opt_text(4)?.unwrap_or_default();
-        let outcome = client
-            .post(row.text(1)?)
-            .header("content-type", "application/json")
-            .header("x-posbridge-event-id", &event_id)
-            .header(
-                "x-posbridge-signature",
-                signature(&secret, timestamp, &body),
-            )
-            .body(body)
-            .timeout(Duration::from_secs(5))
-            .send()
-            .await;
-        let error = match outcome {
-            Ok(response) if response.status().is_success() => None,
-            Ok(response) => Some(format!("HTTP {}", response.status())),
-            Err(error) => Some(error.to_string()),
+    let now = now_ms();
+    let rows = tx.query(&sql, &[MAX_ATTEMPTS.into(), now.into()]).await?;
+    let mut claimed = Vec::with_capacity(rows.len());
+    for row in rows {
+        let event = Claimed {
+            event_id: row.text(0)?,
+            url: row.text(1)?,
+            body: row.text(2)?,
+            attempts: row.i64(3)? + 1,
+            secret: row.opt_text(4)?.unwrap_or_default(),
         };
-        match error {
-            None => {
-                delivered += 1;
-                tx.execute(
-                    "UPDATE outbox SET attempts = $2, delivered_at_ms = $3, last_error = NULL WHERE event_id = $1",
-                    &[event_id.into(), attempts.into(), now_ms().into()],
-                )
-                .await?;
-            }
-            Some(error) => {
-                tracing::warn!(
-                    event_id,
-                    attempts,
-                    error,
-                    "merchant notification failed; will retry"
-                );
-                let backoff_ms = 1_000_i64.saturating_mul(1 << attempts.min(10));
-                tx.execute(
-                    "UPDATE outbox SET attempts = $2, next_attempt_at_ms = $3, last_error = $4 WHERE event_id = $1",
-                    &[event_id.into(), attempts.into(), (now_ms() + backoff_ms).into(), error.into()],
-                )
-                .await?;
-            }
-        }
+        tx.execute(
+            "UPDATE outbox SET next_attempt_at_ms = $2 WHERE event_id = $1",
+            &[
+                event.event_id.as_str().into(),
+                (now + CLAIM_LEASE_MS).into(),
+            ],
+        )
+        .await?;
+        claimed.push(event);
     }
     tx.commit().await?;
-    Ok(delivered)
+    Ok(claimed)
+}
+
+async fn record_delivery(
+    store: &Store,
+    event: &Claimed,
+    error: Option<String>,
+) -> Result<(), JournalError> {
+    let mut tx = store.begin().await?;
+    match error {
+        None => {
+            tx.execute(
+                "UPDATE outbox SET attempts = $2, delivered_at_ms = $3, last_error = NULL WHERE event_id = $1",
+                &[event.event_id.as_str().into(), event.attempts.into(), now_ms().into()],
+            )
+            .await?;
+        }
+        Some(error) => {
+            tracing::warn!(
+                event_id = event.event_id,
+                attempts = event.attempts,
+                error,
+                "merchant notification failed; will retry"
+            );
+            let backoff_ms = 1_000_i64.saturating_mul(1 << event.attempts.min(10));
+            tx.execute(
+                "UPDATE outbox SET attempts = $2, next_attempt_at_ms = $3, last_error = $4 WHERE event_id = $1",
+                &[
+                    event.event_id.as_str().into(),
+                    event.attempts.into(),
+                    (now_ms() + backoff_ms).into(),
+                    error.into(),
+                ],
+            )
+            .await?;
+        }
+    }
+    tx.commit().await
 }

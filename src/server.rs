@@ -27,6 +27,8 @@ pub struct Gateway {
 
 /// Opens the journal (migrating it) and the security module.
 pub async fn open(config: Config) -> anyhow::Result<Gateway> {
+    // Configurations built in code (tests, embedders) get the same checks as files.
+    crate::config::validate(&config)?;
     let store = crate::journal::open(&config.journal)
         .await
         .context("opening the journal")?;

@@ -7,6 +7,7 @@ mod common;
 
 use common::*;
 use posbridge::money::Money;
+use posbridge::orders::service::Voucher;
 use posbridge::orders::service::{NewOrder, OrderError};
 use posbridge::orders::{
     OrderService, OrderState, Origin, PayRequest, PaymentResult, ResponseCode,
@@ -287,14 +288,14 @@ async fn reversal_and_cancel(backend: Backend) {
     );
     let reversed = s
         .orders
-        .reverse(TID, "000001", "000019", "terminal reversal")
+        .reverse(&Voucher::of(TID, "000001", "000019"), "terminal reversal")
         .await
         .unwrap();
     assert_eq!(reversed.state(), OrderState::Reversed);
     assert_eq!(balance(&s.orders, "payer-1").await, OPENING, "money back");
     // Reversing twice changes nothing.
     s.orders
-        .reverse(TID, "000001", "000019", "again")
+        .reverse(&Voucher::of(TID, "000001", "000019"), "again")
         .await
         .unwrap();
     assert_eq!(balance(&s.orders, "payer-1").await, OPENING);
@@ -433,14 +434,14 @@ async fn randomised_run_conserves_money(backend: Backend) {
             7 if !paid.is_empty() => {
                 let voucher = paid.swap_remove(rng.random_range(0..paid.len()));
                 s.orders
-                    .reverse(TID, "000001", &voucher, "random reversal")
+                    .reverse(&Voucher::of(TID, "000001", &voucher), "random reversal")
                     .await
                     .unwrap();
             }
             8 if !open.is_empty() => {
                 let (_, voucher) = open.swap_remove(rng.random_range(0..open.len()));
                 s.orders
-                    .reverse(TID, "000001", &voucher, "random cancel")
+                    .reverse(&Voucher::of(TID, "000001", &voucher), "random cancel")
                     .await
                     .unwrap();
             }
@@ -473,3 +474,131 @@ on_both_journals!(
     randomised_run_conserves_money,
     super::randomised_run_conserves_money
 );
+
+/// Regression (lifecycle issue): postings were written by the application alone, opening
+/// balances were single-sided and nothing enforced that a transfer sums to zero. Now the
+/// database refuses a posting that is not a leg of its transfer, any change to a posting, and a
+/// transfer across currencies; opening balances come from a funding account.
+async fn the_database_enforces_the_money_rules(backend: Backend) {
+    let journal = TestJournal::new(backend);
+    let s = seeded(&journal).await;
+    let mut tx = s.store.begin().await.unwrap();
+    let rows = tx
+        .query(
+            "SELECT CAST(SUM(amount_minor) AS BIGINT), COUNT(*) FROM postings WHERE kind = 'funding'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows[0].i64(0).unwrap(), 0, "funding transfers sum to zero");
+    assert!(rows[0].i64(1).unwrap() >= 2, "two legs per opening");
+    tx.commit().await.unwrap();
+    let refused = async |sql: &str| {
+        let mut tx = s.store.begin().await.unwrap();
+        let result = tx.execute(sql, &[]).await;
+        assert!(result.is_err(), "the database must refuse: {sql}");
+    };
+    refused(
+        "INSERT INTO postings (posting_id, order_id, account_id, amount_minor, currency, kind, created_at_ms, transfer_id) \
+         VALUES ('p-x', 'o-x', 'payer-1', 500, 156, 'sale', 0, 'no-such-transfer')",
+    )
+    .await;
+    refused(
+        "INSERT INTO postings (posting_id, order_id, account_id, amount_minor, currency, kind, created_at_ms) \
+         VALUES ('p-y', 'o-y', 'payer-1', 500, 156, 'sale', 0)",
+    )
+    .await;
+    refused("UPDATE postings SET amount_minor = amount_minor + 1").await;
+    refused("DELETE FROM postings").await;
+    let mut tx = s.store.begin().await.unwrap();
+    tx.execute(
+        "INSERT INTO accounts (account_id, kind, holder, currency, balance_minor, pin_tries, created_at_ms) \
+         VALUES ('usd-1', 'payer', 'usd holder', 840, 0, 0, 0)",
+        &[],
+    )
+    .await
+    .unwrap();
+    let mixed = tx
+        .execute(
+            "INSERT INTO transfers (transfer_id, order_id, kind, from_account, to_account, amount_minor, currency, created_at_ms) \
+             VALUES ('t-x', 'o-x', 'sale', 'payer-1', 'usd-1', 10, 156, 0)",
+            &[],
+        )
+        .await;
+    assert!(
+        mixed.is_err(),
+        "a transfer to an account in another currency is refused"
+    );
+    drop(tx);
+    assert_eq!(assert_ledger_conserved(&s.store).await, OPENING);
+}
+on_both_journals!(
+    the_database_enforces_the_money_rules,
+    super::the_database_enforces_the_money_rules
+);
+
+/// Regression (lifecycle issue): an order whose stored state did not parse was treated as
+/// CREATED, i.e. payable. Now reading it is an error and the payment is not made.
+async fn an_unknown_stored_state_stops_the_request(backend: Backend) {
+    let journal = TestJournal::new(backend);
+    let s = seeded(&journal).await;
+    let order = s.orders.create(new_order("000071", 100)).await.unwrap();
+    let mut tx = s.store.begin().await.unwrap();
+    tx.execute(
+        "UPDATE orders SET state = 'HALF_WRITTEN' WHERE order_id = $1",
+        &[order.order_id.as_str().into()],
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    assert!(s.orders.order(&order.order_id).await.is_err());
+    let request = PayRequest {
+        app_id: APP_ID.into(),
+        pek_label: "pek/wallet".into(),
+        idempotency_key: "unknown-state".into(),
+        payload: order.payload.clone(),
+        pan: Pan::new(PAYER_PAN).unwrap(),
+        pin_block: Some(pin_block(&s.orders, PAYER_PIN, PAYER_PAN).await),
+        pin_format: PinBlockFormat::Iso4,
+        amount: None,
+    };
+    assert!(matches!(
+        s.orders.pay(request).await,
+        Err(OrderError::Journal(_))
+    ));
+    assert_eq!(
+        balance(&s.orders, "payer-1").await,
+        OPENING,
+        "no money moved"
+    );
+}
+on_both_journals!(
+    an_unknown_stored_state_stops_the_request,
+    super::an_unknown_stored_state_stops_the_request
+);
+
+/// Regression (lifecycle issue): `upstream.reversal_poll_ms = 0` panicked the reversal worker
+/// at start (and the panic was swallowed). Now the configuration is refused with the key named.
+#[tokio::test]
+async fn zero_intervals_are_refused_at_load() {
+    let journal = TestJournal::new(Backend::Sqlite);
+    for (key, adjust) in [
+        (
+            "upstream.reversal_poll_ms",
+            (|c: &mut posbridge::config::Config| c.upstream.reversal_poll_ms = 0) as fn(&mut _),
+        ),
+        ("upstream.sale_timeout_ms", |c| {
+            c.upstream.sale_timeout_ms = 0
+        }),
+        ("upstream.reversal_retry_initial_ms", |c| {
+            c.upstream.reversal_retry_initial_ms = 0
+        }),
+    ] {
+        let mut config = config(&journal);
+        adjust(&mut config);
+        let Err(error) = posbridge::server::open(config).await else {
+            panic!("{key} = 0 must be refused");
+        };
+        assert!(format!("{error:#}").contains(key), "{key}: {error:#}");
+    }
+}

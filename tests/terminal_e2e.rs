@@ -355,6 +355,53 @@ async fn void_and_refund(backend: Backend) {
 }
 on_both_journals!(void_and_refund, super::void_and_refund);
 
+/// Regression (lifecycle issue): the same MACed refund (0220, same STAN) sent twice was applied
+/// twice, and voiding a sale a second time answered 00. Now the repeat gets the first answer and
+/// moves nothing; the second void is refused with 12.
+async fn repeated_refund_applies_once_and_second_void_is_refused(backend: Backend) {
+    let journal = TestJournal::new(backend);
+    let running = start(&journal).await;
+    let mut terminal = terminal_client(&running).await;
+    let wallet = wallet_client(&running);
+    terminal.sign_on().await.unwrap();
+    let order = terminal.request_order(cny(5000)).await.unwrap();
+    let paid = wallet
+        .pay(
+            order.payload.as_deref().unwrap(),
+            PAYER_PAN,
+            Some(PAYER_PIN),
+            "rr-1",
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(paid.response_code(), Some("00"));
+    let balance = async || balance(&running.seeded.store, "payer-1").await;
+    let refund = terminal.refund(&order.voucher, cny(1000)).await.unwrap();
+    assert_eq!(refund.response_code, "00");
+    assert_eq!(balance().await, OPENING - 4000);
+    let repeat = terminal.resend_last().await.unwrap();
+    assert_eq!(repeat.response_code, "00", "a repeat gets the first answer");
+    assert_eq!(balance().await, OPENING - 4000, "and moves nothing");
+    let void = terminal.void(&order.voucher, cny(5000)).await.unwrap();
+    assert_eq!(void.response_code, "00");
+    assert_eq!(balance().await, OPENING, "the void gives back what is left");
+    let again = terminal.void(&order.voucher, cny(5000)).await.unwrap();
+    assert_eq!(again.response_code, "12", "a second void is refused");
+    assert_eq!(balance().await, OPENING);
+    let repeated_void = terminal.resend_last().await.unwrap();
+    assert_eq!(repeated_void.response_code, "12");
+    assert_eq!(
+        assert_ledger_conserved(&running.seeded.store).await,
+        OPENING
+    );
+    running.stop().await;
+}
+on_both_journals!(
+    repeated_refund_applies_once_and_second_void_is_refused,
+    super::repeated_refund_applies_once_and_second_void_is_refused
+);
+
 async fn restart_keeps_terminals_signed_on(backend: Backend) {
     let journal = TestJournal::new(backend);
     let running = start(&journal).await;

@@ -346,7 +346,8 @@ async fn sale(store: &Store, slot: usize, payload_len: usize) -> anyhow::Result<
          payer_pan_masked = $5, updated_at_ms = $6 WHERE order_id = $1 AND state = 'CREATED'",
         &[
             order_id.as_str().into(),
-            "123456789012".into(),
+            // RRNs are unique per acquirer, as the gateway's are.
+            crate::domain::order::new_rrn().into(),
             "123456".into(),
             payer_account(slot).into(),
             "622202*********0123".into(),

@@ -2,6 +2,7 @@
 
 use crate::admin::{self, Merchant, NewPayer, Terminal, WalletApp};
 use crate::money::Money;
+use crate::orders::service::Voucher;
 use clap::{Args, Subcommand};
 use posbridge_hsm::{Pan, Pin};
 use std::path::PathBuf;
@@ -291,7 +292,7 @@ async fn run_async(command: AdminCommand) -> anyhow::Result<()> {
             let (tid, batch, voucher) = a.locate(&gateway).await?;
             let order = gateway
                 .orders
-                .void(&tid, &batch, &voucher, "operator void")
+                .void(&Voucher::of(&tid, &batch, &voucher), "operator void")
                 .await?;
             println!("order {} is {}", order.order_id, order.state);
         }
@@ -304,7 +305,7 @@ async fn run_async(command: AdminCommand) -> anyhow::Result<()> {
             };
             let order = gateway
                 .orders
-                .refund(&tid, &batch, &voucher, amount)
+                .refund(&Voucher::of(&tid, &batch, &voucher), amount)
                 .await?;
             println!("refunded {amount} of order {}", order.order_id);
         }

@@ -143,8 +143,11 @@ impl Store {
     /// the business code needs them; SQLite takes the write lock at once (`BEGIN IMMEDIATE`).
     pub async fn begin(&self) -> Result<Tx, JournalError> {
         match self {
-            Store::Postgres(pg) => pg.begin().await.map(|tx| Tx::Pg(Box::new(tx))),
-            Store::Sqlite(lite) => lite.begin().await.map(Tx::Sqlite),
+            Store::Postgres(pg) => pg
+                .begin()
+                .await
+                .map(|tx| Tx::new(TxEngine::Pg(Box::new(tx)))),
+            Store::Sqlite(lite) => lite.begin().await.map(|tx| Tx::new(TxEngine::Sqlite(tx))),
         }
     }
 
@@ -196,28 +199,45 @@ impl Store {
     }
 }
 
-/// A transaction; dropped without [`Tx::commit`] it rolls back.
-pub enum Tx {
-    /// On PostgreSQL.
+/// A transaction; dropped without [`Tx::commit`] it rolls back, and what it meant to tell the
+/// world after its commit ([`Tx::after_commit`]) is forgotten with it.
+pub struct Tx {
+    engine: TxEngine,
+    after_commit: Vec<Box<dyn FnOnce() + Send>>,
+}
+
+enum TxEngine {
     Pg(Box<PgTx>),
-    /// On SQLite.
     Sqlite(SqliteTx),
 }
 
 impl Tx {
+    fn new(engine: TxEngine) -> Tx {
+        Tx {
+            engine,
+            after_commit: Vec::new(),
+        }
+    }
+
+    /// Runs `action` once this transaction has committed, never if it rolls back: metrics and
+    /// wake-ups must not count what did not happen.
+    pub fn after_commit(&mut self, action: impl FnOnce() + Send + 'static) {
+        self.after_commit.push(Box::new(action));
+    }
+
     /// Runs a statement, returns the number of rows it changed.
     pub async fn execute(&mut self, sql: &str, params: &[Value]) -> Result<u64, JournalError> {
-        match self {
-            Tx::Pg(tx) => tx.execute(sql, params).await,
-            Tx::Sqlite(tx) => tx.execute(sql, params),
+        match &mut self.engine {
+            TxEngine::Pg(tx) => tx.execute(sql, params).await,
+            TxEngine::Sqlite(tx) => tx.execute(sql, params),
         }
     }
 
     /// Runs a query, returns all rows.
     pub async fn query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>, JournalError> {
-        match self {
-            Tx::Pg(tx) => tx.query(sql, params).await,
-            Tx::Sqlite(tx) => tx.query(sql, params),
+        match &mut self.engine {
+            TxEngine::Pg(tx) => tx.query(sql, params).await,
+            TxEngine::Sqlite(tx) => tx.query(sql, params),
         }
     }
 
@@ -232,17 +252,25 @@ impl Tx {
 
     /// Commits.
     pub async fn commit(self) -> Result<(), JournalError> {
-        match self {
-            Tx::Pg(tx) => (*tx).commit().await,
-            Tx::Sqlite(tx) => tx.commit(),
+        let Tx {
+            engine,
+            after_commit,
+        } = self;
+        match engine {
+            TxEngine::Pg(tx) => (*tx).commit().await?,
+            TxEngine::Sqlite(tx) => tx.commit()?,
         }
+        for action in after_commit {
+            action();
+        }
+        Ok(())
     }
 
     /// The SQL engine behind this transaction.
     pub fn dialect(&self) -> Dialect {
-        match self {
-            Tx::Pg(_) => Dialect::Postgres,
-            Tx::Sqlite(_) => Dialect::Sqlite,
+        match self.engine {
+            TxEngine::Pg(_) => Dialect::Postgres,
+            TxEngine::Sqlite(_) => Dialect::Sqlite,
         }
     }
 

@@ -83,11 +83,41 @@ pub async fn open(config: &JournalConfig) -> Result<Store, JournalError> {
     Ok(store)
 }
 
-/// The schema versions, applied in order, each in its own transaction.
-const MIGRATIONS: &[(i64, &str)] = &[
-    (1, include_str!("migrations/0001_core.sql")),
-    (2, include_str!("migrations/0002_upstream.sql")),
-    (3, include_str!("migrations/0003_advices.sql")),
+/// One schema version: portable statements (separated by `;`), then each engine's own
+/// (triggers; separated by a line holding only `/`, since their bodies contain `;`).
+struct Migration {
+    version: i64,
+    portable: &'static str,
+    postgres: &'static str,
+    sqlite: &'static str,
+}
+
+/// The schema versions, applied in order.
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        portable: include_str!("migrations/0001_core.sql"),
+        postgres: "",
+        sqlite: "",
+    },
+    Migration {
+        version: 2,
+        portable: include_str!("migrations/0002_upstream.sql"),
+        postgres: "",
+        sqlite: "",
+    },
+    Migration {
+        version: 3,
+        portable: include_str!("migrations/0003_advices.sql"),
+        postgres: "",
+        sqlite: "",
+    },
+    Migration {
+        version: 4,
+        portable: include_str!("migrations/0004_invariants.sql"),
+        postgres: include_str!("migrations/0004_invariants.postgres.sql"),
+        sqlite: include_str!("migrations/0004_invariants.sqlite.sql"),
+    },
 ];
 
 /// Applies the migrations not yet recorded in `schema_migrations`. Several gateways starting
@@ -103,27 +133,32 @@ pub async fn migrate(store: &Store) -> Result<(), JournalError> {
         &[],
     )
     .await?;
-    for (version, sql) in MIGRATIONS {
+    for migration in MIGRATIONS {
         let applied = tx
             .query_opt(
                 "SELECT version FROM schema_migrations WHERE version = $1",
-                &[(*version).into()],
+                &[migration.version.into()],
             )
             .await?;
         if applied.is_some() {
             continue;
         }
-        let bytes_type = match tx.dialect() {
-            Dialect::Postgres => "BYTEA",
-            Dialect::Sqlite => "BLOB",
+        let (bytes_type, own) = match tx.dialect() {
+            Dialect::Postgres => ("BYTEA", migration.postgres),
+            Dialect::Sqlite => ("BLOB", migration.sqlite),
         };
-        let sql = strip_comments(&sql.replace("{BYTES}", bytes_type));
-        for statement in sql.split(';').filter(|s| !s.trim().is_empty()) {
+        let portable = strip_comments(&migration.portable.replace("{BYTES}", bytes_type));
+        let own = strip_comments(own);
+        let statements = portable
+            .split(';')
+            .chain(own.split("\n/\n"))
+            .filter(|s| !s.trim().is_empty());
+        for statement in statements {
             tx.execute(statement, &[]).await?;
         }
         tx.execute(
             "INSERT INTO schema_migrations (version, applied_at_ms) VALUES ($1, $2)",
-            &[(*version).into(), now_ms().into()],
+            &[migration.version.into(), now_ms().into()],
         )
         .await?;
     }

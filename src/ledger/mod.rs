@@ -91,13 +91,20 @@ fn account_from_row(row: &Row) -> Result<Account, JournalError> {
     })
 }
 
-/// Creates an account. The opening balance is posted against the `funding` order so that the
-/// postings always explain every balance.
+/// The funding account of a currency: the issuer's side of every opening balance, so that every
+/// transfer, funding included, has two legs that sum to zero. Its stored balance stays 0; what
+/// it issued is the (negative) sum of its postings.
+pub fn funding_account(currency: u16) -> String {
+    format!("funding-{currency:03}")
+}
+
+/// Creates an account. A non-zero opening balance is a `funding` transfer from the currency's
+/// funding account (created on first use), so the postings explain every balance.
 pub async fn create_account(tx: &mut Tx, account: &NewAccount) -> Result<(), JournalError> {
     let now = now_ms();
     tx.execute(
         "INSERT INTO accounts (account_id, kind, holder, pan_truncated, pan_hash, currency, balance_minor, pvv, pvki, pin_tries, created_at_ms) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 0, $10)",
+         VALUES ($1, $2, $3, $4, $5, $6, 0, $7, $8, 0, $9)",
         &[
             account.account_id.as_str().into(),
             account.kind.as_str().into(),
@@ -105,20 +112,26 @@ pub async fn create_account(tx: &mut Tx, account: &NewAccount) -> Result<(), Jou
             account.pan_truncated.clone().into(),
             account.pan_hash.clone().into(),
             i64::from(account.opening.currency).into(),
-            account.opening.amount_minor.into(),
             account.pvv.clone().into(),
             account.pvki.map(i64::from).into(),
             now.into(),
         ],
     )
     .await?;
-    if account.opening.amount_minor != 0 {
-        insert_posting(
+    if account.opening.amount_minor > 0 {
+        let funding = funding_account(account.opening.currency);
+        tx.execute(
+            "INSERT INTO accounts (account_id, kind, holder, currency, balance_minor, pin_tries, created_at_ms) \
+             VALUES ($1, 'funding', 'issuer funding', $2, 0, 0, $3) ON CONFLICT DO NOTHING",
+            &[funding.as_str().into(), i64::from(account.opening.currency).into(), now.into()],
+        )
+        .await?;
+        insert_transfer(
             tx,
             "funding",
+            &funding,
             &account.account_id,
-            account.opening.amount_minor,
-            account.opening.currency,
+            account.opening,
             "funding",
         )
         .await?;
@@ -201,6 +214,7 @@ pub async fn transfer(
         tx.for_update()
     );
     let mut from_state = None;
+    let mut to_currency = None;
     for id in ids {
         let row = tx
             .query_opt(&lock_sql, &[id.into()])
@@ -208,6 +222,8 @@ pub async fn transfer(
             .ok_or_else(|| JournalError::Internal(format!("account {id} missing")))?;
         if id == from {
             from_state = Some((row.i64(0)?, row.i64(1)?));
+        } else {
+            to_currency = Some(row.i64(1)?);
         }
     }
     let (balance, currency) =
@@ -218,101 +234,74 @@ pub async fn transfer(
     if balance < amount.amount_minor {
         return Ok(TransferOutcome::InsufficientFunds);
     }
-    move_balance(tx, from, -amount.amount_minor).await?;
-    move_balance(tx, to, amount.amount_minor).await?;
-    insert_posting(
-        tx,
-        order_id,
-        from,
-        -amount.amount_minor,
-        amount.currency,
-        kind,
-    )
-    .await?;
-    insert_posting(tx, order_id, to, amount.amount_minor, amount.currency, kind).await?;
+    if to_currency != Some(currency) {
+        return Ok(TransferOutcome::CurrencyMismatch);
+    }
+    insert_transfer(tx, order_id, from, to, amount, kind).await?;
     Ok(TransferOutcome::Done)
 }
 
-/// Undoes every `sale` and `refund` posting of an order with opposite `reversal` postings:
-/// the payer gets back what the sale still holds after partial refunds.
-/// Returns how many postings were reversed; 0 when the order moved no money or was already
-/// reversed.
-pub async fn reverse(tx: &mut Tx, order_id: &str) -> Result<usize, JournalError> {
-    let already = tx
-        .query_opt(
-            "SELECT 1 FROM postings WHERE order_id = $1 AND kind = 'reversal'",
-            &[order_id.into()],
-        )
-        .await?;
-    if already.is_some() {
-        return Ok(0);
-    }
-    // Net per account (sale minus refunds), so no balance dips below zero on the way, and in
-    // account order, as transfer() locks.
+/// Gives back what is left of an order's sale after its refunds: one `reversal` transfer from
+/// the merchant to the payer. Returns false when nothing was left to give back (no local sale,
+/// fully refunded, or reversed already).
+pub async fn reverse(tx: &mut Tx, order_id: &str) -> Result<bool, JournalError> {
     let rows = tx
         .query(
-            "SELECT account_id, CAST(SUM(amount_minor) AS BIGINT), MIN(currency) FROM postings \
-             WHERE order_id = $1 AND kind IN ('sale', 'refund') GROUP BY account_id ORDER BY account_id",
+            "SELECT kind, from_account, to_account, amount_minor, currency FROM transfers \
+             WHERE order_id = $1 AND kind IN ('sale', 'refund', 'reversal') ORDER BY created_at_ms",
             &[order_id.into()],
         )
         .await?;
-    let lock_sql = format!(
-        "SELECT 1 FROM accounts WHERE account_id = $1{}",
-        tx.for_update()
-    );
+    let mut sale = None;
+    let mut returned = 0i64;
     for row in &rows {
-        tx.query(&lock_sql, &[row.text(0)?.into()]).await?;
-    }
-    let mut reversed = 0;
-    for row in &rows {
-        let account = row.text(0)?;
-        let amount = row.i64(1)?;
-        if amount == 0 {
-            continue;
+        match row.text(0)?.as_str() {
+            "sale" => sale = Some((row.text(1)?, row.text(2)?, row.i64(3)?, row.i64(4)?)),
+            _ => returned += row.i64(3)?,
         }
-        let currency =
-            u16::try_from(row.i64(2)?).map_err(|e| JournalError::Schema(e.to_string()))?;
-        // A merchant who no longer holds the money fails the balance CHECK: nothing moves.
-        move_balance(tx, &account, -amount).await?;
-        insert_posting(tx, order_id, &account, -amount, currency, "reversal").await?;
-        reversed += 1;
     }
-    Ok(reversed)
+    let Some((payer, merchant, amount, currency)) = sale else {
+        return Ok(false);
+    };
+    let left = amount - returned;
+    assert!(left >= 0, "order {order_id}: more given back than its sale");
+    if left == 0 {
+        return Ok(false);
+    }
+    let currency = u16::try_from(currency).map_err(|e| JournalError::Schema(e.to_string()))?;
+    let money = Money {
+        amount_minor: left,
+        currency,
+    };
+    // A merchant who no longer holds the money fails the balance CHECK: nothing moves.
+    match transfer(tx, order_id, &merchant, &payer, money, "reversal").await? {
+        TransferOutcome::Done => Ok(true),
+        outcome => Err(JournalError::Database(format!(
+            "reversal of order {order_id} refused: {outcome:?}"
+        ))),
+    }
 }
 
-async fn move_balance(tx: &mut Tx, account_id: &str, delta: i64) -> Result<(), JournalError> {
-    let changed = tx
-        .execute(
-            "UPDATE accounts SET balance_minor = balance_minor + $1 WHERE account_id = $2",
-            &[delta.into(), account_id.into()],
-        )
-        .await?;
-    if changed != 1 {
-        return Err(JournalError::Internal(format!(
-            "balance update of {account_id} changed {changed} rows"
-        )));
-    }
-    Ok(())
-}
-
-async fn insert_posting(
+/// Writes one transfer; the database's trigger writes its two postings and moves both balances.
+async fn insert_transfer(
     tx: &mut Tx,
     order_id: &str,
-    account_id: &str,
-    amount_minor: i64,
-    currency: u16,
+    from: &str,
+    to: &str,
+    amount: Money,
     kind: &str,
 ) -> Result<(), JournalError> {
     tx.execute(
-        "INSERT INTO postings (posting_id, order_id, account_id, amount_minor, currency, kind, created_at_ms) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        "INSERT INTO transfers (transfer_id, order_id, kind, from_account, to_account, amount_minor, currency, created_at_ms) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         &[
             new_id().into(),
             order_id.into(),
-            account_id.into(),
-            amount_minor.into(),
-            i64::from(currency).into(),
             kind.into(),
+            from.into(),
+            to.into(),
+            amount.amount_minor.into(),
+            i64::from(amount.currency).into(),
             now_ms().into(),
         ],
     )
@@ -320,17 +309,20 @@ async fn insert_posting(
     Ok(())
 }
 
-/// Sum of all balances and sum of all postings, per currency: equal when the ledger is sound.
+/// Per currency: the sum of the holders' balances (funding accounts excluded) and the sum of
+/// their postings; equal when the ledger is sound. That all postings, funding included, sum to
+/// zero is the database's own rule (each transfer's legs are written by its trigger).
 pub async fn totals(tx: &mut Tx) -> Result<Vec<(u16, i64, i64)>, JournalError> {
     let balances = tx
-        .query("SELECT currency, CAST(SUM(balance_minor) AS BIGINT) FROM accounts GROUP BY currency ORDER BY currency", &[])
+        .query("SELECT currency, CAST(SUM(balance_minor) AS BIGINT) FROM accounts WHERE kind <> 'funding' GROUP BY currency ORDER BY currency", &[])
         .await?;
     let mut out = Vec::new();
     for row in balances {
         let currency = row.i64(0)?;
         let balance = row.opt_i64(1)?.unwrap_or(0);
         let postings = tx
-            .query("SELECT CAST(COALESCE(SUM(amount_minor), 0) AS BIGINT) FROM postings WHERE currency = $1", &[currency.into()])
+            .query("SELECT CAST(COALESCE(SUM(p.amount_minor), 0) AS BIGINT) FROM postings p JOIN accounts a ON a.account_id = p.account_id \
+                 WHERE p.currency = $1 AND a.kind <> 'funding'", &[currency.into()])
             .await?;
         let posted = match postings.first() {
             Some(row) => row.opt_i64(0)?.unwrap_or(0),

@@ -17,8 +17,11 @@
 
 use super::service::Order;
 use crate::config::{Config, RouteConfig, UpstreamConfig};
+use crate::domain::lifecycle;
+use crate::domain::order::OrderState;
 use crate::journal::{JournalError, Row, Store, Tx, new_id, now_ms};
 use crate::security::Security;
+use crate::store::{host_queue, orders};
 use crate::upstream::{HostLink, IsoMessage, LinkError, Unmatched};
 use posbridge_hsm::PinBlockFormat;
 use std::collections::{BTreeMap, HashMap};
@@ -134,6 +137,9 @@ pub struct Armed {
     pub host: String,
     /// The 0200 without PIN data (added just before sending).
     pub message: IsoMessage,
+    /// Armed time plus `sale_timeout_ms`: the sale is not written to the host after this, so
+    /// standby recovery can measure from the arming.
+    pub deadline: tokio::time::Instant,
 }
 
 fn text(value: &str) -> Vec<u8> {
@@ -225,6 +231,7 @@ pub async fn arm(
         forward_id,
         host: link.name().to_owned(),
         message,
+        deadline: tokio::time::Instant::now() + Duration::from_millis(config.sale_timeout_ms),
     })
 }
 
@@ -300,34 +307,10 @@ impl Outcome {
     }
 }
 
-/// Records the host's answer for an armed sale. Returns the final outcome as recorded: an
-/// approval whose reversal is no longer STANDBY (queued by a crash recovery) is recorded as
-/// ambiguous, never as paid.
-pub async fn settle(tx: &mut Tx, armed: &Armed, outcome: Outcome) -> Result<Outcome, JournalError> {
-    let now = now_ms();
-    let reversal_status = match &outcome {
-        Outcome::Ambiguous(_) => status::QUEUED,
-        _ => status::CANCELLED,
-    };
-    let changed = tx
-        .execute(
-            "UPDATE reversals SET status = $2, reason = $3, updated_at_ms = $4 WHERE forward_id = $1 AND status = 'STANDBY'",
-            &[
-                armed.forward_id.as_str().into(),
-                reversal_status.into(),
-                format!("{outcome:?}").into(),
-                now.into(),
-            ],
-        )
-        .await?;
-    let outcome = if changed == 0 {
-        // Someone queued the reversal already (recovery after a crash, or a late answer):
-        // whatever the host said, the sale is being reversed.
-        Outcome::Ambiguous("reversal already queued".into())
-    } else {
-        outcome
-    };
-    let (state, code, auth) = match &outcome {
+/// Records the host's answer (or its absence) on the forwarded sale's row. What it means for
+/// the order, and for its standby reversal, the lifecycle decides.
+pub async fn settle(tx: &mut Tx, armed: &Armed, outcome: &Outcome) -> Result<(), JournalError> {
+    let (state, code, auth) = match outcome {
         Outcome::Approved { auth_code, .. } => ("APPROVED", "00".to_owned(), auth_code.clone()),
         Outcome::Declined(code) => ("DECLINED", code.clone(), None),
         Outcome::NotSent(_) => ("NOT_SENT", "91".to_owned(), None),
@@ -335,64 +318,75 @@ pub async fn settle(tx: &mut Tx, armed: &Armed, outcome: Outcome) -> Result<Outc
     };
     tx.execute(
         "UPDATE forwarded_sales SET state = $2, response_code = $3, auth_code = $4, updated_at_ms = $5 WHERE forward_id = $1",
-        &[armed.forward_id.as_str().into(), state.into(), code.into(), auth.into(), now.into()],
+        &[armed.forward_id.as_str().into(), state.into(), code.into(), auth.into(), now_ms().into()],
     )
     .await?;
-    Ok(outcome)
-}
-
-/// Queues the reversal of an approved forwarded sale (the terminal or an operator reversed the
-/// order after it was paid). Returns false when the order had no approved forwarded sale.
-pub async fn queue_reversal_of_order(
-    tx: &mut Tx,
-    order_id: &str,
-    reason: &str,
-) -> Result<bool, JournalError> {
-    let changed = tx
-        .execute(
-            "UPDATE reversals SET status = 'QUEUED', reason = $2, next_attempt_at_ms = $3, updated_at_ms = $3 \
-             WHERE forward_id IN (SELECT forward_id FROM forwarded_sales WHERE order_id = $1 AND state = 'APPROVED') \
-             AND status = 'CANCELLED'",
-            &[order_id.into(), reason.into(), now_ms().into()],
-        )
-        .await?;
-    Ok(changed > 0)
+    Ok(())
 }
 
 /// Queues the standby reversals of sales that can no longer be answered (posbridge stopped or
-/// crashed while they were in flight): older than the sale timeout plus a margin.
+/// crashed while they were in flight). A sale is never sent after its deadline (armed time plus
+/// `sale_timeout_ms`: a request still queued then is dropped unsent), so a standby reversal
+/// older than that plus a margin belongs to a sale whose answer will never be recorded. Each
+/// order goes through the lifecycle's `Recovery` event.
 pub async fn recover_standby(store: &Store, config: &UpstreamConfig) -> Result<u64, JournalError> {
     let cutoff = now_ms() - i64::try_from(config.sale_timeout_ms).unwrap_or(i64::MAX / 4) - 5_000;
     let mut tx = store.begin().await?;
-    let changed = tx
-        .execute(
-            "UPDATE reversals SET status = 'QUEUED', reason = 'no answer recorded (posbridge stopped mid-sale)', \
-             updated_at_ms = $2 WHERE status = 'STANDBY' AND created_at_ms < $1",
-            &[cutoff.into(), now_ms().into()],
+    let sql = format!(
+        "SELECT r.forward_id, f.order_id FROM reversals r JOIN forwarded_sales f ON f.forward_id = r.forward_id \
+         WHERE r.status = 'STANDBY' AND r.created_at_ms < $1 ORDER BY r.created_at_ms LIMIT 100{}",
+        tx.for_update_skip_locked()
+    );
+    let rows = tx.query(&sql, &[cutoff.into()]).await?;
+    let mut recovered = 0;
+    for row in &rows {
+        let (forward_id, order_id) = (row.text(0)?, row.text(1)?);
+        let Some(order) = orders::load(
+            &mut tx,
+            "o.order_id = $1",
+            &[order_id.as_str().into()],
+            true,
+        )
+        .await?
+        else {
+            continue;
+        };
+        let context = orders::context(&mut tx, &order).await?;
+        match lifecycle::next(order.state, lifecycle::Event::Recovery, &context) {
+            lifecycle::Verdict::Move(transition) => {
+                let mut apply = orders::Apply::new(&order, &transition, &context);
+                apply.forward_id = Some(&forward_id);
+                orders::apply(&mut tx, apply)
+                    .await
+                    .map_err(|e| JournalError::Internal(e.to_string()))?;
+            }
+            // The order moved on (a reversal decided by the terminal): the sale still may
+            // have reached the host, so its reversal is queued all the same.
+            _ => {
+                host_queue::queue_reversal(
+                    &mut tx,
+                    &order_id,
+                    Some(&forward_id),
+                    "no answer recorded",
+                )
+                .await?;
+            }
+        }
+        tx.execute(
+            "UPDATE forwarded_sales SET state = 'AMBIGUOUS', updated_at_ms = $2 WHERE forward_id = $1 AND state = 'SENDING'",
+            &[forward_id.as_str().into(), now_ms().into()],
         )
         .await?;
-    // Their orders are stuck in AUTHORIZING: they are declined (the money is being reversed).
-    tx.execute(
-        "UPDATE orders SET state = 'DECLINED', response_code = '98', updated_at_ms = $1 WHERE state = 'AUTHORIZING' \
-         AND order_id IN (SELECT f.order_id FROM forwarded_sales f JOIN reversals r ON r.forward_id = f.forward_id \
-         WHERE r.status = 'QUEUED' AND f.state = 'SENDING')",
-        &[now_ms().into()],
-    )
-    .await?;
-    tx.execute(
-        "UPDATE forwarded_sales SET state = 'AMBIGUOUS', updated_at_ms = $1 WHERE state = 'SENDING' AND forward_id IN \
-         (SELECT forward_id FROM reversals WHERE status = 'QUEUED')",
-        &[now_ms().into()],
-    )
-    .await?;
+        recovered += 1;
+    }
     tx.commit().await?;
-    if changed > 0 {
+    if recovered > 0 {
         tracing::warn!(
-            count = changed,
+            count = recovered,
             "queued the reversals of sales left in flight by a stopped posbridge"
         );
     }
-    Ok(changed)
+    Ok(recovered)
 }
 
 /// A store-and-forward queue of messages to hosts: reversals, and refund advices.
@@ -406,8 +400,8 @@ struct Queue {
     done: &'static [&'static str],
     /// Answers that end it as refused by the host (an operator must look).
     refused: &'static [&'static str],
-    /// What delivery changes besides the queue row ($1 = the row's id).
-    after_done: Option<&'static str>,
+    /// Delivery is the order's `ReversalAcknowledged` event.
+    acknowledges_order: bool,
 }
 
 fn reversal_queue(config: &UpstreamConfig) -> Queue {
@@ -422,11 +416,7 @@ fn reversal_queue(config: &UpstreamConfig) -> Queue {
         // 25: the host never saw the sale, nothing to reverse; 12/94: already reversed.
         done: &["00", "25", "12", "94"],
         refused: &[],
-        after_done: Some(
-            "UPDATE orders SET state = CASE WHEN state = 'PAID' THEN 'REVERSED' ELSE state END \
-             WHERE order_id = (SELECT f.order_id FROM forwarded_sales f JOIN reversals r ON r.forward_id = f.forward_id \
-             WHERE r.reversal_id = $1)",
-        ),
+        acknowledges_order: true,
     }
 }
 
@@ -436,7 +426,7 @@ const ADVICE_QUEUE: Queue = Queue {
     mtis: ("0220", "0221"),
     done: &["00"],
     refused: &["12", "13", "25", "30"],
-    after_done: None,
+    acknowledges_order: false,
 };
 
 /// Sends the due queued reversals once; returns how many the hosts acknowledged.
@@ -455,20 +445,31 @@ pub async fn deliver_advices(store: &Store, upstream: &Upstream) -> Result<usize
 /// process, whose single worker reads the row without a lock: holding SQLite's database-wide
 /// write lock across a network call would stall every payment.
 async fn deliver(store: &Store, upstream: &Upstream, queue: &Queue) -> Result<usize, JournalError> {
+    // A reversal waits while its sale is still in flight (answer not recorded, deadline not
+    // passed): sent earlier it could overtake the sale, be answered 25, and leave the sale's
+    // approval unreversed.
+    let in_flight_cutoff =
+        now_ms() - i64::try_from(upstream.config.sale_timeout_ms).unwrap_or(i64::MAX / 4);
     let sql = |lock: &str| {
         format!(
-            "SELECT {}, host, message, attempts, expires_at_ms FROM {} WHERE status = 'QUEUED' \
-             AND next_attempt_at_ms <= $1 ORDER BY next_attempt_at_ms LIMIT 1{lock}",
-            queue.id, queue.table
+            "SELECT q.{id}, q.host, q.message, q.attempts, q.expires_at_ms FROM {table} q \
+             JOIN forwarded_sales f ON f.forward_id = q.forward_id WHERE q.status = 'QUEUED' \
+             AND q.next_attempt_at_ms <= $1 AND (f.state <> 'SENDING' OR f.created_at_ms < $2) \
+             ORDER BY q.next_attempt_at_ms LIMIT 1{lock}",
+            id = queue.id,
+            table = queue.table
         )
     };
     let mut acknowledged = 0;
     for _ in 0..10 {
-        let now = [now_ms().into()];
+        let now = [now_ms().into(), in_flight_cutoff.into()];
         let delivered = match store.dialect() {
             crate::journal::Dialect::Postgres => {
                 let mut tx = store.begin().await?;
-                let Some(row) = tx.query_opt(&sql(" FOR UPDATE SKIP LOCKED"), &now).await? else {
+                let Some(row) = tx
+                    .query_opt(&sql(" FOR UPDATE OF q SKIP LOCKED"), &now)
+                    .await?
+                else {
                     break;
                 };
                 let outcome = send(upstream, queue, &row).await?;
@@ -571,8 +572,8 @@ async fn record(
     match code.as_deref() {
         Some(code) if queue.done.contains(&code) => {
             set_row(tx, queue, &id, status::DONE, attempts + 1, now_ms(), None).await?;
-            if let Some(sql) = queue.after_done {
-                tx.execute(sql, &[id.as_str().into()]).await?;
+            if queue.acknowledges_order {
+                acknowledge_reversal(tx, &id).await?;
             }
             Ok(true)
         }
@@ -661,77 +662,35 @@ async fn set_row(
     Ok(())
 }
 
-/// Queues a refund advice (0220) for a sale an upstream host approved: at most what is left of
-/// the sale after earlier refunds, and never for a sale being reversed. The advice carries the
-/// original data elements (field 90) and its own RRN (the host's key against repeats).
-pub async fn queue_refund(
-    tx: &mut Tx,
-    order_id: &str,
-    amount: crate::money::Money,
-    config: &UpstreamConfig,
-) -> Result<Result<(), (super::ResponseCode, String)>, JournalError> {
-    let row = tx
+/// The order's side of an acknowledged reversal, through the lifecycle (a PAID order becomes
+/// REVERSED; any other state has recorded its reversal already).
+async fn acknowledge_reversal(tx: &mut Tx, reversal_id: &str) -> Result<(), JournalError> {
+    let Some(row) = tx
         .query_opt(
-            "SELECT f.forward_id, f.host, f.amount_minor, f.currency, r.message, r.status FROM forwarded_sales f \
-             JOIN reversals r ON r.forward_id = f.forward_id WHERE f.order_id = $1 AND f.state = 'APPROVED'",
-            &[order_id.into()],
-        )
-        .await?;
-    let Some(row) = row else {
-        return Ok(Err((
-            super::ResponseCode::InvalidTransaction,
-            "no sale approved by a host".into(),
-        )));
-    };
-    let (forward_id, host, sale_amount, currency) =
-        (row.text(0)?, row.text(1)?, row.i64(2)?, row.i64(3)?);
-    if row.text(5)? != status::CANCELLED {
-        return Ok(Err((
-            super::ResponseCode::InvalidTransaction,
-            "the sale is being reversed".into(),
-        )));
-    }
-    let refunded = tx
-        .query_opt(
-            "SELECT CAST(COALESCE(SUM(amount_minor), 0) AS BIGINT) FROM advices WHERE forward_id = $1 AND status IN ('QUEUED', 'DONE')",
-            &[forward_id.as_str().into()],
+            "SELECT f.order_id FROM forwarded_sales f JOIN reversals r ON r.forward_id = f.forward_id WHERE r.reversal_id = $1",
+            &[reversal_id.into()],
         )
         .await?
-        .map(|r| r.i64(0))
-        .transpose()?
-        .unwrap_or(0);
-    if i64::from(amount.currency) != currency
-        || amount.amount_minor <= 0
-        || amount.amount_minor > sale_amount - refunded
-    {
-        return Ok(Err((
-            super::ResponseCode::InvalidAmount,
-            format!("refund of {amount} exceeds what is left of the sale"),
-        )));
+    else {
+        return Ok(());
+    };
+    let order_id = row.text(0)?;
+    let Some(order) =
+        orders::load(tx, "o.order_id = $1", &[order_id.as_str().into()], true).await?
+    else {
+        return Ok(());
+    };
+    let context = orders::context(tx, &order).await?;
+    if let lifecycle::Verdict::Move(transition) = lifecycle::next(
+        order.state,
+        lifecycle::Event::ReversalAcknowledged,
+        &context,
+    ) {
+        orders::apply(tx, orders::Apply::new(&order, &transition, &context))
+            .await
+            .map_err(|e| JournalError::Internal(e.to_string()))?;
     }
-    let mut json: serde_json::Value = serde_json::from_str(&row.text(4)?)
-        .map_err(|e| JournalError::Schema(format!("reversal message: {e}")))?;
-    if let Some(fields) = json["fields"].as_object_mut() {
-        for number in ["11", "12", "13", "39"] {
-            fields.remove(number);
-        }
-        fields.insert("3".into(), "200000".into());
-        fields.insert("4".into(), amount.iso8583_amount().into());
-        let rrn: String = (0..12)
-            .map(|_| char::from(b'0' + rand::random_range(0..10u8)))
-            .collect();
-        fields.insert("37".into(), rrn.into());
-    }
-    let now = now_ms();
-    let expires = now
-        + i64::try_from(config.reversal_expiry_secs.saturating_mul(1000)).unwrap_or(i64::MAX / 2);
-    tx.execute(
-        "INSERT INTO advices (advice_id, forward_id, host, kind, amount_minor, status, message, attempts, next_attempt_at_ms, \
-         expires_at_ms, created_at_ms, updated_at_ms) VALUES ($1, $2, $3, 'refund', $4, 'QUEUED', $5, 0, $6, $7, $6, $6)",
-        &[new_id().into(), forward_id.into(), host.into(), amount.amount_minor.into(), json.to_string().into(), now.into(), expires.into()],
-    )
-    .await?;
-    Ok(Ok(()))
+    Ok(())
 }
 
 /// Rebuilds a queued message from its stored fields.
@@ -748,6 +707,48 @@ fn stored_request(stored: &str, mti: &str) -> Result<IsoMessage, JournalError> {
         }
     }
     Ok(message)
+}
+
+/// An approval that arrived after its request gave up: the order's reversal was decided (or
+/// will be, by recovery), and the lifecycle queues it again if it was acknowledged already (a
+/// reversal that overtook its sale is answered 25 and marked done).
+async fn late_approval(tx: &mut Tx, host: &str, stan: &str) -> Result<(), JournalError> {
+    let Some(row) = tx
+        .query_opt(
+            "SELECT forward_id, order_id FROM forwarded_sales WHERE host = $1 AND stan = $2 ORDER BY created_at_ms DESC LIMIT 1",
+            &[host.into(), stan.into()],
+        )
+        .await?
+    else {
+        return Ok(());
+    };
+    let (forward_id, order_id) = (row.text(0)?, row.text(1)?);
+    let Some(order) =
+        orders::load(tx, "o.order_id = $1", &[order_id.as_str().into()], true).await?
+    else {
+        return Ok(());
+    };
+    let context = orders::context(tx, &order).await?;
+    if let lifecycle::Verdict::Move(transition) =
+        lifecycle::next(order.state, lifecycle::Event::HostApproved, &context)
+    {
+        // Only the re-queue of a decided reversal applies here: an order still AUTHORIZING gets
+        // its answer through its own request or through recovery.
+        if transition.from != OrderState::Authorizing {
+            let mut apply = orders::Apply::new(&order, &transition, &context);
+            apply.forward_id = Some(&forward_id);
+            orders::apply(tx, apply)
+                .await
+                .map_err(|e| JournalError::Internal(e.to_string()))?;
+            tracing::warn!(
+                order_id,
+                host,
+                stan,
+                "late approval: the sale's reversal is queued again"
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Journals every answer a host link could not match (late, duplicate, unexpected).
@@ -775,6 +776,13 @@ pub async fn journal_unmatched(store: Store, mut unmatched: mpsc::Receiver<Unmat
                 ],
             )
             .await?;
+            if let (Some("0210"), Some("00"), Some(stan)) = (
+                message.map(|m| m.mti.as_str()),
+                field(39).as_deref(),
+                field(11),
+            ) {
+                late_approval(&mut tx, &frame.host, &stan).await?;
+            }
             tx.commit().await
         };
         if let Err(error) = insert.await {

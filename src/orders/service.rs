@@ -7,10 +7,15 @@ use super::forward::{self, Armed, Upstream};
 use super::notify::OrderNotifier;
 use super::payload::{self, PayloadSigner, ScannedPayload};
 use super::{OrderState, Origin, ResponseCode};
-use crate::journal::{JournalError, Row, Store, Tx, Value, new_id, now_ms};
+use crate::domain::lifecycle::{self, Event, Verdict};
+pub use crate::domain::order::Order;
+use crate::domain::order::{new_auth_code, new_rrn};
+use crate::journal::{JournalError, Store, Tx, new_id, now_ms};
 use crate::ledger::{self, TransferOutcome};
 use crate::money::Money;
 use crate::security::Security;
+use crate::store::orders::{self as order_store, Apply, ApplyError, Paid};
+use crate::store::terminal_requests::{self, RequestKey};
 use posbridge_hsm::{Pan, PinBlock, PinBlockFormat};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -29,6 +34,9 @@ pub enum OrderError {
     /// The security module failed; the operation did not happen.
     #[error("security module: {0}")]
     Security(String),
+    /// Another request changed the order first (a race this one lost); nothing was written.
+    #[error("conflict: {0}")]
+    Conflict(String),
     /// The request itself is refused, with the code to answer.
     #[error("refused ({code}): {reason}")]
     Refused {
@@ -37,6 +45,22 @@ pub enum OrderError {
         /// Why, for the log and the attempt record.
         reason: String,
     },
+}
+
+impl From<ApplyError> for OrderError {
+    fn from(error: ApplyError) -> OrderError {
+        match error {
+            ApplyError::Conflict { .. } => OrderError::Conflict(error.to_string()),
+            ApplyError::Refused { code, reason } => OrderError::Refused { code, reason },
+            ApplyError::Journal(error) => OrderError::Journal(error),
+        }
+    }
+}
+
+impl From<lifecycle::Refusal> for OrderError {
+    fn from(refusal: lifecycle::Refusal) -> OrderError {
+        OrderError::refused(refusal.code, refusal.reason)
+    }
 }
 
 impl OrderError {
@@ -51,7 +75,9 @@ impl OrderError {
     pub fn response_code(&self) -> ResponseCode {
         match self {
             OrderError::Refused { code, .. } => *code,
-            OrderError::Journal(_) | OrderError::Security(_) => ResponseCode::SystemError,
+            OrderError::Journal(_) | OrderError::Security(_) | OrderError::Conflict(_) => {
+                ResponseCode::SystemError
+            }
         }
     }
 }
@@ -81,97 +107,6 @@ pub struct NewOrder {
     pub ttl: Duration,
     /// For [`Origin::TerminalCode`]: the payload the terminal made and shows.
     pub terminal_payload: Option<String>,
-}
-
-/// An order as stored, with what a receipt needs.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Order {
-    /// Identifier.
-    pub order_id: String,
-    /// `gateway-code`, `terminal-code` or `static`.
-    pub origin: String,
-    /// Merchant number.
-    pub mid: String,
-    /// Merchant name.
-    pub merchant_name: String,
-    /// Merchant city.
-    pub merchant_city: String,
-    /// Terminal ID.
-    pub tid: Option<String>,
-    /// Operator number.
-    pub operator: Option<String>,
-    /// Acquirer.
-    pub acquirer: Option<String>,
-    /// Transaction type.
-    pub txn_type: String,
-    /// Batch number.
-    pub batch: Option<String>,
-    /// Voucher number.
-    pub voucher: Option<String>,
-    /// Amount.
-    pub amount: Money,
-    /// One-time reference carried in the code (62.05).
-    pub reference: String,
-    /// The EMV payload shown.
-    pub payload: String,
-    /// State name (`CREATED`, `PAID`, ...).
-    pub state: String,
-    /// Last response code.
-    pub response_code: Option<String>,
-    /// Retrieval reference number (F37).
-    pub rrn: Option<String>,
-    /// Authorisation code (F38).
-    pub auth_code: Option<String>,
-    /// Payer's card number, masked.
-    pub payer_pan_masked: Option<String>,
-    /// Created, ms since epoch.
-    pub created_at_ms: i64,
-    /// Expires, ms since epoch.
-    pub expires_at_ms: i64,
-    /// Last change, ms since epoch.
-    pub updated_at_ms: i64,
-}
-
-impl Order {
-    /// The parsed state.
-    pub fn state(&self) -> OrderState {
-        OrderState::parse(&self.state).unwrap_or(OrderState::Created)
-    }
-}
-
-const ORDER_COLUMNS: &str = "o.order_id, o.origin, o.mid, m.name, m.city, o.tid, o.operator, o.acquirer, o.txn_type, \
-     o.batch, o.voucher, o.amount_minor, o.currency, o.reference, o.payload, o.state, o.response_code, o.rrn, \
-     o.auth_code, o.payer_pan_masked, o.created_at_ms, o.expires_at_ms, o.updated_at_ms";
-
-fn order_from_row(row: &Row) -> Result<Order, JournalError> {
-    Ok(Order {
-        order_id: row.text(0)?,
-        origin: row.text(1)?,
-        mid: row.text(2)?,
-        merchant_name: row.text(3)?,
-        merchant_city: row.text(4)?,
-        tid: row.opt_text(5)?,
-        operator: row.opt_text(6)?,
-        acquirer: row.opt_text(7)?,
-        txn_type: row.text(8)?,
-        batch: row.opt_text(9)?,
-        voucher: row.opt_text(10)?,
-        amount: Money {
-            amount_minor: row.i64(11)?,
-            currency: u16::try_from(row.i64(12)?)
-                .map_err(|e| JournalError::Schema(e.to_string()))?,
-        },
-        reference: row.text(13)?,
-        payload: row.text(14)?,
-        state: row.text(15)?,
-        response_code: row.opt_text(16)?,
-        rrn: row.opt_text(17)?,
-        auth_code: row.opt_text(18)?,
-        payer_pan_masked: row.opt_text(19)?,
-        created_at_ms: row.i64(20)?,
-        expires_at_ms: row.i64(21)?,
-        updated_at_ms: row.i64(22)?,
-    })
 }
 
 /// A payment from a wallet app (S106).
@@ -255,6 +190,61 @@ enum Step {
     Done(Box<PaymentResult>, Option<String>),
     /// Routed to a host: armed in the journal, to send after this transaction commits.
     Forward(Box<Armed>),
+}
+
+/// What [`OrderService::decide`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Decided {
+    /// A transition was applied; its code.
+    Moved(ResponseCode),
+    /// Allowed, nothing written yet.
+    Proceed,
+    /// Nothing to do; answer this.
+    Unchanged(ResponseCode),
+}
+
+/// What a transition's work needs besides the order (see [`Apply`]).
+#[derive(Debug, Clone, Copy, Default)]
+struct Details<'a> {
+    paid: Option<Paid<'a>>,
+    forward_id: Option<&'a str>,
+    note: Option<&'a str>,
+    queue_ttl_ms: i64,
+}
+
+/// A terminal's voucher: the order a void, refund or reversal is about, and the request's own
+/// identity for repeats (`None` for operator requests).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Voucher {
+    /// Terminal ID.
+    pub tid: String,
+    /// Batch of the original sale.
+    pub batch: String,
+    /// Voucher (trace) number of the original sale.
+    pub voucher: String,
+    /// The terminal request (TID, MTI, batch, STAN) asking, so a repeat is answered the same.
+    pub request: Option<RequestKey>,
+}
+
+impl Voucher {
+    /// An operator's request for a sale (no terminal request to de-duplicate).
+    pub fn of(tid: &str, batch: &str, voucher: &str) -> Voucher {
+        Voucher {
+            tid: tid.to_owned(),
+            batch: batch.to_owned(),
+            voucher: voucher.to_owned(),
+            request: None,
+        }
+    }
+}
+
+/// The currency of the sale a voucher names (refunds must match it).
+async fn voucher_currency(service: &OrderService, voucher: &Voucher) -> Result<u16, OrderError> {
+    service
+        .order_by_voucher(&voucher.tid, &voucher.batch, &voucher.voucher)
+        .await?
+        .map(|order| order.amount.currency)
+        .ok_or_else(|| OrderError::refused(ResponseCode::NotFound, "no order for this voucher"))
 }
 
 impl std::fmt::Debug for OrderService {
@@ -397,12 +387,10 @@ impl OrderService {
                 "an order for this terminal, batch and voucher exists already",
             ));
         }
-        record_event(&mut tx, &order_id, None, OrderState::Created, "created").await?;
-        let order = load_order(&mut tx, "o.order_id = $1", &[order_id.as_str().into()], "").await?;
+        order_store::record_event(&mut tx, &order_id, None, OrderState::Created, "created").await?;
+        let order = order_store::reload(&mut tx, &order_id).await?;
         tx.commit().await?;
-        order.ok_or_else(|| {
-            OrderError::Journal(JournalError::Internal("created order vanished".into()))
-        })
+        Ok(order)
     }
 
     async fn check_terminal_payload(
@@ -437,7 +425,7 @@ impl OrderService {
 
     /// Reads an order by id.
     pub async fn order(&self, order_id: &str) -> Result<Option<Order>, OrderError> {
-        Ok(read_order(&self.store, "o.order_id = $1", &[order_id.into()]).await?)
+        Ok(order_store::read(&self.store, "o.order_id = $1", &[order_id.into()]).await?)
     }
 
     /// Reads an order by terminal, batch and voucher.
@@ -447,7 +435,7 @@ impl OrderService {
         batch: &str,
         voucher: &str,
     ) -> Result<Option<Order>, OrderError> {
-        Ok(read_order(
+        Ok(order_store::read(
             &self.store,
             "o.tid = $1 AND o.batch = $2 AND o.voucher = $3",
             &[tid.into(), batch.into(), voucher.into()],
@@ -457,7 +445,7 @@ impl OrderService {
 
     /// Reads a paid (or reversed) order by its retrieval reference number.
     pub async fn order_by_rrn(&self, rrn: &str) -> Result<Option<Order>, OrderError> {
-        Ok(read_order(&self.store, "o.rrn = $1", &[rrn.into()]).await?)
+        Ok(order_store::read(&self.store, "o.rrn = $1", &[rrn.into()]).await?)
     }
 
     /// Resolves a scanned payload to the order as stored on the server (S104): what the phone
@@ -471,7 +459,7 @@ impl OrderService {
                 "a static code has no order to resolve",
             )
         })?;
-        let order = read_order(&self.store, "o.reference = $1", &[reference.into()])
+        let order = order_store::read(&self.store, "o.reference = $1", &[reference.into()])
             .await?
             .ok_or_else(|| OrderError::refused(ResponseCode::NotFound, "no order for this code"))?;
         if order.payload != scanned_text {
@@ -531,43 +519,16 @@ impl OrderService {
             Some(reference) => self.lock_dynamic_order(tx, reference, request).await?,
             None => self.static_order(tx, &scanned, request).await?,
         };
-        let state = order.state();
-        let now = now_ms();
-        let refuse = |code| {
-            Err(OrderError::refused(
-                code,
-                format!("order is {}", order.state),
-            ))
-        };
-        match state {
-            OrderState::Created if now >= order.expires_at_ms => {
-                set_state(
-                    tx,
-                    &order.order_id,
-                    state,
-                    OrderState::Expired,
-                    ResponseCode::Expired,
-                    "expired at payment",
-                )
-                .await?;
+        match self
+            .decide(tx, &order, Event::PayAttempt, Details::default())
+            .await?
+        {
+            Decided::Proceed => {}
+            Decided::Moved(code) | Decided::Unchanged(code) => {
                 let result = self
-                    .attempt_result(
-                        tx,
-                        &order,
-                        request,
-                        pan_hash,
-                        ResponseCode::Expired,
-                        "order expired",
-                    )
+                    .attempt_result(tx, &order, request, pan_hash, code, "order expired")
                     .await?;
                 return Ok(Step::Done(Box::new(result), Some(order.order_id.clone())));
-            }
-            OrderState::Created => {}
-            OrderState::Authorizing => return refuse(ResponseCode::InProgress),
-            OrderState::Paid | OrderState::Reversed => return refuse(ResponseCode::Duplicate),
-            OrderState::Expired => return refuse(ResponseCode::Expired),
-            OrderState::Declined | OrderState::Cancelled => {
-                return refuse(ResponseCode::NotPermitted);
             }
         }
         if let Some(upstream) = &self.upstream {
@@ -587,15 +548,8 @@ impl OrderService {
                     &merchant.country,
                 )
                 .await?;
-                set_state(
-                    tx,
-                    &order.order_id,
-                    state,
-                    OrderState::Authorizing,
-                    ResponseCode::InProgress,
-                    "forwarded upstream",
-                )
-                .await?;
+                self.decide(tx, &order, Event::Forward, Details::default())
+                    .await?;
                 return Ok(Step::Forward(Box::new(armed)));
             }
         }
@@ -604,23 +558,14 @@ impl OrderService {
             .ok_or_else(|| {
                 OrderError::refused(ResponseCode::InvalidCard, "no account for this card")
             })?;
-        let pin_verdict = self.check_pin(tx, &payer, request).await?;
-        if let Some(code) = pin_verdict {
-            if code == ResponseCode::PinTriesExceeded {
-                set_state(
-                    tx,
-                    &order.order_id,
-                    state,
-                    OrderState::Declined,
-                    code,
-                    "PIN tries exceeded",
-                )
-                .await?;
-            }
-            let result = self
-                .attempt_result(tx, &order, request, pan_hash, code, "PIN not accepted")
-                .await?;
-            return Ok(Step::Done(Box::new(result), Some(order.order_id.clone())));
+        if let Some(code) = self.check_pin(tx, &payer, request).await? {
+            let event = match code {
+                ResponseCode::PinTriesExceeded => Event::LocalDeclined(code),
+                _ => Event::WrongPin,
+            };
+            return self
+                .refused_payment(tx, &order, request, pan_hash, event)
+                .await;
         }
         let merchant_account = self.merchant_account(tx, &order.mid).await?;
         match ledger::transfer(
@@ -635,42 +580,27 @@ impl OrderService {
         {
             TransferOutcome::Done => {}
             TransferOutcome::InsufficientFunds | TransferOutcome::CurrencyMismatch => {
-                let code = ResponseCode::InsufficientFunds;
-                set_state(
-                    tx,
-                    &order.order_id,
-                    state,
-                    OrderState::Declined,
-                    code,
-                    "insufficient funds",
-                )
-                .await?;
-                let result = self
-                    .attempt_result(tx, &order, request, pan_hash, code, "insufficient funds")
-                    .await?;
-                return Ok(Step::Done(Box::new(result), Some(order.order_id.clone())));
+                let event = Event::LocalDeclined(ResponseCode::InsufficientFunds);
+                return self
+                    .refused_payment(tx, &order, request, pan_hash, event)
+                    .await;
             }
         }
-        let rrn = random_digits(12);
-        let auth_code = random_digits(6);
-        tx.execute(
-            "UPDATE orders SET state = 'PAID', response_code = '00', rrn = $2, auth_code = $3, payer_account_id = $4, \
-             payer_pan_masked = $5, updated_at_ms = $6 WHERE order_id = $1 AND state = 'CREATED'",
-            &[
-                order.order_id.as_str().into(),
-                rrn.into(),
-                auth_code.into(),
-                payer.account_id.as_str().into(),
-                request.pan.masked().into(),
-                now_ms().into(),
-            ],
-        )
-        .await?;
-        record_event(tx, &order.order_id, Some(state), OrderState::Paid, "paid").await?;
-        crate::metrics::record_sale_since_ms(order.created_at_ms);
-        if order.origin == Origin::Static.as_str() {
-            crate::outbox::enqueue_payment(tx, &order.order_id).await?;
-        }
+        let (rrn, auth_code, masked) = (new_rrn(), new_auth_code(), request.pan.masked());
+        let paid = Paid {
+            rrn: &rrn,
+            auth_code: Some(&auth_code),
+            payer_account_id: Some(&payer.account_id),
+            payer_pan_masked: &masked,
+        };
+        let details = Details {
+            paid: Some(paid),
+            ..Details::default()
+        };
+        self.decide(tx, &order, Event::LocalApproved, details)
+            .await?;
+        let created_at_ms = order.created_at_ms;
+        tx.after_commit(move || crate::metrics::record_sale_since_ms(created_at_ms));
         let result = self
             .attempt_result(
                 tx,
@@ -690,8 +620,7 @@ impl OrderService {
         reference: &str,
         request: &PayRequest,
     ) -> Result<Order, OrderError> {
-        let lock = tx.for_update_of_orders();
-        let order = load_order(tx, "o.reference = $1", &[reference.into()], lock)
+        let order = order_store::load(tx, "o.reference = $1", &[reference.into()], true)
             .await?
             .ok_or_else(|| OrderError::refused(ResponseCode::NotFound, "no order for this code"))?;
         if order.payload != request.payload {
@@ -759,7 +688,7 @@ impl OrderService {
             ],
         )
         .await?;
-        record_event(
+        order_store::record_event(
             tx,
             &order_id,
             None,
@@ -767,11 +696,7 @@ impl OrderService {
             "static code payment",
         )
         .await?;
-        load_order(tx, "o.order_id = $1", &[order_id.as_str().into()], "")
-            .await?
-            .ok_or_else(|| {
-                OrderError::Journal(JournalError::Internal("static order vanished".into()))
-            })
+        Ok(order_store::reload(tx, &order_id).await?)
     }
 
     /// Sends an armed sale to its host and records the answer (S107 in the five-role
@@ -801,80 +726,65 @@ impl OrderService {
                     message.set(52, block.expose_secret().to_vec());
                     message.set(53, upstream.config.security_control.as_bytes().to_vec());
                 }
-                let deadline = Duration::from_millis(upstream.config.sale_timeout_ms);
-                forward::Outcome::of(&link.request(message, deadline).await)
+                let left = armed
+                    .deadline
+                    .saturating_duration_since(tokio::time::Instant::now());
+                forward::Outcome::of(&link.request(message, left).await)
             }
         };
         let mut tx = self.store.begin().await?;
-        let outcome = forward::settle(&mut tx, &armed, outcome).await?;
+        forward::settle(&mut tx, &armed, &outcome).await?;
         let order_id = armed.order.order_id.as_str();
-        let from = OrderState::Authorizing;
-        let (code, reason) = match &outcome {
-            forward::Outcome::Approved { auth_code, rrn } => {
-                let changed = tx
-                    .execute(
-                        "UPDATE orders SET state = 'PAID', response_code = '00', rrn = $2, auth_code = $3, \
-                         payer_pan_masked = $4, updated_at_ms = $5 WHERE order_id = $1 AND state = 'AUTHORIZING'",
-                        &[
-                            order_id.into(),
-                            rrn.clone().or_else(|| armed.message.text(37).map(str::to_owned)).into(),
-                            auth_code.clone().into(),
-                            request.pan.masked().into(),
-                            now_ms().into(),
-                        ],
-                    )
-                    .await?;
-                if changed == 1 {
-                    record_event(
-                        &mut tx,
-                        order_id,
-                        Some(from),
-                        OrderState::Paid,
-                        "approved by host",
-                    )
-                    .await?;
-                }
-                (ResponseCode::Approved, "approved by the host".to_owned())
+        let order = order_store::load(&mut tx, "o.order_id = $1", &[order_id.into()], true)
+            .await?
+            .ok_or_else(|| OrderError::Journal(JournalError::Internal("order vanished".into())))?;
+        let (event, reason) = match &outcome {
+            forward::Outcome::Approved { .. } => {
+                (Event::HostApproved, "approved by the host".to_owned())
             }
-            forward::Outcome::Declined(code) => {
-                let code = ResponseCode::parse(code);
-                move_state(
-                    &mut tx,
-                    order_id,
-                    from,
-                    OrderState::Declined,
-                    code,
-                    "declined by host",
-                )
-                .await?;
-                (code, "declined by the host".to_owned())
+            forward::Outcome::Declined(code) => (
+                Event::HostDeclined(ResponseCode::parse(code)),
+                "declined by the host".to_owned(),
+            ),
+            forward::Outcome::NotSent(why) => {
+                (Event::NotSent, format!("not sent to the host: {why}"))
             }
-            forward::Outcome::NotSent(reason) => {
-                let code = ResponseCode::IssuerUnavailable;
-                move_state(
-                    &mut tx,
-                    order_id,
-                    from,
-                    OrderState::Created,
-                    code,
-                    "not sent",
-                )
-                .await?;
-                (code, format!("not sent to the host: {reason}"))
-            }
-            forward::Outcome::Ambiguous(reason) => {
-                let code = ResponseCode::IssuerTimeout;
-                move_state(
-                    &mut tx,
-                    order_id,
-                    from,
-                    OrderState::Declined,
-                    code,
-                    "reversal queued",
-                )
-                .await?;
-                (code, format!("{reason}; the sale is being reversed"))
-            }
+            forward::Outcome::Ambiguous(why) => (
+                Event::HostAmbiguous,
+                format!("{why}; the sale is being reversed"),
+            ),
+        };
+        let (rrn, auth_code) = match &outcome {
+            forward::Outcome::Approved { auth_code, rrn } => (
+                rrn.clone()
+                    .or_else(|| armed.message.text(37).map(str::to_owned)),
+                auth_code.clone(),
+            ),
+            _ => (None, None),
+        };
+        let masked = request.pan.masked();
+        let paid = rrn.as_deref().map(|rrn| Paid {
+            rrn,
+            auth_code: auth_code.as_deref(),
+            payer_account_id: None,
+            payer_pan_masked: &masked,
+        });
+        let details = Details {
+            paid: paid
+                .filter(|_| order.state == OrderState::Authorizing && event == Event::HostApproved),
+            forward_id: Some(&armed.forward_id),
+            ..Details::default()
+        };
+        let code = match self.decide(&mut tx, &order, event, details).await {
+            Ok(Decided::Moved(code) | Decided::Unchanged(code)) => code,
+            Ok(Decided::Proceed) => ResponseCode::SystemError,
+            Err(OrderError::Refused { code, .. }) => code,
+            Err(other) => return Err(other),
+        };
+        let reason = if code == ResponseCode::IssuerTimeout && event == Event::HostApproved {
+            "approved after the reversal was decided; the sale is being reversed".to_owned()
+        } else {
+            reason
         };
         let result = self
             .attempt_result(&mut tx, &armed.order, request, pan_hash, code, &reason)
@@ -959,9 +869,8 @@ impl OrderService {
         reason: &str,
     ) -> Result<PaymentResult, OrderError> {
         let attempt_id = record_attempt(tx, Some(order), request, pan_hash, code, reason).await?;
-        let order =
-            load_order(tx, "o.order_id = $1", &[order.order_id.as_str().into()], "").await?;
-        Ok(refusal(code, reason.to_owned(), order, attempt_id))
+        let order = order_store::reload(tx, &order.order_id).await?;
+        Ok(refusal(code, reason.to_owned(), Some(order), attempt_id))
     }
 
     async fn merchant(&self, mid: &str) -> Result<crate::admin::Merchant, OrderError> {
@@ -987,226 +896,120 @@ impl OrderService {
     /// Cancels an unpaid order (terminal gone, operator); returns the order as it now stands.
     pub async fn cancel(&self, order_id: &str, reason: &str) -> Result<Option<Order>, OrderError> {
         let mut tx = self.store.begin().await?;
-        let lock = tx.for_update_of_orders();
-        let Some(order) = load_order(&mut tx, "o.order_id = $1", &[order_id.into()], lock).await?
+        let Some(order) =
+            order_store::load(&mut tx, "o.order_id = $1", &[order_id.into()], true).await?
         else {
             return Ok(None);
         };
-        if order.state() == OrderState::Created {
-            set_state(
-                &mut tx,
-                order_id,
-                OrderState::Created,
-                OrderState::Cancelled,
-                ResponseCode::NotPermitted,
-                reason,
-            )
-            .await?;
-        }
-        let order = load_order(&mut tx, "o.order_id = $1", &[order_id.into()], "").await?;
+        let details = Details {
+            note: Some(reason),
+            ..Details::default()
+        };
+        // Anything but CREATED stays as it is: cancelling is not a refusal here.
+        self.decide(&mut tx, &order, Event::Cancel, details).await?;
+        let order = order_store::reload(&mut tx, order_id).await?;
         tx.commit().await?;
         self.notifier.changed(order_id);
-        Ok(order)
+        Ok(Some(order))
     }
 
     /// Voids a paid sale (terminal 0200 with 60.1 = 23, or the operator): the money goes back,
     /// locally in the same transaction, or through a queued reversal to the host that approved
-    /// it. Only a paid order can be voided; voiding twice answers 00 and changes nothing.
-    pub async fn void(
+    /// it. Voiding a voided sale is refused (12); so is voiding an upstream sale whose refund
+    /// advices may have reached the host (refund the rest instead).
+    pub async fn void(&self, voucher: &Voucher, reason: &str) -> Result<Order, OrderError> {
+        self.after_sale(voucher, Event::Void, reason).await
+    }
+
+    /// Refunds part or all of a paid sale (terminal 0220 with 60.1 = 25, or the operator): at
+    /// most what is left of it after earlier refunds; through the local ledger, or as a refund
+    /// advice to the host that approved it.
+    pub async fn refund(&self, voucher: &Voucher, amount: Money) -> Result<Order, OrderError> {
+        if amount.currency != voucher_currency(self, voucher).await? {
+            return Err(OrderError::refused(
+                ResponseCode::InvalidAmount,
+                "a refund is in the sale's currency",
+            ));
+        }
+        let note = format!("{amount}");
+        let event = Event::Refund {
+            amount_minor: amount.amount_minor,
+        };
+        self.after_sale(voucher, event, &note).await
+    }
+
+    /// A reversal for a terminal's voucher (0400): cancels the order if unpaid, queues the
+    /// host reversal if it is being authorised, gives the money back if paid. Reversing what
+    /// never moved money answers 00 and changes nothing.
+    pub async fn reverse(&self, voucher: &Voucher, reason: &str) -> Result<Order, OrderError> {
+        self.after_sale(voucher, Event::TerminalReversal, reason)
+            .await
+    }
+
+    /// One terminal or operator request on an existing order: claims a repeated terminal
+    /// request (answered with its first answer), decides, applies, records the answer, commits.
+    async fn after_sale(
         &self,
-        tid: &str,
-        batch: &str,
-        voucher: &str,
-        reason: &str,
+        voucher: &Voucher,
+        event: Event,
+        note: &str,
     ) -> Result<Order, OrderError> {
+        let mut tx = self.store.begin().await?;
+        if let Some(key) = &voucher.request {
+            if let Some(code) = terminal_requests::claim(&mut tx, key).await? {
+                tx.commit().await?;
+                return self.repeated(voucher, code).await;
+            }
+        }
+        let order = order_store::load(
+            &mut tx,
+            "o.tid = $1 AND o.batch = $2 AND o.voucher = $3",
+            &[
+                voucher.tid.as_str().into(),
+                voucher.batch.as_str().into(),
+                voucher.voucher.as_str().into(),
+            ],
+            true,
+        )
+        .await?
+        .ok_or_else(|| OrderError::refused(ResponseCode::NotFound, "no order for this voucher"))?;
+        let upstream_ttl_ms = self.upstream.as_ref().map_or(0, |u| {
+            i64::try_from(u.config.reversal_expiry_secs.saturating_mul(1000))
+                .unwrap_or(i64::MAX / 2)
+        });
+        let details = Details {
+            note: Some(note),
+            queue_ttl_ms: upstream_ttl_ms,
+            ..Details::default()
+        };
+        let code = match self.decide(&mut tx, &order, event, details).await? {
+            Decided::Moved(_) | Decided::Proceed => ResponseCode::Approved,
+            Decided::Unchanged(code) => code,
+        };
+        if let Some(key) = &voucher.request {
+            terminal_requests::record(&mut tx, key, code).await?;
+        }
+        let order = order_store::reload(&mut tx, &order.order_id).await?;
+        tx.commit().await?;
+        self.notifier.changed(&order.order_id);
+        Ok(order)
+    }
+
+    /// The answer to a repeated terminal request: its first answer, and the order as it stands.
+    async fn repeated(&self, voucher: &Voucher, code: ResponseCode) -> Result<Order, OrderError> {
         let order = self
-            .order_by_voucher(tid, batch, voucher)
+            .order_by_voucher(&voucher.tid, &voucher.batch, &voucher.voucher)
             .await?
             .ok_or_else(|| {
                 OrderError::refused(ResponseCode::NotFound, "no order for this voucher")
             })?;
-        match order.state() {
-            OrderState::Paid | OrderState::Reversed => {
-                self.reverse(tid, batch, voucher, reason).await
-            }
-            _ => Err(OrderError::refused(
-                ResponseCode::InvalidTransaction,
-                format!("cannot void an order that is {}", order.state),
+        match code {
+            ResponseCode::Approved => Ok(order),
+            code => Err(OrderError::refused(
+                code,
+                "repeated request: its first answer",
             )),
         }
-    }
-
-    /// Refunds part or all of a paid sale of the local ledger (terminal 0220 with 60.1 = 25, or
-    /// the operator): moves `amount` from the merchant back to the payer, at most what is left
-    /// of the sale after earlier refunds. Sales approved by an upstream host are voided instead.
-    pub async fn refund(
-        &self,
-        tid: &str,
-        batch: &str,
-        voucher: &str,
-        amount: Money,
-    ) -> Result<Order, OrderError> {
-        let mut tx = self.store.begin().await?;
-        let lock = tx.for_update_of_orders();
-        let order = load_order(
-            &mut tx,
-            "o.tid = $1 AND o.batch = $2 AND o.voucher = $3",
-            &[tid.into(), batch.into(), voucher.into()],
-            lock,
-        )
-        .await?
-        .ok_or_else(|| OrderError::refused(ResponseCode::NotFound, "no order for this voucher"))?;
-        if order.state() != OrderState::Paid {
-            return Err(OrderError::refused(
-                ResponseCode::InvalidTransaction,
-                format!("cannot refund an order that is {}", order.state),
-            ));
-        }
-        let payer = tx
-            .query_opt(
-                "SELECT payer_account_id FROM orders WHERE order_id = $1",
-                &[order.order_id.as_str().into()],
-            )
-            .await?
-            .and_then(|row| row.opt_text(0).ok().flatten());
-        let Some(payer) = payer else {
-            // Approved by an upstream host: the refund goes there as an advice.
-            let upstream_config = self
-                .upstream
-                .as_ref()
-                .map(|u| u.config.clone())
-                .unwrap_or_default();
-            return match forward::queue_refund(&mut tx, &order.order_id, amount, &upstream_config)
-                .await?
-            {
-                Ok(()) => {
-                    record_event(
-                        &mut tx,
-                        &order.order_id,
-                        Some(OrderState::Paid),
-                        OrderState::Paid,
-                        &format!("refund advice of {amount} queued"),
-                    )
-                    .await?;
-                    tx.commit().await?;
-                    Ok(order)
-                }
-                Err((code, reason)) => Err(OrderError::refused(code, reason)),
-            };
-        };
-        let refunded = tx
-            .query_opt(
-                "SELECT CAST(COALESCE(SUM(amount_minor), 0) AS BIGINT) FROM postings WHERE order_id = $1 AND kind = 'refund' AND account_id = $2",
-                &[order.order_id.as_str().into(), payer.as_str().into()],
-            )
-            .await?
-            .map(|row| row.i64(0))
-            .transpose()?
-            .unwrap_or(0);
-        if amount.currency != order.amount.currency
-            || amount.amount_minor <= 0
-            || amount.amount_minor > order.amount.amount_minor - refunded
-        {
-            return Err(OrderError::refused(
-                ResponseCode::InvalidAmount,
-                format!(
-                    "refund of {amount} exceeds what is left of the sale ({} refunded of {})",
-                    refunded, order.amount
-                ),
-            ));
-        }
-        let merchant = self.merchant_account(&mut tx, &order.mid).await?;
-        match ledger::transfer(
-            &mut tx,
-            &order.order_id,
-            &merchant,
-            &payer,
-            amount,
-            "refund",
-        )
-        .await?
-        {
-            TransferOutcome::Done => {}
-            _ => {
-                return Err(OrderError::refused(
-                    ResponseCode::InsufficientFunds,
-                    "the merchant's balance does not cover the refund",
-                ));
-            }
-        }
-        record_event(
-            &mut tx,
-            &order.order_id,
-            Some(OrderState::Paid),
-            OrderState::Paid,
-            &format!("refunded {amount}"),
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(order)
-    }
-
-    /// A reversal for a terminal's voucher (0400): cancels the order if unpaid, gives the money
-    /// back if paid. Idempotent: reversing a reversed order changes nothing.
-    pub async fn reverse(
-        &self,
-        tid: &str,
-        batch: &str,
-        voucher: &str,
-        reason: &str,
-    ) -> Result<Order, OrderError> {
-        let mut tx = self.store.begin().await?;
-        let lock = tx.for_update_of_orders();
-        let order = load_order(
-            &mut tx,
-            "o.tid = $1 AND o.batch = $2 AND o.voucher = $3",
-            &[tid.into(), batch.into(), voucher.into()],
-            lock,
-        )
-        .await?
-        .ok_or_else(|| OrderError::refused(ResponseCode::NotFound, "no order for this voucher"))?;
-        match order.state() {
-            OrderState::Created => {
-                set_state(
-                    &mut tx,
-                    &order.order_id,
-                    OrderState::Created,
-                    OrderState::Cancelled,
-                    ResponseCode::NotPermitted,
-                    reason,
-                )
-                .await?;
-            }
-            OrderState::Paid => {
-                // Money back: local postings are undone here; a sale approved by a host gets
-                // its reversal queued (durably, in this transaction) for the reversal worker.
-                ledger::reverse(&mut tx, &order.order_id).await?;
-                forward::queue_reversal_of_order(&mut tx, &order.order_id, reason).await?;
-                set_state(
-                    &mut tx,
-                    &order.order_id,
-                    OrderState::Paid,
-                    OrderState::Reversed,
-                    ResponseCode::Approved,
-                    reason,
-                )
-                .await?;
-            }
-            _ => {}
-        }
-        let order = load_order(
-            &mut tx,
-            "o.order_id = $1",
-            &[order.order_id.as_str().into()],
-            "",
-        )
-        .await?
-        .ok_or_else(|| {
-            OrderError::Journal(JournalError::Internal("reversed order vanished".into()))
-        })?;
-        tx.commit().await?;
-        self.notifier.changed(&order.order_id);
-        Ok(order)
     }
 
     /// Marks every unpaid order past its expiry as EXPIRED; returns their ids. Runs on a timer,
@@ -1222,22 +1025,82 @@ impl OrderService {
         let mut expired = Vec::with_capacity(rows.len());
         for row in rows {
             let order_id = row.text(0)?;
-            set_state(
-                &mut tx,
-                &order_id,
-                OrderState::Created,
-                OrderState::Expired,
-                ResponseCode::Expired,
-                "expired",
-            )
-            .await?;
-            expired.push(order_id);
+            let order = order_store::reload(&mut tx, &order_id).await?;
+            if let Decided::Moved(_) = self
+                .decide(&mut tx, &order, Event::Expire, Details::default())
+                .await?
+            {
+                expired.push(order_id);
+            }
         }
         tx.commit().await?;
         for order_id in &expired {
             self.notifier.changed(order_id);
         }
         Ok(expired)
+    }
+
+    /// Decides `event` for a locked order with the lifecycle and applies the transition: the
+    /// one path by which the order service changes an order.
+    async fn decide(
+        &self,
+        tx: &mut Tx,
+        order: &Order,
+        event: Event,
+        details: Details<'_>,
+    ) -> Result<Decided, OrderError> {
+        let context = order_store::context(tx, order).await?;
+        match lifecycle::next(order.state, event, &context) {
+            Verdict::Move(transition) => {
+                let code = transition.code;
+                order_store::apply(
+                    tx,
+                    Apply {
+                        order,
+                        transition: &transition,
+                        context: &context,
+                        paid: details.paid,
+                        forward_id: details.forward_id,
+                        note: details.note,
+                        queue_ttl_ms: details.queue_ttl_ms,
+                    },
+                )
+                .await?;
+                Ok(Decided::Moved(code))
+            }
+            Verdict::Proceed => Ok(Decided::Proceed),
+            Verdict::Unchanged(code) => Ok(Decided::Unchanged(code)),
+            Verdict::Refuse(refusal) => Err(refusal.into()),
+        }
+    }
+
+    /// A payment the lifecycle declines (51, 75) or leaves open (55): the decision applied,
+    /// the attempt recorded, the pay transaction committed with the PIN-try count.
+    async fn refused_payment(
+        &self,
+        tx: &mut Tx,
+        order: &Order,
+        request: &PayRequest,
+        pan_hash: &[u8],
+        event: Event,
+    ) -> Result<Step, OrderError> {
+        let (code, reason) = match self.decide(tx, order, event, Details::default()).await {
+            Ok(Decided::Moved(code)) => (code, "declined"),
+            Err(OrderError::Refused { code, .. }) => (code, "PIN not accepted"),
+            Ok(Decided::Proceed | Decided::Unchanged(_)) => {
+                (ResponseCode::SystemError, "no decision")
+            }
+            Err(other) => return Err(other),
+        };
+        let reason = match code {
+            ResponseCode::InsufficientFunds => "insufficient funds",
+            ResponseCode::PinTriesExceeded => "PIN tries exceeded",
+            _ => reason,
+        };
+        let result = self
+            .attempt_result(tx, order, request, pan_hash, code, reason)
+            .await?;
+        Ok(Step::Done(Box::new(result), Some(order.order_id.clone())))
     }
 
     /// Waits until the order leaves CREATED or `timeout` passes; returns it as it then stands.
@@ -1272,12 +1135,16 @@ impl OrderService {
     pub async fn merchant_orders(&self, mid: &str, limit: i64) -> Result<Vec<Order>, OrderError> {
         let mut tx = self.store.begin().await?;
         let sql = format!(
-            "SELECT {ORDER_COLUMNS} FROM orders o JOIN merchants m ON m.mid = o.mid WHERE o.mid = $1 \
-             ORDER BY o.created_at_ms DESC LIMIT $2"
+            "SELECT {} FROM orders o JOIN merchants m ON m.mid = o.mid WHERE o.mid = $1 \
+             ORDER BY o.created_at_ms DESC LIMIT $2",
+            order_store::ORDER_COLUMNS
         );
         let rows = tx.query(&sql, &[mid.into(), limit.into()]).await?;
         tx.commit().await?;
-        Ok(rows.iter().map(order_from_row).collect::<Result<_, _>>()?)
+        Ok(rows
+            .iter()
+            .map(order_store::order_from_row)
+            .collect::<Result<_, _>>()?)
     }
 
     /// Count and sum of the paid orders of a terminal's batch, for settlement (0500).
@@ -1295,113 +1162,6 @@ impl OrderService {
             None => Ok((0, 0)),
         }
     }
-}
-
-impl Tx {
-    /// Row lock on the orders row of a joined order query.
-    fn for_update_of_orders(&self) -> &'static str {
-        match self.dialect() {
-            crate::journal::Dialect::Postgres => " FOR UPDATE OF o",
-            crate::journal::Dialect::Sqlite => "",
-        }
-    }
-}
-
-/// Reads an order outside any transaction (no lock, one round trip).
-async fn read_order(
-    store: &Store,
-    condition: &str,
-    params: &[Value],
-) -> Result<Option<Order>, JournalError> {
-    let sql = format!(
-        "SELECT {ORDER_COLUMNS} FROM orders o JOIN merchants m ON m.mid = o.mid WHERE {condition}"
-    );
-    store
-        .read_opt(&sql, params)
-        .await?
-        .as_ref()
-        .map(order_from_row)
-        .transpose()
-}
-
-async fn load_order(
-    tx: &mut Tx,
-    condition: &str,
-    params: &[Value],
-    lock: &str,
-) -> Result<Option<Order>, JournalError> {
-    let sql = format!(
-        "SELECT {ORDER_COLUMNS} FROM orders o JOIN merchants m ON m.mid = o.mid WHERE {condition}{lock}"
-    );
-    tx.query_opt(&sql, params)
-        .await?
-        .as_ref()
-        .map(order_from_row)
-        .transpose()
-}
-
-async fn set_state(
-    tx: &mut Tx,
-    order_id: &str,
-    from: OrderState,
-    to: OrderState,
-    code: ResponseCode,
-    detail: &str,
-) -> Result<(), JournalError> {
-    let changed = tx
-        .execute(
-            "UPDATE orders SET state = $3, response_code = $4, updated_at_ms = $5 WHERE order_id = $1 AND state = $2",
-            &[order_id.into(), from.as_str().into(), to.as_str().into(), code.as_str().into(), now_ms().into()],
-        )
-        .await?;
-    // The caller holds the row lock and read `from` under it: anything else is a bug.
-    assert_eq!(changed, 1, "order {order_id} was not in state {from:?}");
-    record_event(tx, order_id, Some(from), to, detail).await
-}
-
-/// Like [`set_state`], but a no-op when the order has meanwhile left `from` (a crash recovery
-/// may have declined an order whose answer arrives late).
-async fn move_state(
-    tx: &mut Tx,
-    order_id: &str,
-    from: OrderState,
-    to: OrderState,
-    code: ResponseCode,
-    detail: &str,
-) -> Result<(), JournalError> {
-    let changed = tx
-        .execute(
-            "UPDATE orders SET state = $3, response_code = $4, updated_at_ms = $5 WHERE order_id = $1 AND state = $2",
-            &[order_id.into(), from.as_str().into(), to.as_str().into(), code.as_str().into(), now_ms().into()],
-        )
-        .await?;
-    if changed == 1 {
-        record_event(tx, order_id, Some(from), to, detail).await?;
-    }
-    Ok(())
-}
-
-async fn record_event(
-    tx: &mut Tx,
-    order_id: &str,
-    from: Option<OrderState>,
-    to: OrderState,
-    detail: &str,
-) -> Result<(), JournalError> {
-    crate::metrics::record_order_state(to.as_str());
-    tx.execute(
-        "INSERT INTO order_events (event_id, order_id, from_state, to_state, detail, at_ms) VALUES ($1, $2, $3, $4, $5, $6)",
-        &[
-            new_id().into(),
-            order_id.into(),
-            from.map(OrderState::as_str).into(),
-            to.as_str().into(),
-            detail.into(),
-            now_ms().into(),
-        ],
-    )
-    .await?;
-    Ok(())
 }
 
 async fn record_attempt(
@@ -1528,12 +1288,4 @@ fn request_fingerprint(request: &PayRequest, pan_hash: &[u8]) -> Vec<u8> {
         hasher.update(amount.currency.to_be_bytes());
     }
     hasher.finalize().to_vec()
-}
-
-fn random_digits(count: usize) -> String {
-    use rand::Rng;
-    let mut rng = rand::rng();
-    (0..count)
-        .map(|_| char::from(b'0' + rng.random_range(0..10u8)))
-        .collect()
 }

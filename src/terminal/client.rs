@@ -130,6 +130,8 @@ pub struct TerminalClient {
     identity: TerminalIdentity,
     security: Arc<dyn SecurityModule>,
     stan: u32,
+    /// The last request frame, for [`TerminalClient::resend_last`].
+    last: Vec<u8>,
 }
 
 impl std::fmt::Debug for TerminalClient {
@@ -160,6 +162,7 @@ impl TerminalClient {
             identity,
             security,
             stan: first_stan,
+            last: Vec::new(),
         })
     }
 
@@ -203,7 +206,15 @@ impl TerminalClient {
 
     async fn exchange(&mut self, frame: Vec<u8>) -> anyhow::Result<Receipt> {
         self.framed.send(frame.as_slice()).await?;
+        self.last = frame;
         self.read_answer().await
+    }
+
+    /// Sends the last request again, byte for byte (a terminal that got no answer repeats its
+    /// request with the same STAN).
+    pub async fn resend_last(&mut self) -> anyhow::Result<Receipt> {
+        let frame = std::mem::take(&mut self.last);
+        self.exchange(frame).await
     }
 
     fn encode(&self, mut builder: MessageBuilder<'_>, mac: bool) -> anyhow::Result<Vec<u8>> {

@@ -17,10 +17,11 @@
 use crate::admin;
 use crate::money::Money;
 use crate::orders::payload::{terminal_mac_key, terminal_pin_key};
-use crate::orders::service::{NewOrder, OrderError};
+use crate::orders::service::{NewOrder, OrderError, Voucher};
 use crate::orders::{Order, OrderState, Origin, ResponseCode};
 use crate::security::SecurityError;
 use crate::server::Gateway;
+use crate::store::terminal_requests::RequestKey;
 use posbridge_codecs::framing::Tpdu;
 use posbridge_codecs::{Message, MessageBuilder, Spec};
 use posbridge_hsm::{KeyType, MacAlgorithm};
@@ -447,9 +448,11 @@ async fn reversal(
     let tid = &field_text(message, 41).unwrap_or_default();
     let batch = sub_text(message, "60.2").ok_or(ResponseCode::FormatError)?;
     let voucher = &field_text(message, 11).ok_or(ResponseCode::FormatError)?;
+    // A repeated 0400 is harmless: reversing a reversed order changes nothing and answers 00.
+    let original = Voucher::of(tid, &batch, voucher);
     match gateway
         .orders
-        .reverse(tid, &batch, voucher, "terminal reversal (0400)")
+        .reverse(&original, "terminal reversal (0400)")
         .await
     {
         Ok(_) => Ok(respond(gateway, message, ResponseCode::Approved, |_| Ok(())).await),
@@ -471,20 +474,37 @@ fn original(message: &Message<'_>) -> Result<(String, String), ResponseCode> {
     }
 }
 
-async fn void(gateway: &Gateway, message: &Message<'_>) -> Result<Option<Vec<u8>>, ResponseCode> {
+/// The sale a void or refund is about (41 + field 61), and the request's own identity (TID,
+/// MTI, 60.2, 11) so that a repeat is answered with the first answer and never applied twice.
+fn original_voucher(message: &Message<'_>) -> Result<Voucher, ResponseCode> {
     let tid = field_text(message, 41).unwrap_or_default();
     let (batch, voucher) = original(message)?;
+    let request = RequestKey {
+        tid: tid.clone(),
+        mti: message.mti().to_owned(),
+        batch: sub_text(message, "60.2").ok_or(ResponseCode::FormatError)?,
+        stan: field_text(message, 11).ok_or(ResponseCode::FormatError)?,
+    };
+    Ok(Voucher {
+        tid,
+        batch,
+        voucher,
+        request: Some(request),
+    })
+}
+
+async fn void(gateway: &Gateway, message: &Message<'_>) -> Result<Option<Vec<u8>>, ResponseCode> {
+    let voucher = original_voucher(message)?;
     gateway
         .orders
-        .void(&tid, &batch, &voucher, "terminal void")
+        .void(&voucher, "terminal void")
         .await
         .map_err(refusal)?;
     Ok(respond(gateway, message, ResponseCode::Approved, |_| Ok(())).await)
 }
 
 async fn refund(gateway: &Gateway, message: &Message<'_>) -> Result<Option<Vec<u8>>, ResponseCode> {
-    let tid = field_text(message, 41).unwrap_or_default();
-    let (batch, voucher) = original(message)?;
+    let voucher = original_voucher(message)?;
     let amount = message
         .field(4)
         .and_then(|f| f.as_u64())
@@ -498,7 +518,7 @@ async fn refund(gateway: &Gateway, message: &Message<'_>) -> Result<Option<Vec<u
     };
     gateway
         .orders
-        .refund(&tid, &batch, &voucher, amount)
+        .refund(&voucher, amount)
         .await
         .map_err(refusal)?;
     Ok(respond(gateway, message, ResponseCode::Approved, |_| Ok(())).await)

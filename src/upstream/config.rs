@@ -161,6 +161,12 @@ impl HostConfig {
         if self.destination_id.len() > 11 || self.source_id.len() > 11 {
             return fail("destination_id/source_id", "at most 11 characters");
         }
+        if self.connect_timeout_ms == 0 || self.request_timeout_ms == 0 {
+            return fail(
+                "connect_timeout_ms/request_timeout_ms",
+                "must be at least 1",
+            );
+        }
         if self.backoff_initial_ms == 0 || self.backoff_max_ms < self.backoff_initial_ms {
             return fail("backoff_initial_ms", "must be > 0 and <= backoff_max_ms");
         }

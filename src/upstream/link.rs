@@ -69,6 +69,9 @@ pub enum NotSentReason {
     /// The link is shutting down.
     #[error("link is shutting down")]
     ShuttingDown,
+    /// The deadline passed while the frame still waited in the send queue: withdrawn unsent.
+    #[error("deadline passed before the frame was written; withdrawn")]
+    Withdrawn,
 }
 
 /// A request that did not produce a trustworthy answer.
@@ -158,13 +161,26 @@ const SIGNED_ON: u8 = 2;
 
 enum Command {
     /// Write a frame; `written` gets `true` once written, `false` when the write failed. Dropped
-    /// unanswered: the frame was never written.
+    /// unanswered: the frame was never written. The connection writes it only if it can take
+    /// the gate from QUEUED to WRITING; a caller whose deadline passes first takes it to
+    /// WITHDRAWN, so a request that timed out in the queue is never written after its reversal.
     Send {
         frame: Vec<u8>,
         written: oneshot::Sender<bool>,
+        gate: Arc<AtomicU8>,
     },
     /// Close the connection and reconnect (sign-on refused, echo unanswered).
     Reconnect,
+}
+
+/// [`Command::Send`]'s gate states.
+const GATE_QUEUED: u8 = 0;
+const GATE_WRITING: u8 = 1;
+const GATE_WITHDRAWN: u8 = 2;
+
+fn take_gate(gate: &AtomicU8, to: u8) -> bool {
+    gate.compare_exchange(GATE_QUEUED, to, Ordering::AcqRel, Ordering::Acquire)
+        .is_ok()
 }
 
 struct Pending {
@@ -566,9 +582,11 @@ impl Inner {
             );
         }
         let (written_tx, written_rx) = oneshot::channel();
+        let gate = Arc::new(AtomicU8::new(GATE_QUEUED));
         let command = Command::Send {
             frame: wire.bytes,
             written: written_tx,
+            gate: Arc::clone(&gate),
         };
         let queued =
             tokio::time::timeout_at(until, self.connections[connection].commands.send(command))
@@ -589,8 +607,12 @@ impl Inner {
                 return not_sent(NotSentReason::LinkDown);
             }
             Err(_) => {
-                // Still queued at the deadline: it may yet be written, so it is ambiguous.
                 self.forget(&key, id);
+                // Still queued at the deadline: withdrawn, it is never written. Being written
+                // right now, it may reach the host: ambiguous.
+                if take_gate(&gate, GATE_WITHDRAWN) {
+                    return not_sent(NotSentReason::Withdrawn);
+                }
                 return Err(LinkError::Timeout);
             }
         }
@@ -752,6 +774,7 @@ impl Inner {
                         .send(Command::Send {
                             frame: wire.bytes,
                             written,
+                            gate: Arc::new(AtomicU8::new(GATE_QUEUED)),
                         })
                         .await;
                 }
@@ -886,7 +909,10 @@ async fn serve(
     loop {
         tokio::select! {
             command = commands.recv() => match command {
-                Some(Command::Send { frame, written }) => {
+                Some(Command::Send { frame, written, gate }) => {
+                    if !take_gate(&gate, GATE_WRITING) {
+                        continue; // withdrawn by its caller at its deadline
+                    }
                     // A host that stops reading must not wedge the connection forever.
                     let ok = tokio::time::timeout(write_timeout, framed.send(frame.as_slice()))
                         .await

@@ -193,7 +193,7 @@ impl From<&Order> for OrderView {
             amount_minor: order.amount.amount_minor,
             currency: order.amount.currency,
             amount_text: order.amount.to_string(),
-            state: order.state.clone(),
+            state: order.state.as_str().to_owned(),
             expires_at_ms: order.expires_at_ms,
             batch: order.batch.clone(),
             voucher: order.voucher.clone(),

@@ -1,0 +1,381 @@
+//! The orders table and its one writer. [`apply`] is the only code that changes an order's
+//! state: it checks the state it expects (rows changed = 1, else [`ApplyError::Conflict`]),
+//! writes the event row, and applies the transition's follow-up work (ledger transfers, queued
+//! reversals and advices, webhooks) in the caller's transaction, so all of it commits or none.
+
+use crate::domain::lifecycle::{self, Context, Settlement, Transition, Work};
+use crate::domain::money::Money;
+use crate::domain::order::{Order, OrderState, Origin};
+use crate::domain::response::ResponseCode;
+use crate::journal::{Dialect, JournalError, Row, Store, Tx, Value, new_id, now_ms};
+use crate::ledger::{self, TransferOutcome};
+
+pub(crate) const ORDER_COLUMNS: &str = "o.order_id, o.origin, o.mid, m.name, m.city, o.tid, o.operator, o.acquirer, o.txn_type, \
+     o.batch, o.voucher, o.amount_minor, o.currency, o.reference, o.payload, o.state, o.response_code, o.rrn, \
+     o.auth_code, o.payer_pan_masked, o.created_at_ms, o.expires_at_ms, o.updated_at_ms";
+
+pub(crate) fn order_from_row(row: &Row) -> Result<Order, JournalError> {
+    Ok(Order {
+        order_id: row.text(0)?,
+        origin: row.text(1)?,
+        mid: row.text(2)?,
+        merchant_name: row.text(3)?,
+        merchant_city: row.text(4)?,
+        tid: row.opt_text(5)?,
+        operator: row.opt_text(6)?,
+        acquirer: row.opt_text(7)?,
+        txn_type: row.text(8)?,
+        batch: row.opt_text(9)?,
+        voucher: row.opt_text(10)?,
+        amount: Money {
+            amount_minor: row.i64(11)?,
+            currency: u16::try_from(row.i64(12)?)
+                .map_err(|e| JournalError::Schema(e.to_string()))?,
+        },
+        reference: row.text(13)?,
+        payload: row.text(14)?,
+        state: {
+            let stored = row.text(15)?;
+            OrderState::parse(&stored).ok_or_else(|| {
+                JournalError::Schema(format!("order state {stored:?} is not a lifecycle state"))
+            })?
+        },
+        response_code: row.opt_text(16)?,
+        rrn: row.opt_text(17)?,
+        auth_code: row.opt_text(18)?,
+        payer_pan_masked: row.opt_text(19)?,
+        created_at_ms: row.i64(20)?,
+        expires_at_ms: row.i64(21)?,
+        updated_at_ms: row.i64(22)?,
+    })
+}
+
+/// Reads an order outside any transaction (no lock, one round trip).
+pub async fn read(
+    store: &Store,
+    condition: &str,
+    params: &[Value],
+) -> Result<Option<Order>, JournalError> {
+    let sql = format!(
+        "SELECT {ORDER_COLUMNS} FROM orders o JOIN merchants m ON m.mid = o.mid WHERE {condition}"
+    );
+    store
+        .read_opt(&sql, params)
+        .await?
+        .as_ref()
+        .map(order_from_row)
+        .transpose()
+}
+
+/// Reads an order inside a transaction; `lock` locks its row on PostgreSQL (SQLite holds the
+/// database's write lock already).
+pub async fn load(
+    tx: &mut Tx,
+    condition: &str,
+    params: &[Value],
+    lock: bool,
+) -> Result<Option<Order>, JournalError> {
+    let lock = match (lock, tx.dialect()) {
+        (true, Dialect::Postgres) => " FOR UPDATE OF o",
+        _ => "",
+    };
+    let sql = format!(
+        "SELECT {ORDER_COLUMNS} FROM orders o JOIN merchants m ON m.mid = o.mid WHERE {condition}{lock}"
+    );
+    tx.query_opt(&sql, params)
+        .await?
+        .as_ref()
+        .map(order_from_row)
+        .transpose()
+}
+
+/// Reads an order by id inside a transaction, without a lock; an error if it is gone.
+pub async fn reload(tx: &mut Tx, order_id: &str) -> Result<Order, JournalError> {
+    load(tx, "o.order_id = $1", &[order_id.into()], false)
+        .await?
+        .ok_or_else(|| JournalError::Internal(format!("order {order_id} vanished")))
+}
+
+/// The facts the lifecycle needs about a locked order: where its money was decided, what was
+/// refunded, whether an advice may have reached the host.
+pub async fn context(tx: &mut Tx, order: &Order) -> Result<Context, JournalError> {
+    let row = tx
+        .query_opt(
+            "SELECT o.payer_account_id, \
+             (SELECT CAST(COALESCE(SUM(t.amount_minor), 0) AS BIGINT) FROM transfers t WHERE t.order_id = o.order_id AND t.kind = 'refund'), \
+             (SELECT COUNT(*) FROM forwarded_sales f WHERE f.order_id = o.order_id AND f.state = 'APPROVED'), \
+             (SELECT CAST(COALESCE(SUM(a.amount_minor), 0) AS BIGINT) FROM advices a JOIN forwarded_sales f ON f.forward_id = a.forward_id \
+                WHERE f.order_id = o.order_id AND a.status IN ('QUEUED', 'SENDING', 'DONE')), \
+             (SELECT COUNT(*) FROM advices a JOIN forwarded_sales f ON f.forward_id = a.forward_id \
+                WHERE f.order_id = o.order_id AND (a.status IN ('SENDING', 'DONE', 'REFUSED', 'EXPIRED') OR a.attempts > 0)) \
+             FROM orders o WHERE o.order_id = $1",
+            &[order.order_id.as_str().into()],
+        )
+        .await?
+        .ok_or_else(|| JournalError::Internal(format!("order {} vanished", order.order_id)))?;
+    let local = row.opt_text(0)?.is_some();
+    let upstream = row.i64(2)? > 0;
+    let settlement = match (order.state, local, upstream) {
+        (OrderState::Paid | OrderState::Reversed, true, _) => Some(Settlement::Local),
+        (OrderState::Paid | OrderState::Reversed, false, true) => Some(Settlement::Upstream),
+        _ => None,
+    };
+    let refunded_minor = if local { row.i64(1)? } else { row.i64(3)? };
+    Ok(Context {
+        amount_minor: order.amount.amount_minor,
+        refunded_minor,
+        settlement,
+        advice_sent: row.i64(4)? > 0,
+        expired: now_ms() >= order.expires_at_ms,
+        notify_merchant: order.origin() == Some(Origin::Static),
+    })
+}
+
+/// What a transition to PAID records besides the state.
+#[derive(Debug, Clone, Copy)]
+pub struct Paid<'a> {
+    /// Retrieval reference number.
+    pub rrn: &'a str,
+    /// Authorisation code.
+    pub auth_code: Option<&'a str>,
+    /// The payer's ledger account (local sales only).
+    pub payer_account_id: Option<&'a str>,
+    /// The payer's card number, masked.
+    pub payer_pan_masked: &'a str,
+}
+
+/// One transition to apply, with what its work needs.
+#[derive(Debug, Clone, Copy)]
+pub struct Apply<'a> {
+    /// The order (as read under its row lock).
+    pub order: &'a Order,
+    /// What the lifecycle decided.
+    pub transition: &'a Transition,
+    /// The facts it decided on.
+    pub context: &'a Context,
+    /// Receipt data, for a move to PAID.
+    pub paid: Option<Paid<'a>>,
+    /// The forwarded sale the event is about (host answers), if any.
+    pub forward_id: Option<&'a str>,
+    /// Extra words for the event row (an amount, a reason).
+    pub note: Option<&'a str>,
+    /// How long a queued advice is tried before an operator must look (ms).
+    pub queue_ttl_ms: i64,
+}
+
+impl<'a> Apply<'a> {
+    /// A transition with no receipt data, forwarded sale or note.
+    pub fn new(order: &'a Order, transition: &'a Transition, context: &'a Context) -> Apply<'a> {
+        Apply {
+            order,
+            transition,
+            context,
+            paid: None,
+            forward_id: None,
+            note: None,
+            queue_ttl_ms: 0,
+        }
+    }
+}
+
+/// Why a transition was not applied. The caller's transaction must then be rolled back.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ApplyError {
+    /// The order was no longer in the state the transition expects (a race the caller lost).
+    #[error("order {order_id} is not {expected} any more")]
+    Conflict {
+        /// The order.
+        order_id: String,
+        /// The state the transition expected.
+        expected: OrderState,
+    },
+    /// The work could not be done for a business reason (the merchant's balance does not cover a
+    /// refund, ...): answer with this code.
+    #[error("refused ({code}): {reason}")]
+    Refused {
+        /// What to answer.
+        code: ResponseCode,
+        /// Why.
+        reason: String,
+    },
+    /// The journal failed.
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+}
+
+/// Applies a transition in the caller's transaction: the state change against the expected
+/// previous state, its event row, then its work, in order. Metrics and wake-ups run after the
+/// commit.
+pub async fn apply(tx: &mut Tx, apply: Apply<'_>) -> Result<(), ApplyError> {
+    let Apply {
+        order,
+        transition,
+        context,
+        ..
+    } = apply;
+    lifecycle::check_invariants(transition, context);
+    assert_eq!(
+        order.state, transition.from,
+        "a transition is applied to the state it was decided for"
+    );
+    let now = now_ms();
+    let changed = match apply.paid {
+        Some(paid) => {
+            assert_eq!(
+                transition.to,
+                OrderState::Paid,
+                "receipt data only for PAID"
+            );
+            tx.execute(
+                "UPDATE orders SET state = $3, response_code = $4, updated_at_ms = $5, rrn = $6, auth_code = $7, \
+                 payer_account_id = COALESCE($8, payer_account_id), payer_pan_masked = $9 WHERE order_id = $1 AND state = $2",
+                &[
+                    order.order_id.as_str().into(),
+                    transition.from.as_str().into(),
+                    transition.to.as_str().into(),
+                    transition.code.as_str().into(),
+                    now.into(),
+                    paid.rrn.into(),
+                    paid.auth_code.into(),
+                    paid.payer_account_id.into(),
+                    paid.payer_pan_masked.into(),
+                ],
+            )
+            .await?
+        }
+        None => {
+            // A refund keeps the order's 00; any other move records its code.
+            let code = if transition.from == transition.to && transition.to == OrderState::Paid {
+                ResponseCode::Approved
+            } else {
+                transition.code
+            };
+            tx.execute(
+                "UPDATE orders SET state = $3, response_code = $4, updated_at_ms = $5 WHERE order_id = $1 AND state = $2",
+                &[
+                    order.order_id.as_str().into(),
+                    transition.from.as_str().into(),
+                    transition.to.as_str().into(),
+                    code.as_str().into(),
+                    now.into(),
+                ],
+            )
+            .await?
+        }
+    };
+    if changed != 1 {
+        return Err(ApplyError::Conflict {
+            order_id: order.order_id.clone(),
+            expected: transition.from,
+        });
+    }
+    let detail = match apply.note {
+        Some(note) => format!("{}: {note}", transition.detail),
+        None => transition.detail.to_owned(),
+    };
+    record_event(
+        tx,
+        &order.order_id,
+        Some(transition.from),
+        transition.to,
+        &detail,
+    )
+    .await?;
+    for work in &transition.work {
+        do_work(tx, &apply, *work).await?;
+    }
+    Ok(())
+}
+
+async fn do_work(tx: &mut Tx, apply: &Apply<'_>, work: Work) -> Result<(), ApplyError> {
+    let order = apply.order;
+    let order_id = order.order_id.as_str();
+    match work {
+        Work::ReverseLocal => {
+            ledger::reverse(tx, order_id).await?;
+        }
+        Work::QueueHostReversal => {
+            crate::store::host_queue::queue_reversal(
+                tx,
+                order_id,
+                apply.forward_id,
+                apply.transition.detail,
+            )
+            .await?;
+        }
+        Work::CancelStandbyReversal => {
+            if let Some(forward_id) = apply.forward_id {
+                crate::store::host_queue::cancel_standby(tx, forward_id).await?;
+            }
+        }
+        Work::CancelQueuedAdvices => {
+            crate::store::host_queue::cancel_queued_advices(tx, order_id).await?;
+        }
+        Work::RefundLocal(amount_minor) => {
+            let refund = Money {
+                amount_minor,
+                currency: order.amount.currency,
+            };
+            let (merchant, payer) = local_parties(tx, order).await?;
+            match ledger::transfer(tx, order_id, &merchant, &payer, refund, "refund").await? {
+                TransferOutcome::Done => {}
+                TransferOutcome::InsufficientFunds | TransferOutcome::CurrencyMismatch => {
+                    return Err(ApplyError::Refused {
+                        code: ResponseCode::InsufficientFunds,
+                        reason: "the merchant's balance does not cover the refund".into(),
+                    });
+                }
+            }
+        }
+        Work::QueueAdvice(amount_minor) => {
+            let refund = Money {
+                amount_minor,
+                currency: order.amount.currency,
+            };
+            crate::store::host_queue::queue_refund(tx, order_id, refund, apply.queue_ttl_ms)
+                .await?;
+        }
+        Work::NotifyMerchant => crate::outbox::enqueue_payment(tx, order_id).await?,
+    }
+    Ok(())
+}
+
+/// The merchant's and the payer's ledger accounts of a local sale.
+async fn local_parties(tx: &mut Tx, order: &Order) -> Result<(String, String), JournalError> {
+    let row = tx
+        .query_opt(
+            "SELECT m.account_id, o.payer_account_id FROM orders o JOIN merchants m ON m.mid = o.mid WHERE o.order_id = $1",
+            &[order.order_id.as_str().into()],
+        )
+        .await?
+        .ok_or_else(|| JournalError::Internal(format!("order {} vanished", order.order_id)))?;
+    let payer = row
+        .opt_text(1)?
+        .ok_or_else(|| JournalError::Internal(format!("order {} has no payer", order.order_id)))?;
+    Ok((row.text(0)?, payer))
+}
+
+/// Writes an order's event row: the first one (creation) and every state change.
+pub async fn record_event(
+    tx: &mut Tx,
+    order_id: &str,
+    from: Option<OrderState>,
+    to: OrderState,
+    detail: &str,
+) -> Result<(), JournalError> {
+    tx.execute(
+        "INSERT INTO order_events (event_id, order_id, from_state, to_state, detail, at_ms) VALUES ($1, $2, $3, $4, $5, $6)",
+        &[
+            new_id().into(),
+            order_id.into(),
+            from.map(OrderState::as_str).into(),
+            to.as_str().into(),
+            detail.into(),
+            now_ms().into(),
+        ],
+    )
+    .await?;
+    tx.after_commit(move || crate::metrics::record_order_state(to.as_str()));
+    Ok(())
+}
