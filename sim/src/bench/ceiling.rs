@@ -14,10 +14,10 @@
 //! the database's limit the gateway reaches.
 
 use super::report::{Histograms, Latency, Step};
-use crate::journal::{self, JournalConfig, Store, Tx, new_id, now_ms};
-use crate::ledger::{self, AccountKind, NewAccount, TransferOutcome};
-use crate::money::Money;
 use anyhow::Context;
+use posbridge::journal::{self, JournalConfig, Store, Tx, new_id, now_ms};
+use posbridge::ledger::{self, AccountKind, NewAccount, TransferOutcome};
+use posbridge::money::Money;
 use serde::Serialize;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
