@@ -1,13 +1,13 @@
 //! posbridge: an ISO 8583 gateway that lets existing POS networks take cardless QR payments.
 //!
-//! The binary (`src/main.rs`) only parses arguments; everything it runs lives here so that tests
-//! drive the same code as operators do.
+//! The `posbridge` binary (in the `posbridge-sim` crate, `sim/src/main.rs`) only parses
+//! arguments; everything the gateway runs lives here so that tests drive the same code as
+//! operators do. Simulators, demo and load generator are that crate's, and nothing here imports
+//! them (`tests/layering.rs` fails otherwise).
 
 pub mod admin;
-pub mod bench;
 pub mod cli;
 pub mod config;
-pub mod demo;
 pub mod domain;
 pub mod health;
 pub mod journal;

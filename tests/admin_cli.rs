@@ -2,6 +2,9 @@
 //! by its RRN.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
+use common::posbridge_bin;
 use posbridge::money::Money;
 use posbridge::orders::service::NewOrder;
 use posbridge::orders::{Origin, PayRequest};
@@ -10,7 +13,7 @@ use std::process::Command;
 use std::time::Duration;
 
 fn admin(config: &std::path::Path, args: &[&str]) -> String {
-    let output = Command::new(env!("CARGO_BIN_EXE_posbridge"))
+    let output = Command::new(posbridge_bin())
         .arg("admin")
         .args(args)
         .arg("--config")
@@ -44,8 +47,8 @@ async fn refund_and_void_by_rrn() {
     let order = orders
         .create(NewOrder {
             origin: Origin::GatewayCode,
-            mid: posbridge::demo::MID.into(),
-            tid: Some(posbridge::demo::TID.into()),
+            mid: posbridge_sim::demo::MID.into(),
+            tid: Some(posbridge_sim::demo::TID.into()),
             operator: Some("01".into()),
             acquirer: Some("48020000".into()),
             txn_type: "22".into(),
@@ -60,11 +63,11 @@ async fn refund_and_void_by_rrn() {
         })
         .await
         .unwrap();
-    let pan = Pan::new(posbridge::demo::PAN).unwrap();
+    let pan = Pan::new(posbridge_sim::demo::PAN).unwrap();
     let block = orders
         .security()
         .encrypt_pin(
-            Pin::new(posbridge::demo::PIN).unwrap(),
+            Pin::new(posbridge_sim::demo::PIN).unwrap(),
             pan.clone(),
             PinBlockFormat::Iso4,
             "pek/wallet".into(),
@@ -73,7 +76,7 @@ async fn refund_and_void_by_rrn() {
         .unwrap();
     let paid = orders
         .pay(PayRequest {
-            app_id: posbridge::demo::APP_ID.into(),
+            app_id: posbridge_sim::demo::APP_ID.into(),
             pek_label: "pek/wallet".into(),
             idempotency_key: "admin-cli".into(),
             payload: order.payload.clone(),
@@ -105,7 +108,7 @@ async fn refund_and_void_by_rrn() {
     assert_eq!(balance().await, 100_000 - 4_000);
     assert!(admin(&config, &["void", "--rrn", &rrn]).contains("REVERSED"));
     assert_eq!(balance().await, 100_000);
-    let refused = Command::new(env!("CARGO_BIN_EXE_posbridge"))
+    let refused = Command::new(posbridge_bin())
         .args(["admin", "void", "--rrn", "000000000000", "--config"])
         .arg(&config)
         .output()

@@ -3,13 +3,13 @@
 //! error and a non-zero exit.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
+use common::posbridge_bin;
 use std::process::{Command, Output};
 
 fn posbridge(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_posbridge"))
-        .args(args)
-        .output()
-        .unwrap()
+    Command::new(posbridge_bin()).args(args).output().unwrap()
 }
 
 /// Runs and returns the single stdout line, asserting success.
@@ -92,7 +92,7 @@ fn pin_block_clear_and_encrypted() {
 #[test]
 fn pin_block_reads_the_pin_from_stdin() {
     use std::io::Write;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_posbridge"))
+    let mut child = Command::new(posbridge_bin())
         .args([
             "crypto",
             "pin-block",

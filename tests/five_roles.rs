@@ -7,10 +7,10 @@ mod common;
 
 use common::*;
 use posbridge::money::Money;
-use posbridge::upstream::sim_host::{
-    Condition, DeclineRule, Fault, FaultRule, LedgerState, RandomFaults,
+use posbridge_sim::host::{
+    Condition, DeclineRule, Fault, FaultRule, LedgerState, RandomFaults, SimHost, SimHostConfig,
+    SimHostHandle,
 };
-use posbridge::upstream::{SimHost, SimHostConfig, SimHostHandle};
 use std::time::Duration;
 
 async fn host(config: SimHostConfig) -> (std::net::SocketAddr, SimHostHandle) {
@@ -22,7 +22,7 @@ fn five_roles(
     host_addr: std::net::SocketAddr,
     sale_timeout_ms: u64,
 ) {
-    posbridge::demo::route_to_host(config, host_addr);
+    posbridge_sim::demo::route_to_host(config, host_addr);
     config.hosts[0].connections = 2;
     config.upstream.sale_timeout_ms = sale_timeout_ms;
     config.upstream.reversal_retry_initial_ms = 100;
@@ -70,8 +70,8 @@ fn when_amount_ends(suffix: &str) -> Condition {
 }
 
 async fn sale(
-    terminal: &mut posbridge::terminal::client::TerminalClient,
-    wallet: &posbridge::wallet_api::client::WalletClient,
+    terminal: &mut posbridge_sim::terminal::TerminalClient,
+    wallet: &posbridge_sim::wallet::WalletClient,
     amount_minor: i64,
     key: &str,
 ) -> (String, String) {
@@ -429,7 +429,7 @@ async fn randomised_faults_reconcile_with_the_host() {
             wrong_mac: 0.02,
         }),
         late_response_ms: 700,
-        accounts: vec![posbridge::upstream::sim_host::AccountConfig {
+        accounts: vec![posbridge_sim::host::AccountConfig {
             pan: PAYER_PAN.into(),
             balance_minor: 1_000_000_000,
             pin: Some(PAYER_PIN.into()),
@@ -463,10 +463,10 @@ async fn randomised_faults_reconcile_with_the_host() {
         let mut terminal = {
             let spec = std::sync::Arc::new(posbridge_codecs::Spec::builtin("cups-pos").unwrap());
             let module = posbridge_hsm::open(&posbridge_hsm::HsmConfig::default()).unwrap();
-            posbridge::terminal::client::TerminalClient::connect(
+            posbridge_sim::terminal::TerminalClient::connect(
                 running.terminal,
                 spec,
-                posbridge::terminal::client::TerminalIdentity {
+                posbridge_sim::terminal::TerminalIdentity {
                     tid,
                     mid: MID.into(),
                     master_key: "tmk/demo".into(),
@@ -596,7 +596,7 @@ fn a_sale_interrupted_by_sigkill_is_reversed_after_restart() {
     let dir = tempfile::tempdir().unwrap();
     let journal = TestJournal::new(Backend::Postgres);
     let config = config_file(dir.path(), &journal, addr, 60_000);
-    let seed = std::process::Command::new(env!("CARGO_BIN_EXE_posbridge"))
+    let seed = std::process::Command::new(posbridge_bin())
         .args(["admin", "seed-demo", "--config"])
         .arg(&config)
         .output()
@@ -611,14 +611,14 @@ fn a_sale_interrupted_by_sigkill_is_reversed_after_restart() {
         signed_on(&handle).await;
         let spec = std::sync::Arc::new(posbridge_codecs::Spec::builtin("cups-pos").unwrap());
         let keys = posbridge_hsm::open(&posbridge_hsm::HsmConfig::default()).unwrap();
-        let identity = posbridge::terminal::client::TerminalIdentity {
-            tid: posbridge::demo::TID.into(),
-            mid: posbridge::demo::MID.into(),
+        let identity = posbridge_sim::terminal::TerminalIdentity {
+            tid: posbridge_sim::demo::TID.into(),
+            mid: posbridge_sim::demo::MID.into(),
             master_key: "tmk/demo".into(),
             operator: "01".into(),
             batch: "000001".into(),
         };
-        let mut terminal = posbridge::terminal::client::TerminalClient::connect(
+        let mut terminal = posbridge_sim::terminal::TerminalClient::connect(
             server.terminal,
             spec,
             identity,
@@ -637,10 +637,10 @@ fn a_sale_interrupted_by_sigkill_is_reversed_after_restart() {
             .unwrap();
         let payload = order.payload.unwrap();
         let phone_keys = posbridge_hsm::open(&posbridge_hsm::HsmConfig::default()).unwrap();
-        let wallet = posbridge::wallet_api::client::WalletClient::new(
+        let wallet = posbridge_sim::wallet::WalletClient::new(
             &server.wallet_url,
-            posbridge::demo::APP_ID,
-            posbridge::demo::APP_KEY,
+            posbridge_sim::demo::APP_ID,
+            posbridge_sim::demo::APP_KEY,
             phone_keys,
             "pek/wallet",
         );
@@ -649,8 +649,8 @@ fn a_sale_interrupted_by_sigkill_is_reversed_after_restart() {
             wallet
                 .pay(
                     &payload,
-                    posbridge::demo::PAN,
-                    Some(posbridge::demo::PIN),
+                    posbridge_sim::demo::PAN,
+                    Some(posbridge_sim::demo::PIN),
                     "kill-1",
                     None,
                 )

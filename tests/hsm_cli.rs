@@ -3,11 +3,14 @@
 //! child process, so `SOFTHSM2_CONF` is simply set on its command).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
+use common::posbridge_bin;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn run(args: &[&str], env: &[(&str, &Path)]) -> Output {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_posbridge"));
+    let mut command = Command::new(posbridge_bin());
     command.args(args).env("POSBRIDGE_TEST_HSM_PIN", "246810");
     for (name, value) in env {
         command.env(name, value);

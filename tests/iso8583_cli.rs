@@ -1,6 +1,9 @@
 //! The message inspector as operators run it: the built `posbridge` binary on the golden fixtures.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
+use common::posbridge_bin;
 use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
@@ -19,10 +22,7 @@ fn fixture_hex(path: &str) -> String {
 }
 
 fn run(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_posbridge"))
-        .args(args)
-        .output()
-        .unwrap()
+    Command::new(posbridge_bin()).args(args).output().unwrap()
 }
 
 fn ok(args: &[&str]) -> String {
@@ -156,7 +156,7 @@ fn encode_reads_the_json_back_from_a_file_or_stdin() {
         ]);
         assert_eq!(out.trim(), fixture_hex(&format!("{name}.hex")), "{name}");
     }
-    let mut child = Command::new(env!("CARGO_BIN_EXE_posbridge"))
+    let mut child = Command::new(posbridge_bin())
         .args(["iso8583", "encode", "--spec", "iso87ascii", "--json", "-"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

@@ -6,10 +6,10 @@
 mod common;
 
 use common::{Backend, TestJournal};
-use posbridge::bench::{BenchOptions, Bound, Progress, Target};
 use posbridge::journal::JournalConfig;
 use posbridge::money::Money;
 use posbridge::server::{self, Gateway, Listeners};
+use posbridge_sim::bench::{BenchOptions, Bound, Progress, Target};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -33,7 +33,7 @@ async fn serve(journal: JournalConfig) -> Served {
     config.metrics.listen = Some("127.0.0.1:0".parse().unwrap());
     config.gateway.poll_interval_ms = 50;
     let gateway = server::open(config).await.unwrap();
-    posbridge::demo::seed(&gateway).await.unwrap();
+    posbridge_sim::demo::seed(&gateway).await.unwrap();
     let listeners = Listeners::bind(&gateway.config).await.unwrap();
     let terminal = listeners.terminal.local_addr().unwrap();
     let wallet_url = format!("http://{}", listeners.wallet_api.local_addr().unwrap());
@@ -52,8 +52,8 @@ async fn serve(journal: JournalConfig) -> Served {
     }
 }
 
-async fn small_run(served: &Served, count: u64) -> posbridge::bench::report::Report {
-    posbridge::bench::run(
+async fn small_run(served: &Served, count: u64) -> posbridge_sim::bench::report::Report {
+    posbridge_sim::bench::run(
         BenchOptions {
             target: Target::Running {
                 terminal: served.terminal,
@@ -104,12 +104,12 @@ async fn metrics_after_a_small_run() {
     // One refusal the security module reports as an error: a terminal message with a bad MAC.
     let spec = Arc::new(posbridge_codecs::Spec::builtin("cups-pos").unwrap());
     let module = posbridge_hsm::open(&posbridge_hsm::HsmConfig::default()).unwrap();
-    let mut terminal = posbridge::terminal::client::TerminalClient::connect(
+    let mut terminal = posbridge_sim::terminal::TerminalClient::connect(
         served.terminal,
         spec,
-        posbridge::terminal::client::TerminalIdentity {
-            tid: posbridge::demo::TID.into(),
-            mid: posbridge::demo::MID.into(),
+        posbridge_sim::terminal::TerminalIdentity {
+            tid: posbridge_sim::demo::TID.into(),
+            mid: posbridge_sim::demo::MID.into(),
             master_key: "tmk/demo".into(),
             operator: "01".into(),
             batch: "000001".into(),

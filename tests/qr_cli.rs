@@ -1,6 +1,9 @@
 //! `posbridge qr decode` and `posbridge qr render`, run as an operator would run them.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
+use common::posbridge_bin;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -19,10 +22,7 @@ fn emvco_example() -> String {
 }
 
 fn posbridge(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_posbridge"))
-        .args(args)
-        .output()
-        .unwrap()
+    Command::new(posbridge_bin()).args(args).output().unwrap()
 }
 
 fn stdout(output: &Output) -> String {
@@ -114,7 +114,7 @@ fn decode_for_people_names_every_tag() {
 #[test]
 fn decode_reads_standard_input_and_accepts_a_lowercase_crc() {
     let lower = emvco_example().replace("6304A13A", "6304a13a");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_posbridge"))
+    let mut child = Command::new(posbridge_bin())
         .args(["qr", "decode", "--json", "-"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{Backend, TestJournal};
+use common::{Backend, TestJournal, posbridge_bin};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -50,7 +50,7 @@ fn create_token(dir: &Path) -> std::path::PathBuf {
 }
 
 fn posbridge(conf: &Path) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_posbridge"));
+    let mut command = Command::new(posbridge_bin());
     command
         .env("SOFTHSM2_CONF", conf)
         .env("POSBRIDGE_HSM_PIN", USER_PIN)
@@ -116,12 +116,12 @@ fn serve_on_softhsm_and_postgres_pays_a_qr_sale() {
     let receipt = runtime.block_on(async {
         let spec = Arc::new(posbridge_codecs::Spec::builtin("cups-pos").unwrap());
         let terminal_keys = posbridge_hsm::open(&posbridge_hsm::HsmConfig::default()).unwrap();
-        let mut terminal = posbridge::terminal::client::TerminalClient::connect(
+        let mut terminal = posbridge_sim::terminal::TerminalClient::connect(
             terminal_addr,
             spec,
-            posbridge::terminal::client::TerminalIdentity {
-                tid: posbridge::demo::TID.into(),
-                mid: posbridge::demo::MID.into(),
+            posbridge_sim::terminal::TerminalIdentity {
+                tid: posbridge_sim::demo::TID.into(),
+                mid: posbridge_sim::demo::MID.into(),
                 master_key: "tmk/demo".into(),
                 operator: "01".into(),
                 batch: "000001".into(),
@@ -142,23 +142,29 @@ fn serve_on_softhsm_and_postgres_pays_a_qr_sale() {
         assert_eq!(order.response_code, "00");
         let payload = order.payload.unwrap();
         let phone_keys = posbridge_hsm::open(&posbridge_hsm::HsmConfig::default()).unwrap();
-        let wallet = posbridge::wallet_api::client::WalletClient::new(
+        let wallet = posbridge_sim::wallet::WalletClient::new(
             &wallet_url,
-            posbridge::demo::APP_ID,
-            posbridge::demo::APP_KEY,
+            posbridge_sim::demo::APP_ID,
+            posbridge_sim::demo::APP_KEY,
             phone_keys,
             "pek/wallet",
         );
         let wrong = wallet
-            .pay(&payload, posbridge::demo::PAN, Some("9999"), "e2e-0", None)
+            .pay(
+                &payload,
+                posbridge_sim::demo::PAN,
+                Some("9999"),
+                "e2e-0",
+                None,
+            )
             .await
             .unwrap();
         assert_eq!(wrong.response_code(), Some("55"));
         let paid = wallet
             .pay(
                 &payload,
-                posbridge::demo::PAN,
-                Some(posbridge::demo::PIN),
+                posbridge_sim::demo::PAN,
+                Some(posbridge_sim::demo::PIN),
                 "e2e-1",
                 None,
             )
@@ -181,7 +187,7 @@ fn serve_on_softhsm_and_postgres_pays_a_qr_sale() {
         "{log}"
     );
     assert!(
-        !log.contains(posbridge::demo::PAN),
+        !log.contains(posbridge_sim::demo::PAN),
         "full PAN in the gateway's log:\n{log}"
     );
 }

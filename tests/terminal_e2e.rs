@@ -158,10 +158,10 @@ async fn unknown_terminal_and_wallet_without_credentials(backend: Backend) {
     let running = start(&journal).await;
     let spec = std::sync::Arc::new(posbridge_codecs::Spec::builtin("cups-pos").unwrap());
     let module = posbridge_hsm::open(&posbridge_hsm::HsmConfig::default()).unwrap();
-    let mut stranger = posbridge::terminal::client::TerminalClient::connect(
+    let mut stranger = posbridge_sim::terminal::TerminalClient::connect(
         running.terminal,
         spec,
-        posbridge::terminal::client::TerminalIdentity {
+        posbridge_sim::terminal::TerminalIdentity {
             tid: "99999999".into(),
             mid: MID.into(),
             master_key: "tmk/demo".into(),

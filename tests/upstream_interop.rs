@@ -226,7 +226,7 @@ async fn garbage_from_the_host_is_unmatched_not_fatal() {
 
 #[tokio::test]
 async fn garbage_to_the_sim_host_is_ignored() {
-    use posbridge::upstream::{SimHost, SimHostConfig};
+    use posbridge_sim::host::{SimHost, SimHostConfig};
     let (addr, host) = SimHost::start(SimHostConfig::default()).await.unwrap();
     let mut socket = TcpStream::connect(addr).await.unwrap();
     write_frame(&mut socket, b"garbage").await;

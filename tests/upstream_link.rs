@@ -6,13 +6,12 @@
 
 use posbridge::security::Security;
 use posbridge::upstream::link::UnmatchedReason;
-use posbridge::upstream::sim_host::{Condition, DeclineRule, Fault, FaultRule, LedgerState};
-use posbridge::upstream::{
-    HostConfig, HostLink, IsoMessage, LinkError, NotSentReason, SimHost, SimHostConfig,
-    SimHostHandle, Unmatched,
-};
+use posbridge::upstream::{HostConfig, HostLink, IsoMessage, LinkError, NotSentReason, Unmatched};
 use posbridge_hsm::software::SoftwareModule;
 use posbridge_hsm::{Pan, Pin, PinBlockFormat};
+use posbridge_sim::host::{
+    Condition, DeclineRule, Fault, FaultRule, LedgerState, SimHost, SimHostConfig, SimHostHandle,
+};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -460,7 +459,7 @@ async fn until_answered(link: &HostLink, mut message: IsoMessage) -> IsoMessage 
 async fn random_faults_reconcile_with_the_hosts_ledger() {
     let host = SimHostConfig {
         late_response_ms: 1_500,
-        random_faults: Some(posbridge::upstream::sim_host::RandomFaults {
+        random_faults: Some(posbridge_sim::host::RandomFaults {
             seed: 20_261_126,
             no_response: 0.04,
             late_response: 0.04,

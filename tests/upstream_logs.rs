@@ -4,10 +4,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use posbridge::security::Security;
-use posbridge::upstream::sim_host::{Condition, Fault, FaultRule};
-use posbridge::upstream::{HostConfig, HostLink, IsoMessage, SimHost, SimHostConfig};
+use posbridge::upstream::{HostConfig, HostLink, IsoMessage};
 use posbridge_hsm::software::SoftwareModule;
 use posbridge_hsm::{Pan, Pin, PinBlockFormat};
+use posbridge_sim::host::{Condition, Fault, FaultRule};
+use posbridge_sim::host::{SimHost, SimHostConfig};
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

@@ -22,7 +22,7 @@ async fn wallet_api_speaks_https_when_configured() {
     config.wallet_api.tls_cert = Some(cert_path);
     config.wallet_api.tls_key = Some(key_path);
     let gateway = posbridge::server::open(config).await.unwrap();
-    posbridge::demo::seed(&gateway).await.unwrap();
+    posbridge_sim::demo::seed(&gateway).await.unwrap();
     let listeners = posbridge::server::Listeners::bind(&gateway.config)
         .await
         .unwrap();
@@ -38,10 +38,10 @@ async fn wallet_api_speaks_https_when_configured() {
         .unwrap();
     let answer = https
         .post(format!("https://localhost:{port}/v1/orders/resolve"))
-        .header("x-posbridge-app", posbridge::demo::APP_ID)
+        .header("x-posbridge-app", posbridge_sim::demo::APP_ID)
         .header(
             "authorization",
-            format!("Bearer {}", posbridge::demo::APP_KEY),
+            format!("Bearer {}", posbridge_sim::demo::APP_KEY),
         )
         .json(&serde_json::json!({"payload": "not a code"}))
         .send()

@@ -20,8 +20,6 @@ pub enum AdminCommand {
     WalletAppAdd(WalletAppArgs),
     /// Issue a merchant's static (printed) code.
     StaticCode(StaticCodeArgs),
-    /// Register the demo merchant, terminal, payer and wallet app (for `posbridge sim`).
-    SeedDemo(ConfigArg),
     /// Void a paid sale (money back; a sale approved upstream gets its reversal queued).
     Void(SaleArgs),
     /// Refund part or all of a paid sale of the local ledger.
@@ -90,7 +88,7 @@ pub struct RefundArgs {
     currency: u16,
 }
 
-/// The configuration to act on.
+/// The configuration to act on (also `admin seed-demo`'s, which the simulator crate adds).
 #[derive(Debug, Args)]
 pub struct ConfigArg {
     /// Configuration file; without one, the embedded defaults.
@@ -308,18 +306,6 @@ async fn run_async(command: AdminCommand) -> anyhow::Result<()> {
                 .refund(&Voucher::of(&tid, &batch, &voucher), amount)
                 .await?;
             println!("refunded {amount} of order {}", order.order_id);
-        }
-        AdminCommand::SeedDemo(config) => {
-            let gateway = open(&config).await?;
-            crate::demo::seed(&gateway).await?;
-            println!(
-                "demo merchant {}, terminal {}, payer card {} (PIN {}), wallet app {} registered",
-                crate::demo::MID,
-                crate::demo::TID,
-                crate::demo::PAN,
-                crate::demo::PIN,
-                crate::demo::APP_ID
-            );
         }
     }
     Ok(())

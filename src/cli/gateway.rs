@@ -1,4 +1,4 @@
-//! `posbridge serve`, `posbridge demo` and `posbridge config check`.
+//! `posbridge serve` and `posbridge config check`.
 
 use crate::config::{self, Source};
 use clap::{Args, Subcommand};
@@ -11,15 +11,6 @@ pub struct ServeArgs {
     /// security module with demo keys). `POSBRIDGE__SECTION__KEY` variables override either.
     #[arg(long)]
     pub config: Option<PathBuf>,
-}
-
-/// `posbridge demo` arguments.
-#[derive(Debug, Args)]
-pub struct DemoArgs {
-    /// Route the sale through a simulated UnionPay host (five-role deployment) instead of the
-    /// local stored-value ledger.
-    #[arg(long)]
-    pub five_roles: bool,
 }
 
 /// `posbridge config` sub-commands.
@@ -84,18 +75,6 @@ async fn shutdown_signal() {
     {
         let _ = ctrl_c.await;
     }
-}
-
-/// Runs the demo.
-pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
-    crate::logging::init(&crate::config::LogConfig {
-        format: "text".into(),
-        level: "warn".into(),
-    });
-    runtime()?.block_on(async {
-        let mut out = std::io::stdout();
-        crate::demo::run(&mut out, args.five_roles).await
-    })
 }
 
 /// Runs a `posbridge config` command.

@@ -1,28 +1,22 @@
-//! The command line: one sub-module per command family. Each family exposes a clap `Subcommand`
-//! (or `Args`) type and a `run` function; this file only dispatches.
+//! The gateway's command line: one sub-module per command family. Each family exposes a clap
+//! `Subcommand` (or `Args`) type and a `run` function; this file only dispatches.
+//!
+//! There is no binary here: the `posbridge` command is built by the `posbridge-sim` crate, which
+//! flattens [`Command`] into its own and adds the commands that need simulators (`demo`, `sim`,
+//! `bench`, `admin seed-demo`). This library never imports them.
 
 mod admin;
-mod bench;
 mod crypto;
 mod gateway;
 mod hsm;
 mod iso8583;
 mod qr;
-mod sim;
-mod sim_host;
 
-use clap::{Parser, Subcommand};
+pub use admin::ConfigArg;
 
-/// posbridge: ISO 8583 gateway for cardless QR payments on existing POS networks.
-#[derive(Debug, Parser)]
-#[command(name = "posbridge", version, about, long_about = None)]
-pub struct Cli {
-    /// What to do.
-    #[command(subcommand)]
-    pub command: Command,
-}
+use clap::Subcommand;
 
-/// The command families.
+/// The gateway's command families (what an operator of a production gateway needs).
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Decode and encode ISO 8583 messages with a dialect spec (the message inspector).
@@ -39,34 +33,23 @@ pub enum Command {
     Qr(qr::QrCommand),
     /// Run the gateway (terminal listener, wallet API, metrics).
     Serve(gateway::ServeArgs),
-    /// The whole QR payment on this machine with nothing installed: gateway, terminal, phone.
-    Demo(gateway::DemoArgs),
-    /// Drive a running gateway by hand: a simulated terminal or wallet app.
-    #[command(subcommand)]
-    Sim(sim::SimCommand),
     /// Register merchants, terminals, accounts, wallet apps; issue static codes.
     #[command(subcommand)]
     Admin(admin::AdminCommand),
     /// Check a configuration file.
     #[command(subcommand)]
     Config(gateway::ConfigCommand),
-    /// Load generator: simulated terminals and phones doing complete QR sales; throughput,
-    /// errors and latency percentiles (optionally the database's ceiling and idle connections).
-    Bench(bench::BenchArgs),
 }
 
-/// Runs one parsed command line.
-pub fn run(cli: Cli) -> anyhow::Result<()> {
-    match cli.command {
+/// Runs one parsed gateway command.
+pub fn run(command: Command) -> anyhow::Result<()> {
+    match command {
         Command::Iso8583(command) => iso8583::run(command),
         Command::Crypto(command) => crypto::run(command),
         Command::Hsm(command) => hsm::run(command),
         Command::Qr(command) => qr::run(command),
         Command::Serve(args) => gateway::serve(args),
-        Command::Demo(args) => gateway::demo(args),
-        Command::Sim(command) => sim::run(command),
         Command::Admin(command) => admin::run(command),
         Command::Config(command) => gateway::config_command(command),
-        Command::Bench(args) => bench::run(args),
     }
 }

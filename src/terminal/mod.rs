@@ -1,5 +1,4 @@
 //! The terminal side: ISO 8583 over TCP to POS terminals (S101-S103, S108).
 
-pub mod client;
 pub mod protocol;
 pub mod server;

@@ -1,6 +1,7 @@
 //! posbridge's upstream side: persistent ISO 8583 client links to acquirer, UnionPay and issuer
-//! hosts, and a simulated host to test them against. The host-facing messages are described in
-//! docs/host-interface.md.
+//! hosts. The host-facing messages are described in docs/host-interface.md. The simulated host
+//! to test them against (`posbridge sim host`) lives in the `posbridge-sim` crate
+//! (`sim/src/host.rs`), which this library never imports.
 //!
 //! # The API the order flow calls
 //!
@@ -30,17 +31,14 @@
 //! - Key exchange is handled inside the link: a host's 0800 with F70 = 101 (layout in
 //!   [`key_exchange`]) is imported into the configured `pin_key` / `mac_key` labels through the
 //!   security module, both or neither.
-//! - [`sim_host::SimHost`]: the test host (`posbridge sim host`).
 
 pub mod config;
 pub mod key_exchange;
 pub mod link;
 pub mod message;
-pub mod sim_host;
 
 pub use config::HostConfig;
 pub use link::{
     HostLink, LinkError, LinkState, NotSentReason, StartError, Unmatched, UnmatchedReason,
 };
 pub use message::IsoMessage;
-pub use sim_host::{SimHost, SimHostConfig, SimHostHandle};

@@ -5,8 +5,6 @@
 //! merchant always come from the stored order, never from the request. Errors are
 //! `{"error":{"code":"...","message":"..."}}` with a stable `code`. See docs/wallet-api.md.
 
-pub mod client;
-
 use crate::admin::{self, WalletApp};
 use crate::money::Money;
 use crate::orders::service::OrderError;

@@ -1,7 +1,7 @@
 //! Shared set-up for the end-to-end tests: a journal on SQLite or on a private PostgreSQL schema
 //! (dropped afterwards), the software security module, and a seeded merchant, terminal, payer
 //! and wallet app.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use posbridge::admin::{self, Merchant, NewPayer, Terminal, WalletApp};
 use posbridge::config::Config;
@@ -10,6 +10,26 @@ use posbridge::money::Money;
 use posbridge::orders::OrderService;
 use posbridge::server::{self, Gateway};
 use posbridge_hsm::{Pan, Pin, PinBlock, PinBlockFormat};
+
+/// The `posbridge` command. It is built by the `posbridge-sim` package (the command runs the
+/// demo and simulators too), so `CARGO_BIN_EXE_posbridge` exists only in that package's tests;
+/// here it is found next to this test's own executable: `target/<profile>/deps/<test>` ->
+/// `target/<profile>/posbridge`. Cargo does not build another package's binary for these tests:
+/// `scripts/test` builds it first, and so must anyone running them by hand.
+pub fn posbridge_bin() -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("the test executable's path");
+    let profile_dir = exe
+        .parent()
+        .and_then(std::path::Path::parent)
+        .expect("the test executable lives in target/<profile>/deps");
+    let bin = profile_dir.join(format!("posbridge{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        bin.is_file(),
+        "{} is missing: build it with `cargo build -p posbridge-sim` (scripts/test does)",
+        bin.display()
+    );
+    bin
+}
 
 /// Which journal a test runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -253,13 +273,13 @@ pub async fn start(journal: &TestJournal) -> Running {
 }
 
 /// The demo terminal: its own software module holding the terminal master key.
-pub async fn terminal_client(running: &Running) -> posbridge::terminal::client::TerminalClient {
+pub async fn terminal_client(running: &Running) -> posbridge_sim::terminal::TerminalClient {
     let spec = std::sync::Arc::new(posbridge_codecs::Spec::builtin("cups-pos").unwrap());
     let module = posbridge_hsm::open(&posbridge_hsm::HsmConfig::default()).unwrap();
-    posbridge::terminal::client::TerminalClient::connect(
+    posbridge_sim::terminal::TerminalClient::connect(
         running.terminal,
         spec,
-        posbridge::terminal::client::TerminalIdentity {
+        posbridge_sim::terminal::TerminalIdentity {
             tid: TID.into(),
             mid: MID.into(),
             master_key: "tmk/demo".into(),
@@ -273,9 +293,9 @@ pub async fn terminal_client(running: &Running) -> posbridge::terminal::client::
     .unwrap()
 }
 
-pub fn wallet_client(running: &Running) -> posbridge::wallet_api::client::WalletClient {
+pub fn wallet_client(running: &Running) -> posbridge_sim::wallet::WalletClient {
     let module = posbridge_hsm::open(&posbridge_hsm::HsmConfig::default()).unwrap();
-    posbridge::wallet_api::client::WalletClient::new(
+    posbridge_sim::wallet::WalletClient::new(
         &running.wallet_url,
         APP_ID,
         APP_KEY,
@@ -331,7 +351,7 @@ impl ServeProcess {
     /// Starts `posbridge serve --config FILE` with extra environment and waits until it serves.
     pub fn start(config: &std::path::Path, env: &[(&str, &str)]) -> ServeProcess {
         use std::io::BufRead;
-        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_posbridge"));
+        let mut command = std::process::Command::new(posbridge_bin());
         command
             .args(["serve", "--config"])
             .arg(config)

@@ -14,10 +14,10 @@
 //! the database's limit the gateway reaches.
 
 use super::report::{Histograms, Latency, Step};
-use crate::journal::{self, JournalConfig, Store, Tx, new_id, now_ms};
-use crate::ledger::{self, AccountKind, NewAccount, TransferOutcome};
-use crate::money::Money;
 use anyhow::Context;
+use posbridge::journal::{self, JournalConfig, Store, Tx, new_id, now_ms};
+use posbridge::ledger::{self, AccountKind, NewAccount, TransferOutcome};
+use posbridge::money::Money;
 use serde::Serialize;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -347,7 +347,7 @@ async fn sale(store: &Store, slot: usize, payload_len: usize) -> anyhow::Result<
         &[
             order_id.as_str().into(),
             // RRNs are unique per acquirer, as the gateway's are.
-            crate::domain::order::new_rrn().into(),
+            posbridge::domain::order::new_rrn().into(),
             "123456".into(),
             payer_account(slot).into(),
             "622202*********0123".into(),

@@ -19,11 +19,11 @@ mod load;
 pub mod report;
 pub mod seed;
 
-use crate::config::Config;
-use crate::journal::JournalConfig;
-use crate::money::Money;
-use crate::terminal::client::TerminalIdentity;
+use crate::terminal::TerminalIdentity;
 use anyhow::Context;
+use posbridge::config::Config;
+use posbridge::journal::JournalConfig;
+use posbridge::money::Money;
 use report::Report;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -230,26 +230,26 @@ fn run_batch() -> String {
 async fn start_host(
     config: &mut Config,
     terminals: usize,
-) -> anyhow::Result<crate::upstream::SimHostHandle> {
+) -> anyhow::Result<crate::host::SimHostHandle> {
     let accounts = (0..terminals)
-        .map(|i| crate::upstream::sim_host::AccountConfig {
+        .map(|i| crate::host::AccountConfig {
             pan: seed::pan(i),
             balance_minor: u64::try_from(seed::OPENING_MINOR).unwrap_or(u64::MAX),
             pin: Some(seed::PIN.into()),
             pvv: None,
         })
         .collect();
-    let host_config = crate::upstream::SimHostConfig {
+    let host_config = crate::host::SimHostConfig {
         accounts,
-        ..crate::upstream::SimHostConfig::default()
+        ..crate::host::SimHostConfig::default()
     };
-    let (addr, handle) = crate::upstream::SimHost::start(host_config).await?;
+    let (addr, handle) = crate::host::SimHost::start(host_config).await?;
     crate::demo::route_to_host(config, addr);
     config.hosts[0].connections = 2;
     Ok(handle)
 }
 
-async fn wait_signed_on(host: &crate::upstream::SimHostHandle) -> anyhow::Result<()> {
+async fn wait_signed_on(host: &crate::host::SimHostHandle) -> anyhow::Result<()> {
     for _ in 0..400 {
         if host.signed_on_connections() > 0 {
             return Ok(());

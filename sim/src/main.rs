@@ -1,12 +1,11 @@
 //! The `posbridge` binary: parse arguments, hand them to the library, turn errors into one line
 //! on standard error and a non-zero exit.
 
-use clap::Parser;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    let cli = posbridge::cli::Cli::parse();
-    match posbridge::cli::run(cli) {
+    let command = posbridge_sim::cli::parse();
+    match posbridge_sim::cli::run(command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             // One line, so scripts and operators can grep it; `{:#}` joins the context chain.

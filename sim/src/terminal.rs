@@ -3,12 +3,14 @@
 //! (software) security module with its terminal master key, as a real terminal's secure chip
 //! does, and imports the working keys of each sign-on from field 62, checking their KCVs.
 
-use super::protocol::{TYPE_QR_ORDER, TYPE_QR_QUERY, TYPE_SALE, field_text, tlv, tlv_find};
-use super::server::frame_codec;
-use crate::money::Money;
-use crate::orders::payload::{terminal_mac_key, terminal_pin_key};
 use anyhow::{Context, bail};
 use futures_util::{SinkExt, StreamExt};
+use posbridge::money::Money;
+use posbridge::orders::payload::{terminal_mac_key, terminal_pin_key};
+use posbridge::terminal::protocol::{
+    TYPE_QR_ORDER, TYPE_QR_QUERY, TYPE_SALE, field_text, tlv, tlv_find,
+};
+use posbridge::terminal::server::frame_codec;
 use posbridge_codecs::emv_qr::{self, Expiry};
 use posbridge_codecs::framing::FrameCodec;
 use posbridge_codecs::{MessageBuilder, Spec};
@@ -429,8 +431,8 @@ impl TerminalClient {
         ttl_secs: u64,
     ) -> anyhow::Result<(String, String)> {
         let stan = self.next_stan();
-        let expires = crate::journal::now_ms() / 1000 + i64::try_from(ttl_secs).unwrap_or(60);
-        let reference = crate::orders::payload::new_reference();
+        let expires = posbridge::journal::now_ms() / 1000 + i64::try_from(ttl_secs).unwrap_or(60);
+        let reference = posbridge::orders::payload::new_reference();
         let order = emv_qr::Order {
             merchant,
             amount_minor: u64::try_from(amount.amount_minor)?,
@@ -474,14 +476,24 @@ impl TerminalClient {
 
     /// Voids the sale of `voucher` (0200, 60.1 = 23, 61 = original batch + voucher).
     pub async fn void(&mut self, voucher: &str, amount: Money) -> anyhow::Result<Receipt> {
-        self.after_sale("0200", super::protocol::TYPE_VOID, voucher, amount)
-            .await
+        self.after_sale(
+            "0200",
+            posbridge::terminal::protocol::TYPE_VOID,
+            voucher,
+            amount,
+        )
+        .await
     }
 
     /// Refunds `amount` of the sale of `voucher` (0220, 60.1 = 25).
     pub async fn refund(&mut self, voucher: &str, amount: Money) -> anyhow::Result<Receipt> {
-        self.after_sale("0220", super::protocol::TYPE_REFUND, voucher, amount)
-            .await
+        self.after_sale(
+            "0220",
+            posbridge::terminal::protocol::TYPE_REFUND,
+            voucher,
+            amount,
+        )
+        .await
     }
 
     async fn after_sale(

@@ -4,13 +4,13 @@
 //! seed-demo`).
 
 use super::{Lane, Plan};
-use crate::admin::{self, Merchant, NewPayer, Terminal, WalletApp};
-use crate::config::Config;
-use crate::journal::Store;
-use crate::money::Money;
-use crate::server::{self, Gateway, Listeners};
-use crate::terminal::client::TerminalIdentity;
+use crate::terminal::TerminalIdentity;
 use anyhow::Context;
+use posbridge::admin::{self, Merchant, NewPayer, Terminal, WalletApp};
+use posbridge::config::Config;
+use posbridge::journal::Store;
+use posbridge::money::Money;
+use posbridge::server::{self, Gateway, Listeners};
 use posbridge_hsm::{Pan, Pin};
 use std::net::SocketAddr;
 

@@ -3,13 +3,13 @@
 //! loopback ports, a simulated terminal that shows the QR in this window, and a simulated phone
 //! that scans it and pays with a PIN. Prints both receipts.
 
-use crate::admin::{self, Merchant, NewPayer, Terminal, WalletApp};
-use crate::config::Config;
-use crate::money::Money;
-use crate::server::{self, Listeners};
-use crate::terminal::client::{TerminalClient, TerminalIdentity, describe};
-use crate::wallet_api::client::WalletClient;
+use crate::terminal::{TerminalClient, TerminalIdentity, describe};
+use crate::wallet::WalletClient;
 use anyhow::Context;
+use posbridge::admin::{self, Merchant, NewPayer, Terminal, WalletApp};
+use posbridge::config::Config;
+use posbridge::money::Money;
+use posbridge::server::{self, Listeners};
 use posbridge_hsm::{Pan, Pin};
 use std::io::Write;
 use std::sync::Arc;
@@ -98,7 +98,8 @@ pub async fn seed(gateway: &server::Gateway) -> anyhow::Result<()> {
 /// Routes the demo card range to a (simulated) UnionPay host at `host`: the five-role
 /// deployment, with the demo's zone keys (`zpk/upstream`, `zak/upstream`, `zmk/upstream`).
 pub fn route_to_host(config: &mut Config, host: std::net::SocketAddr) {
-    let mut link = crate::upstream::HostConfig::new("cups", vec![host.to_string()], "cups-host");
+    let mut link =
+        posbridge::upstream::HostConfig::new("cups", vec![host.to_string()], "cups-host");
     link.mac_key = Some("zak/upstream".into());
     link.pin_key = Some("zpk/upstream".into());
     link.zmk = Some("zmk/upstream".into());
@@ -108,7 +109,7 @@ pub fn route_to_host(config: &mut Config, host: std::net::SocketAddr) {
     link.backoff_initial_ms = 50;
     link.backoff_max_ms = 1_000;
     config.hosts = vec![link];
-    config.routes = vec![crate::config::RouteConfig {
+    config.routes = vec![posbridge::config::RouteConfig {
         prefix: "622202".into(),
         target: "cups".into(),
         fallback: None,
@@ -122,7 +123,7 @@ pub async fn run(out: &mut (dyn Write + Send), five_roles: bool) -> anyhow::Resu
     let mut config = config();
     let host = if five_roles {
         let (addr, handle) =
-            crate::upstream::SimHost::start(crate::upstream::SimHostConfig::default()).await?;
+            crate::host::SimHost::start(crate::host::SimHostConfig::default()).await?;
         route_to_host(&mut config, addr);
         Some((addr, handle))
     } else {
@@ -220,7 +221,7 @@ async fn sale(
     writeln!(
         out,
         "{}",
-        crate::qr::render::terminal(&payload, crate::qr::render::Background::Dark)?
+        posbridge::qr::render::terminal(&payload, posbridge::qr::render::Background::Dark)?
     )?;
     writeln!(out, "  {payload}")?;
     writeln!(

@@ -1,7 +1,7 @@
 //! `posbridge sim host`: a simulated ISO 8583 host (acquirer, UnionPay or issuer) to point
-//! posbridge's upstream links at; see [`crate::upstream::sim_host`] and docs/host-interface.md.
+//! posbridge's upstream links at; see [`crate::host`] and docs/host-interface.md.
 
-use crate::upstream::sim_host::{Condition, DeclineRule, RandomFaults, SimHost, SimHostConfig};
+use crate::host::{Condition, DeclineRule, RandomFaults, SimHost, SimHostConfig};
 use anyhow::Context;
 use clap::Args;
 use figment::providers::Format as _;
@@ -123,7 +123,7 @@ pub async fn host(args: HostArgs) -> anyhow::Result<()> {
     let ledger = handle.ledger();
     let approved = ledger
         .iter()
-        .filter(|e| e.state == crate::upstream::sim_host::LedgerState::Approved)
+        .filter(|e| e.state == crate::host::LedgerState::Approved)
         .count();
     println!(
         "sim host stopped: {} ledger entries, {approved} approved and not reversed",

@@ -3,8 +3,8 @@
 //! with its own (software) security module holding the app's PIN key, as a phone's secure
 //! keyboard would.
 
-use super::{OrderView, PaymentView};
 use anyhow::Context;
+use posbridge::wallet_api::{OrderView, PaymentView};
 use posbridge_hsm::{Pan, Pin, PinBlockFormat, SecurityModule};
 use std::sync::Arc;
 

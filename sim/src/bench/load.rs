@@ -4,10 +4,10 @@
 
 use super::report::{Histograms, Step};
 use super::{Bound, Lane, Plan, Progress};
-use crate::money::Money;
-use crate::terminal::client::TerminalClient;
-use crate::wallet_api::client::WalletClient;
+use crate::terminal::TerminalClient;
+use crate::wallet::WalletClient;
 use anyhow::Context;
+use posbridge::money::Money;
 use posbridge_hsm::SecurityModule;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;

@@ -3,6 +3,8 @@
 //! never write a payer's card number or PIN to its logs. Counts only: no timing assertions.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+// The gateway's test set-up (journals that clean up after themselves), shared rather than copied.
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use common::{Backend, TestJournal};
@@ -125,10 +127,10 @@ fn no_log_line_of_a_bench_run_carries_a_card_number_or_pin() {
         "no terminal traffic logged:\n{logs}"
     );
     let pans = [
-        posbridge::bench::seed::pan(0),
-        posbridge::bench::seed::pan(1),
+        posbridge_sim::bench::seed::pan(0),
+        posbridge_sim::bench::seed::pan(1),
     ];
-    let pin = posbridge::bench::seed::PIN;
+    let pin = posbridge_sim::bench::seed::PIN;
     for line in logs.lines() {
         for pan in &pans {
             assert!(!line.contains(pan.as_str()), "PAN in a log line: {line}");

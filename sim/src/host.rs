@@ -7,18 +7,18 @@
 //!
 //! The host verifies and generates MACs with ANSI X9.19 under `mac_key`; PIN blocks arrive in
 //! ISO format 0 under `pin_key`. It can start a key change ([`SimHostHandle::key_exchange`]) that
-//! delivers new zone keys under `zmk` (layout in [`super::key_exchange`]).
+//! delivers new zone keys under `zmk` (layout in [`posbridge::upstream::key_exchange`]).
 //!
 //! Response codes: 00 approved, 05 card on the decline list, 14 unknown card, 51 insufficient
 //! funds, 55 wrong PIN, 61 over the amount limit, 94 duplicate transmission (a 0200 whose
 //! acquirer + TID + STAN is already in the ledger), 25 reversal of a sale the host never saw,
 //! A0 MAC error, 30 format error, 96 system error.
 
-use super::key_exchange::{self, KeyUsage, WrappedKey};
-use super::link::transmission_date_time;
-use super::message::{self, IsoMessage, mask_pan};
-use crate::security::{Security, SecurityError};
 use futures_util::{SinkExt, StreamExt};
+use posbridge::security::{Security, SecurityError};
+use posbridge::upstream::key_exchange::{self, KeyUsage, WrappedKey};
+use posbridge::upstream::link::transmission_date_time;
+use posbridge::upstream::message::{self, IsoMessage, mask_pan};
 use posbridge_codecs::Spec;
 use posbridge_hsm::{
     HsmConfig, HsmError, KeyType, MacAlgorithm, Pan, Pin, PinBlock, PinBlockFormat,
@@ -327,7 +327,7 @@ impl SimHost {
     /// demo PINs) and serves in the background. Returns the bound address and the handle.
     pub async fn start(config: SimHostConfig) -> Result<(SocketAddr, SimHostHandle), SimHostError> {
         let spec = Spec::load(&config.dialect).map_err(|e| SimHostError::Config(e.to_string()))?;
-        crate::terminal::server::frame_codec(&spec)
+        posbridge::terminal::server::frame_codec(&spec)
             .map_err(|e| SimHostError::Config(e.to_string()))?;
         let module = posbridge_hsm::open(&HsmConfig::Software {
             key_file: config.key_file.clone(),
@@ -442,7 +442,7 @@ impl SimHostHandle {
 
     /// Starts a key change on a signed-on connection: new zone PIN and MAC keys generated in the
     /// host's module, sent under the zone master key in an 0800 (F70 = 101, F48 layout of
-    /// [`super::key_exchange`]). With `corrupt_mac_kcv` the MAC key's check value is altered, so
+    /// [`posbridge::upstream::key_exchange`]). With `corrupt_mac_kcv` the MAC key's check value is altered, so
     /// a correct client refuses the change. The host switches to the new keys only when the
     /// client answers 00. Returns the client's F39.
     pub async fn key_exchange(
@@ -579,7 +579,7 @@ async fn connection(
     socket: TcpStream,
     mut stop: watch::Receiver<bool>,
 ) {
-    let Ok(codec) = crate::terminal::server::frame_codec(&shared.spec) else {
+    let Ok(codec) = posbridge::terminal::server::frame_codec(&shared.spec) else {
         return;
     };
     let mut framed = Framed::new(socket, codec);
