@@ -756,3 +756,76 @@ async fn a_route_falls_back_while_its_primary_host_is_down() {
     running.stop().await;
     handle.stop().await;
 }
+
+/// Regression (lifecycle issue): a terminal reversal (0400) that arrived while its forwarded
+/// sale was AUTHORIZING was answered 00 and nothing was done, so the host's approval charged
+/// the payer. Now the 0400 cancels the order and queues the host reversal before it is
+/// answered; the approval that follows cannot make the order paid, and the host ends with the
+/// sale reversed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_terminal_reversal_while_authorising_reverses_at_the_host() {
+    let (addr, handle) = host(SimHostConfig {
+        faults: vec![FaultRule {
+            when: when_amount_ends("77"),
+            fault: Fault::LateResponse,
+        }],
+        ..SimHostConfig::default()
+    })
+    .await;
+    let journal = TestJournal::new(Backend::Postgres);
+    let running = start_with(&journal, |c| five_roles(c, addr, 10_000)).await;
+    signed_on(&handle).await;
+    let mut terminal = terminal_client(&running).await;
+    terminal.sign_on().await.unwrap();
+    let amount = Money {
+        amount_minor: 4_277,
+        currency: CNY,
+    };
+    let order = terminal.request_order(amount).await.unwrap();
+    let payload = order.payload.clone().unwrap();
+    let wallet = wallet_client(&running);
+    let paying = tokio::spawn(async move {
+        wallet
+            .pay(&payload, PAYER_PAN, Some(PAYER_PIN), "ra-1", None)
+            .await
+    });
+    let store = running.seeded.store.clone();
+    until("the sale is at the host", async || {
+        count(
+            &store,
+            "SELECT COUNT(*) FROM orders WHERE state = 'AUTHORIZING'",
+        )
+        .await
+            == 1
+    })
+    .await;
+    let reversed = terminal.reverse(&order.voucher, amount).await.unwrap();
+    assert_eq!(reversed.response_code, "00");
+    assert_eq!(
+        count(
+            &store,
+            "SELECT COUNT(*) FROM reversals WHERE status = 'QUEUED'"
+        )
+        .await,
+        1,
+        "the reversal is durable before the terminal is answered"
+    );
+    let paid = paying.await.unwrap().unwrap();
+    assert_eq!(
+        paid.response_code(),
+        Some("98"),
+        "the late approval is not a payment"
+    );
+    until("the host reversed the sale", async || {
+        handle
+            .ledger()
+            .first()
+            .is_some_and(|e| e.state == LedgerState::Reversed)
+    })
+    .await;
+    assert_eq!(
+        count(&store, "SELECT COUNT(*) FROM orders WHERE state = 'PAID'").await,
+        0
+    );
+    running.stop().await;
+}
