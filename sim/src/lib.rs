@@ -1,8 +1,8 @@
 //! posbridge-sim: everything that plays the other side of the gateway, kept out of the
 //! production library. A simulated POS terminal ([`terminal`]), a simulated wallet app
 //! ([`wallet`]), a simulated acquirer / UnionPay / issuer host ([`host`]), the one-command demo
-//! ([`demo`]) and the load generator ([`bench`]); and the `posbridge` command line ([`cli`]),
-//! which is the gateway's own (`posbridge::cli`) plus `demo`, `sim`, `bench` and
+//! ([`demo`]) and the load generator ([`bench`](mod@bench)); and the `posbridge` command line
+//! ([`cli`]), which is the gateway's own (`posbridge::cli`) plus `demo`, `sim`, `bench` and
 //! `admin seed-demo`.
 //!
 //! The dependency runs one way: this crate uses the `posbridge` library, never the reverse
