@@ -5,9 +5,9 @@
 mod common;
 
 use common::posbridge_bin;
-use posbridge::money::Money;
-use posbridge::orders::service::NewOrder;
-use posbridge::orders::{Origin, PayRequest};
+use posbridge::domain::money::Money;
+use posbridge::service::orders::service::NewOrder;
+use posbridge::service::orders::{Origin, PayRequest};
 use posbridge_hsm::{Pan, Pin, PinBlockFormat};
 use std::process::Command;
 use std::time::Duration;
@@ -41,8 +41,8 @@ async fn refund_and_void_by_rrn() {
     )
     .unwrap();
     assert!(admin(&config, &["seed-demo"]).contains("registered"));
-    let (loaded, _) = posbridge::config::load(Some(&config)).unwrap();
-    let gateway = posbridge::server::open(loaded).await.unwrap();
+    let (loaded, _) = posbridge::infra::config::load(Some(&config)).unwrap();
+    let gateway = posbridge::app::server::open(loaded).await.unwrap();
     let orders = gateway.orders.clone();
     let order = orders
         .create(NewOrder {
@@ -90,7 +90,7 @@ async fn refund_and_void_by_rrn() {
     let rrn = paid.order.unwrap().rrn.unwrap();
     let balance = async || {
         let mut tx = orders.store().begin().await.unwrap();
-        let account = posbridge::ledger::account(&mut tx, "demo-payer")
+        let account = posbridge::store::ledger::account(&mut tx, "demo-payer")
             .await
             .unwrap()
             .unwrap();

@@ -6,7 +6,7 @@
 mod common;
 
 use common::*;
-use posbridge::money::Money;
+use posbridge::domain::money::Money;
 use posbridge_sim::host::{
     Condition, DeclineRule, Fault, FaultRule, LedgerState, RandomFaults, SimHost, SimHostConfig,
     SimHostHandle,
@@ -18,7 +18,7 @@ async fn host(config: SimHostConfig) -> (std::net::SocketAddr, SimHostHandle) {
 }
 
 fn five_roles(
-    config: &mut posbridge::config::Config,
+    config: &mut posbridge::infra::config::Config,
     host_addr: std::net::SocketAddr,
     sale_timeout_ms: u64,
 ) {
@@ -94,7 +94,7 @@ async fn sale(
     )
 }
 
-async fn count(store: &posbridge::journal::Store, sql: &str) -> i64 {
+async fn count(store: &posbridge::store::journal::Store, sql: &str) -> i64 {
     let mut tx = store.begin().await.unwrap();
     let rows = tx.query(sql, &[]).await.unwrap();
     tx.commit().await.unwrap();
@@ -447,9 +447,9 @@ async fn randomised_faults_reconcile_with_the_host() {
     for worker in 0..workers {
         // One terminal per worker: a sign-on replaces that terminal's working keys.
         let tid = format!("200000{worker:02}");
-        posbridge::admin::register_terminal(
+        posbridge::registry::register_terminal(
             &running.seeded.store,
-            &posbridge::admin::Terminal {
+            &posbridge::registry::Terminal {
                 tid: tid.clone(),
                 mid: MID.into(),
                 acquirer: "48020000".into(),
@@ -670,8 +670,11 @@ fn a_sale_interrupted_by_sigkill_is_reversed_after_restart() {
         "the host reversed the interrupted sale",
         async || handle.ledger()[0].state == LedgerState::Reversed,
     ));
-    let store =
-        runtime.block_on(async { posbridge::journal::open(&journal.config).await.unwrap() });
+    let store = runtime.block_on(async {
+        posbridge::store::journal::open(&journal.config)
+            .await
+            .unwrap()
+    });
     let done = runtime.block_on(count(
         &store,
         "SELECT COUNT(*) FROM reversals WHERE status = 'DONE'",
@@ -739,7 +742,7 @@ async fn a_route_falls_back_while_its_primary_host_is_down() {
         primary.name = "primary".into();
         primary.addrs = vec![dead.to_string()];
         c.hosts.push(primary);
-        c.routes = vec![posbridge::config::RouteConfig {
+        c.routes = vec![posbridge::infra::config::RouteConfig {
             prefix: "622202".into(),
             target: "primary".into(),
             fallback: Some("cups".into()),

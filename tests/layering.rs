@@ -116,3 +116,84 @@ fn the_check_sees_code_and_lets_comments_through() {
     );
     assert!(offences("pub mod config;\npub mod link;\n").is_empty());
 }
+
+/// The library's layers, lowest first (src/lib.rs documents them): a module may import its own
+/// layer and those before it, never one after it.
+const LAYERS: &[&str] = &[
+    "domain", "infra", "store", "registry", "upstream", "service", "edge", "app", "cli",
+];
+
+/// The layer a file under `src/` belongs to (`None` for lib.rs, the root).
+fn layer_of(relative: &Path) -> Option<usize> {
+    let first = relative.components().next()?.as_os_str().to_str()?;
+    let name = first.strip_suffix(".rs").unwrap_or(first);
+    LAYERS.iter().position(|layer| *layer == name)
+}
+
+/// Every `crate::<layer>` a file's code (not its comments) names, with the line.
+fn layer_imports(text: &str) -> Vec<(usize, usize, String)> {
+    let mut found = Vec::new();
+    for (index, line) in text.lines().enumerate() {
+        let code = line.split("//").next().unwrap_or("");
+        let mut rest = code;
+        while let Some(at) = rest.find("crate::") {
+            rest = &rest[at + "crate::".len()..];
+            let name: String = rest
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            if let Some(layer) = LAYERS.iter().position(|l| *l == name) {
+                found.push((index + 1, layer, line.trim().to_owned()));
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn layers_import_only_downward() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    files_under(&src, &mut files);
+    let mut checked = 0;
+    let mut found = Vec::new();
+    for file in files
+        .iter()
+        .filter(|f| f.extension().is_some_and(|e| e == "rs"))
+    {
+        let relative = file.strip_prefix(&src).unwrap();
+        let Some(own) = layer_of(relative) else {
+            continue;
+        };
+        checked += 1;
+        let text = std::fs::read_to_string(file).unwrap();
+        for (line, target, code) in layer_imports(&text) {
+            if target > own {
+                found.push(format!(
+                    "src/{}:{line}: {} imports {}: {code}",
+                    relative.display(),
+                    LAYERS[own],
+                    LAYERS[target]
+                ));
+            }
+        }
+    }
+    assert!(checked > 30, "only {checked} files checked");
+    assert!(
+        found.is_empty(),
+        "a lower layer imports a higher one (move the code, or pass what it needs down):\n{}",
+        found.join("\n")
+    );
+}
+
+#[test]
+fn the_layer_check_reads_paths_in_code_only() {
+    assert_eq!(
+        layer_imports("use crate::store::journal::Store;\n"),
+        vec![(1, 2, "use crate::store::journal::Store;".to_owned())]
+    );
+    assert!(layer_imports("//! see [`crate::app::server`]\n").is_empty());
+    assert!(layer_imports("let x = 1; // crate::cli\n").is_empty());
+    assert_eq!(layer_of(Path::new("service/orders/pay.rs")), Some(5));
+    assert_eq!(layer_of(Path::new("lib.rs")), None);
+}

@@ -6,9 +6,9 @@
 mod common;
 
 use common::{Backend, TestJournal};
-use posbridge::journal::JournalConfig;
-use posbridge::money::Money;
-use posbridge::server::{self, Gateway, Listeners};
+use posbridge::app::server::{self, Gateway, Listeners};
+use posbridge::domain::money::Money;
+use posbridge::store::journal::JournalConfig;
 use posbridge_sim::bench::{BenchOptions, Bound, Progress, Target};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -24,7 +24,7 @@ struct Served {
 
 /// A gateway seeded like `posbridge admin seed-demo`, serving on loopback.
 async fn serve(journal: JournalConfig) -> Served {
-    let mut config = posbridge::config::Config {
+    let mut config = posbridge::infra::config::Config {
         journal,
         ..Default::default()
     };
@@ -227,7 +227,7 @@ async fn admin_client() -> (tokio_postgres::Client, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_turns_503_when_the_database_goes_away() {
     let (admin, url) = admin_client().await;
-    let database = format!("pbready_{}", &posbridge::journal::new_id()[..12]);
+    let database = format!("pbready_{}", &posbridge::store::journal::new_id()[..12]);
     admin
         .batch_execute(&format!("CREATE DATABASE {database}"))
         .await

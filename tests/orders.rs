@@ -6,10 +6,10 @@
 mod common;
 
 use common::*;
-use posbridge::money::Money;
-use posbridge::orders::service::Voucher;
-use posbridge::orders::service::{NewOrder, OrderError};
-use posbridge::orders::{
+use posbridge::domain::money::Money;
+use posbridge::service::orders::service::Voucher;
+use posbridge::service::orders::service::{NewOrder, OrderError};
+use posbridge::service::orders::{
     OrderService, OrderState, Origin, PayRequest, PaymentResult, ResponseCode,
 };
 use posbridge_hsm::{Pan, PinBlockFormat};
@@ -161,7 +161,9 @@ async fn expired_and_restart(backend: Backend) {
     tokio::time::sleep(Duration::from_millis(5)).await;
     // A new gateway on the same journal (a restart) still expires the old order.
     drop(s);
-    let restarted = posbridge::server::open(config(&journal)).await.unwrap();
+    let restarted = posbridge::app::server::open(config(&journal))
+        .await
+        .unwrap();
     let expired = restarted.orders.expire_due().await.unwrap();
     assert_eq!(expired, vec![order.order_id.clone()]);
     let result = pay(&restarted.orders, &order.payload, Some(PAYER_PIN), "e1").await;
@@ -319,7 +321,7 @@ on_both_journals!(reversal_and_cancel, super::reversal_and_cancel);
 async fn static_code(backend: Backend) {
     let journal = TestJournal::new(backend);
     let s = seeded(&journal).await;
-    let payload = posbridge::admin::create_static_code(
+    let payload = posbridge::service::enrolment::create_static_code(
         &s.store,
         &s.gateway.config.gateway.gui,
         MID,
@@ -386,9 +388,9 @@ async fn randomised_run_conserves_money(backend: Backend) {
     let journal = TestJournal::new(backend);
     let s = seeded(&journal).await;
     // A second payer without a PIN, so most operations move money.
-    posbridge::admin::register_payer(
+    posbridge::service::enrolment::register_payer(
         &s.orders,
-        posbridge::admin::NewPayer {
+        posbridge::service::enrolment::NewPayer {
             account_id: "payer-2".into(),
             holder: "Han Meimei".into(),
             pan: Pan::new("6222020000000000018").unwrap(),
@@ -585,7 +587,8 @@ async fn zero_intervals_are_refused_at_load() {
     for (key, adjust) in [
         (
             "upstream.reversal_poll_ms",
-            (|c: &mut posbridge::config::Config| c.upstream.reversal_poll_ms = 0) as fn(&mut _),
+            (|c: &mut posbridge::infra::config::Config| c.upstream.reversal_poll_ms = 0)
+                as fn(&mut _),
         ),
         ("upstream.sale_timeout_ms", |c| {
             c.upstream.sale_timeout_ms = 0
@@ -596,7 +599,7 @@ async fn zero_intervals_are_refused_at_load() {
     ] {
         let mut config = config(&journal);
         adjust(&mut config);
-        let Err(error) = posbridge::server::open(config).await else {
+        let Err(error) = posbridge::app::server::open(config).await else {
             panic!("{key} = 0 must be refused");
         };
         assert!(format!("{error:#}").contains(key), "{key}: {error:#}");

@@ -3,7 +3,7 @@
 //! decoded by rqrr, a pure-Rust QR reader independent of the `qrcode` crate that drew them.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use posbridge::qr::{Background, render};
+use posbridge::infra::qr::{Background, render};
 use posbridge_codecs::emv_qr::{
     AlternateLanguage, Expiry, Merchant, Order, POSBRIDGE_GUI, Payload, StaticCode,
 };

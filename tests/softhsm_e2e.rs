@@ -133,7 +133,7 @@ fn serve_on_softhsm_and_postgres_pays_a_qr_sale() {
         .unwrap();
         terminal.sign_on().await.unwrap();
         let order = terminal
-            .request_order(posbridge::money::Money {
+            .request_order(posbridge::domain::money::Money {
                 amount_minor: 880,
                 currency: 156,
             })

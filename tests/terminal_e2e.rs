@@ -5,7 +5,7 @@
 mod common;
 
 use common::*;
-use posbridge::money::Money;
+use posbridge::domain::money::Money;
 use std::time::Duration;
 
 fn cny(amount_minor: i64) -> Money {

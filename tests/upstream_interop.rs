@@ -3,7 +3,7 @@
 //! fixtures/upstream/key_change.json (computed with psec) imported by the link's code.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use posbridge::security::Security;
+use posbridge::infra::security::Security;
 use posbridge::upstream::key_exchange;
 use posbridge::upstream::{HostConfig, HostLink, IsoMessage};
 use posbridge_codecs::Spec;

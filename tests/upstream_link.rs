@@ -4,7 +4,7 @@
 //! test needs a request to give up.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use posbridge::security::Security;
+use posbridge::infra::security::Security;
 use posbridge::upstream::link::UnmatchedReason;
 use posbridge::upstream::{HostConfig, HostLink, IsoMessage, LinkError, NotSentReason, Unmatched};
 use posbridge_hsm::software::SoftwareModule;

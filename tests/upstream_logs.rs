@@ -3,7 +3,7 @@
 //! masks it.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use posbridge::security::Security;
+use posbridge::infra::security::Security;
 use posbridge::upstream::{HostConfig, HostLink, IsoMessage};
 use posbridge_hsm::software::SoftwareModule;
 use posbridge_hsm::{Pan, Pin, PinBlockFormat};

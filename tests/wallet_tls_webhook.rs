@@ -21,16 +21,20 @@ async fn wallet_api_speaks_https_when_configured() {
     let mut config = config(&journal);
     config.wallet_api.tls_cert = Some(cert_path);
     config.wallet_api.tls_key = Some(key_path);
-    let gateway = posbridge::server::open(config).await.unwrap();
+    let gateway = posbridge::app::server::open(config).await.unwrap();
     posbridge_sim::demo::seed(&gateway).await.unwrap();
-    let listeners = posbridge::server::Listeners::bind(&gateway.config)
+    let listeners = posbridge::app::server::Listeners::bind(&gateway.config)
         .await
         .unwrap();
     let port = listeners.wallet_api.local_addr().unwrap().port();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(posbridge::server::run(gateway, listeners, async move {
-        let _ = stopped.await;
-    }));
+    let task = tokio::spawn(posbridge::app::server::run(
+        gateway,
+        listeners,
+        async move {
+            let _ = stopped.await;
+        },
+    ));
 
     let https = reqwest::Client::builder()
         .add_root_certificate(reqwest::Certificate::from_pem(cert.cert.pem().as_bytes()).unwrap())
@@ -106,9 +110,9 @@ async fn static_code_webhook(backend: Backend) {
     let journal = TestJournal::new(backend);
     let running = start(&journal).await;
     let store = &running.seeded.store;
-    posbridge::admin::register_merchant(
+    posbridge::registry::register_merchant(
         store,
-        &posbridge::admin::Merchant {
+        &posbridge::registry::Merchant {
             mid: "898310048169999".into(),
             name: "MARKET STALL 7".into(),
             city: "SHANGHAI".into(),
@@ -122,7 +126,7 @@ async fn static_code_webhook(backend: Backend) {
     )
     .await
     .unwrap();
-    let code = posbridge::admin::create_static_code(
+    let code = posbridge::service::enrolment::create_static_code(
         store,
         &running.seeded.gateway.config.gateway.gui,
         "898310048169999",
@@ -165,7 +169,7 @@ async fn static_code_webhook(backend: Backend) {
         .unwrap();
     assert_eq!(
         signature,
-        &posbridge::outbox::signature("stall-secret", timestamp, body)
+        &posbridge::service::webhooks::signature("stall-secret", timestamp, body)
     );
     assert!(!body.contains(PAYER_PAN));
     // The merchant can query its payments with its secret, not without.

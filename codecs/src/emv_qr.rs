@@ -1313,31 +1313,26 @@ impl Expiry {
         if text.len() != 12 || !text.bytes().all(|b| b.is_ascii_digit()) {
             return None;
         }
-        let pair = |i: usize| text.get(i..i + 2).and_then(two_digits).map(u64::from);
-        let (year, month, day) = (2000 + pair(0)?, pair(2)?, pair(4)?);
-        let (hour, minute, second) = (pair(6)?, pair(8)?, pair(10)?);
-        if !(1..=12).contains(&month) || day == 0 || day > days_in_month(year, month) {
-            return None;
-        }
-        if hour > 23 || minute > 59 || second > 59 {
-            return None;
-        }
-        let days = days_from_civil(year, month, day);
-        Expiry::from_unix_seconds(days * 86_400 + hour * 3600 + minute * 60 + second)
+        let pair = |i: usize| text.get(i..i + 2).and_then(two_digits);
+        let civil = crate::calendar::Civil {
+            year: 2000 + i32::from(pair(0)?),
+            month: pair(2)?,
+            day: pair(4)?,
+            hour: pair(6)?,
+            minute: pair(8)?,
+            second: pair(10)?,
+        };
+        Expiry::from_unix_seconds(u64::try_from(civil.unix_seconds()?).ok()?)
     }
 
     /// Writes `YYMMDDhhmmss` (UTC).
     pub fn to_yymmddhhmmss(self) -> String {
-        let days = self.unix_seconds / 86_400;
-        let seconds = self.unix_seconds % 86_400;
-        let (year, month, day) = civil_from_days(days);
-        format!(
-            "{:02}{month:02}{day:02}{:02}{:02}{:02}",
-            year % 100,
-            seconds / 3600,
-            seconds % 3600 / 60,
-            seconds % 60
-        )
+        let seconds = i64::try_from(self.unix_seconds).unwrap_or(0);
+        match crate::calendar::Civil::from_unix_seconds(seconds) {
+            Some(c) => format!("{:02}{}{}", c.year % 100, c.mmdd(), c.hhmmss()),
+            // Unreachable: an Expiry is within 2000-2099 by construction.
+            None => "000101000000".to_owned(),
+        }
     }
 }
 
@@ -1345,47 +1340,6 @@ impl fmt::Display for Expiry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.to_yymmddhhmmss())
     }
-}
-
-fn is_leap(year: u64) -> bool {
-    year % 4 == 0 && (year % 100 != 0 || year % 400 == 0)
-}
-
-fn days_in_month(year: u64, month: u64) -> u64 {
-    match month {
-        2 if is_leap(year) => 29,
-        2 => 28,
-        4 | 6 | 9 | 11 => 30,
-        _ => 31,
-    }
-}
-
-/// Days since 1970-01-01 of a date from 1970 on (proleptic Gregorian).
-fn days_from_civil(year: u64, month: u64, day: u64) -> u64 {
-    let full_years: u64 = (1970..year)
-        .map(|y| if is_leap(y) { 366 } else { 365 })
-        .sum();
-    let full_months: u64 = (1..month).map(|m| days_in_month(year, m)).sum();
-    full_years + full_months + day - 1
-}
-
-/// The date `days` after 1970-01-01.
-fn civil_from_days(mut days: u64) -> (u64, u64, u64) {
-    let mut year = 1970;
-    loop {
-        let length = if is_leap(year) { 366 } else { 365 };
-        if days < length {
-            break;
-        }
-        days -= length;
-        year += 1;
-    }
-    let mut month = 1;
-    while days >= days_in_month(year, month) {
-        days -= days_in_month(year, month);
-        month += 1;
-    }
-    (year, month, days + 1)
 }
 
 // ------------------------------------------------------------------------------------------------

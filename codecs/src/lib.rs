@@ -46,6 +46,7 @@
 //!   ([`Location`]), byte offset and reason; [`EncodeError`]; [`PathError`].
 
 pub mod bitmap;
+pub mod calendar;
 pub mod ebcdic;
 pub mod emv_qr;
 pub mod error;

@@ -6,16 +6,20 @@
 use crate::field::value_text;
 use crate::spec::{FieldDef, Sensitivity, ValueKind};
 
-/// The PAN as its first 6 and last 4 digits at most; short numbers are starred entirely.
+/// The one PAN masking rule of posbridge (PCI DSS 3.4: first 6 and last 4 digits at most):
+/// 13 digits or more show the first 6 and the last 4; 8 to 12 digits show the last 4 only; a
+/// shorter value, or anything that is not all digits, is starred entirely. The codec's `Debug`,
+/// the inspector, the security module's `Pan` and the upstream messages all mask through here.
 pub fn mask_pan(digits: &str) -> String {
     let n = digits.chars().count();
-    if n <= 10 {
+    if n < 8 || !digits.chars().all(|c| c.is_ascii_digit()) {
         return "*".repeat(n);
     }
+    let head = if n >= 13 { 6 } else { 0 };
     digits
         .chars()
         .enumerate()
-        .map(|(i, c)| if i < 6 || i >= n - 4 { c } else { '*' })
+        .map(|(i, c)| if i < head || i >= n - 4 { c } else { '*' })
         .collect()
 }
 

@@ -27,16 +27,10 @@ impl Pan {
         &self.0
     }
 
-    /// The masked form: first 6 and last 4 digits (last 4 only below 13 digits), `*` between.
+    /// The masked form: first 6 and last 4 digits (last 4 only below 13 digits), `*` between;
+    /// the one rule, [`posbridge_codecs::mask::mask_pan`].
     pub fn masked(&self) -> String {
-        let digits = self.0.as_str();
-        let len = digits.len();
-        let shown_head = if len >= 13 { 6 } else { 0 };
-        let mut out = String::with_capacity(len);
-        out.push_str(&digits[..shown_head]);
-        out.extend(std::iter::repeat_n('*', len - shown_head - 4));
-        out.push_str(&digits[len - 4..]);
-        out
+        posbridge_codecs::mask::mask_pan(&self.0)
     }
 
     /// Number of digits.

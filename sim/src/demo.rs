@@ -6,10 +6,11 @@
 use crate::terminal::{TerminalClient, TerminalIdentity, describe};
 use crate::wallet::WalletClient;
 use anyhow::Context;
-use posbridge::admin::{self, Merchant, NewPayer, Terminal, WalletApp};
-use posbridge::config::Config;
-use posbridge::money::Money;
-use posbridge::server::{self, Listeners};
+use posbridge::app::server::{self, Listeners};
+use posbridge::domain::money::Money;
+use posbridge::infra::config::Config;
+use posbridge::registry::{self, Merchant, Terminal, WalletApp};
+use posbridge::service::enrolment::NewPayer;
 use posbridge_hsm::{Pan, Pin};
 use std::io::Write;
 use std::sync::Arc;
@@ -41,7 +42,7 @@ pub fn config() -> Config {
 /// Registers the demo merchant, terminal, payer and wallet app.
 pub async fn seed(gateway: &server::Gateway) -> anyhow::Result<()> {
     let store = gateway.orders.store();
-    admin::register_merchant(
+    registry::register_merchant(
         store,
         &Merchant {
             mid: MID.into(),
@@ -56,7 +57,7 @@ pub async fn seed(gateway: &server::Gateway) -> anyhow::Result<()> {
         },
     )
     .await?;
-    admin::register_terminal(
+    registry::register_terminal(
         store,
         &Terminal {
             tid: TID.into(),
@@ -67,7 +68,7 @@ pub async fn seed(gateway: &server::Gateway) -> anyhow::Result<()> {
         },
     )
     .await?;
-    admin::register_payer(
+    posbridge::service::enrolment::register_payer(
         &gateway.orders,
         NewPayer {
             account_id: "demo-payer".into(),
@@ -82,7 +83,7 @@ pub async fn seed(gateway: &server::Gateway) -> anyhow::Result<()> {
         &gateway.config.keys.pvk,
     )
     .await?;
-    admin::register_wallet_app(
+    registry::register_wallet_app(
         store,
         &WalletApp {
             app_id: APP_ID.into(),
@@ -109,7 +110,7 @@ pub fn route_to_host(config: &mut Config, host: std::net::SocketAddr) {
     link.backoff_initial_ms = 50;
     link.backoff_max_ms = 1_000;
     config.hosts = vec![link];
-    config.routes = vec![posbridge::config::RouteConfig {
+    config.routes = vec![posbridge::infra::config::RouteConfig {
         prefix: "622202".into(),
         target: "cups".into(),
         fallback: None,
@@ -221,7 +222,10 @@ async fn sale(
     writeln!(
         out,
         "{}",
-        posbridge::qr::render::terminal(&payload, posbridge::qr::render::Background::Dark)?
+        posbridge::infra::qr::render::terminal(
+            &payload,
+            posbridge::infra::qr::render::Background::Dark
+        )?
     )?;
     writeln!(out, "  {payload}")?;
     writeln!(

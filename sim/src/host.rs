@@ -15,7 +15,7 @@
 //! A0 MAC error, 30 format error, 96 system error.
 
 use futures_util::{SinkExt, StreamExt};
-use posbridge::security::{Security, SecurityError};
+use posbridge::infra::security::{Security, SecurityError};
 use posbridge::upstream::key_exchange::{self, KeyUsage, WrappedKey};
 use posbridge::upstream::link::transmission_date_time;
 use posbridge::upstream::message::{self, IsoMessage, mask_pan};
@@ -327,7 +327,7 @@ impl SimHost {
     /// demo PINs) and serves in the background. Returns the bound address and the handle.
     pub async fn start(config: SimHostConfig) -> Result<(SocketAddr, SimHostHandle), SimHostError> {
         let spec = Spec::load(&config.dialect).map_err(|e| SimHostError::Config(e.to_string()))?;
-        posbridge::terminal::server::frame_codec(&spec)
+        posbridge::infra::framing::frame_codec(&spec)
             .map_err(|e| SimHostError::Config(e.to_string()))?;
         let module = posbridge_hsm::open(&HsmConfig::Software {
             key_file: config.key_file.clone(),
@@ -579,7 +579,7 @@ async fn connection(
     socket: TcpStream,
     mut stop: watch::Receiver<bool>,
 ) {
-    let Ok(codec) = posbridge::terminal::server::frame_codec(&shared.spec) else {
+    let Ok(codec) = posbridge::infra::framing::frame_codec(&shared.spec) else {
         return;
     };
     let mut framed = Framed::new(socket, codec);

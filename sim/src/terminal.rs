@@ -5,12 +5,10 @@
 
 use anyhow::{Context, bail};
 use futures_util::{SinkExt, StreamExt};
-use posbridge::money::Money;
-use posbridge::orders::payload::{terminal_mac_key, terminal_pin_key};
-use posbridge::terminal::protocol::{
-    TYPE_QR_ORDER, TYPE_QR_QUERY, TYPE_SALE, field_text, tlv, tlv_find,
-};
-use posbridge::terminal::server::frame_codec;
+use posbridge::domain::money::Money;
+use posbridge::edge::terminal::protocol::{TYPE_QR_ORDER, TYPE_QR_QUERY, TYPE_SALE, field_text};
+use posbridge::infra::framing::frame_codec;
+use posbridge::service::orders::payload::{terminal_mac_key, terminal_pin_key};
 use posbridge_codecs::emv_qr::{self, Expiry};
 use posbridge_codecs::framing::FrameCodec;
 use posbridge_codecs::{MessageBuilder, Spec};
@@ -257,7 +255,13 @@ impl TerminalClient {
                 .context("the gateway's answer has a wrong MAC")?;
         }
         let text = |n| field_text(&message, n);
-        let field62 = message.raw(62).unwrap_or_default();
+        let sub = |path: &str| {
+            message
+                .get(path)
+                .ok()
+                .flatten()
+                .map(|v| String::from_utf8_lossy(&v).into_owned())
+        };
         Ok(Receipt {
             mti: message.mti().to_owned(),
             response_code: text(39).unwrap_or_default(),
@@ -273,7 +277,7 @@ impl TerminalClient {
             amount_minor: message.field(4).and_then(|f| f.as_u64()),
             rrn: text(37),
             auth_code: text(38),
-            masked_pan: tlv_find(field62, "02").map(|v| String::from_utf8_lossy(v).into_owned()),
+            masked_pan: sub("62.02"),
             date_time: format!(
                 "{} {}",
                 text(13).unwrap_or_default(),
@@ -282,7 +286,7 @@ impl TerminalClient {
             payload: if message.mti() == "0810" {
                 None
             } else {
-                tlv_find(field62, "01").map(|v| String::from_utf8_lossy(v).into_owned())
+                sub("62.01")
             },
         })
     }
@@ -431,8 +435,9 @@ impl TerminalClient {
         ttl_secs: u64,
     ) -> anyhow::Result<(String, String)> {
         let stan = self.next_stan();
-        let expires = posbridge::journal::now_ms() / 1000 + i64::try_from(ttl_secs).unwrap_or(60);
-        let reference = posbridge::orders::payload::new_reference();
+        let expires =
+            posbridge::store::journal::now_ms() / 1000 + i64::try_from(ttl_secs).unwrap_or(60);
+        let reference = posbridge::service::orders::payload::new_reference();
         let order = emv_qr::Order {
             merchant,
             amount_minor: u64::try_from(amount.amount_minor)?,
@@ -459,7 +464,7 @@ impl TerminalClient {
         let payload = unsigned.with_signature(&signature)?.encode();
         let spec = Arc::clone(&self.spec);
         let mut b = self.sale_builder(&spec, TYPE_SALE, &stan, amount)?;
-        b.set(62, tlv(&[("01", payload.as_bytes())]))?;
+        b.set_sub("62.01", payload.as_bytes())?;
         let frame = self.encode(b, true)?;
         self.framed.send(frame.as_slice()).await?;
         Ok((stan, payload))
@@ -478,7 +483,7 @@ impl TerminalClient {
     pub async fn void(&mut self, voucher: &str, amount: Money) -> anyhow::Result<Receipt> {
         self.after_sale(
             "0200",
-            posbridge::terminal::protocol::TYPE_VOID,
+            posbridge::edge::terminal::protocol::TYPE_VOID,
             voucher,
             amount,
         )
@@ -489,7 +494,7 @@ impl TerminalClient {
     pub async fn refund(&mut self, voucher: &str, amount: Money) -> anyhow::Result<Receipt> {
         self.after_sale(
             "0220",
-            posbridge::terminal::protocol::TYPE_REFUND,
+            posbridge::edge::terminal::protocol::TYPE_REFUND,
             voucher,
             amount,
         )

@@ -4,7 +4,7 @@
 //! keyboard would.
 
 use anyhow::Context;
-use posbridge::wallet_api::{OrderView, PaymentView};
+use posbridge::edge::wallet_api::{OrderView, PaymentView};
 use posbridge_hsm::{Pan, Pin, PinBlockFormat, SecurityModule};
 use std::sync::Arc;
 

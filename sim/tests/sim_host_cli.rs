@@ -1,7 +1,7 @@
 //! `posbridge sim host` as a process: an upstream link signs on to it and gets answers.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use posbridge::security::Security;
+use posbridge::infra::security::Security;
 use posbridge::upstream::{HostConfig, HostLink, IsoMessage};
 use posbridge_hsm::software::SoftwareModule;
 use std::io::{BufRead, BufReader};

@@ -1,8 +1,9 @@
 //! `posbridge admin ...`: registration against the configured journal and security module.
 
-use crate::admin::{self, Merchant, NewPayer, Terminal, WalletApp};
-use crate::money::Money;
-use crate::orders::service::Voucher;
+use crate::domain::money::Money;
+use crate::registry::{self, Merchant, Terminal, WalletApp};
+use crate::service::enrolment::NewPayer;
+use crate::service::orders::service::Voucher;
 use clap::{Args, Subcommand};
 use posbridge_hsm::{Pan, Pin};
 use std::path::PathBuf;
@@ -49,7 +50,7 @@ impl SaleArgs {
     /// Terminal, batch and voucher of the sale, looked up by RRN when given so.
     async fn locate(
         &self,
-        gateway: &crate::server::Gateway,
+        gateway: &crate::app::server::Gateway,
     ) -> anyhow::Result<(String, String, String)> {
         if let Some(rrn) = &self.rrn {
             let order = gateway
@@ -208,9 +209,9 @@ pub fn run(command: AdminCommand) -> anyhow::Result<()> {
     runtime.block_on(run_async(command))
 }
 
-async fn open(config: &ConfigArg) -> anyhow::Result<crate::server::Gateway> {
-    let (config, _) = crate::config::load(config.config.as_deref())?;
-    crate::server::open(config).await
+async fn open(config: &ConfigArg) -> anyhow::Result<crate::app::server::Gateway> {
+    let (config, _) = crate::infra::config::load(config.config.as_deref())?;
+    crate::app::server::open(config).await
 }
 
 async fn run_async(command: AdminCommand) -> anyhow::Result<()> {
@@ -228,7 +229,7 @@ async fn run_async(command: AdminCommand) -> anyhow::Result<()> {
                 webhook_url: a.webhook_url,
                 webhook_secret: a.webhook_secret,
             };
-            let merchant = admin::register_merchant(gateway.orders.store(), &merchant).await?;
+            let merchant = registry::register_merchant(gateway.orders.store(), &merchant).await?;
             println!(
                 "merchant {} registered, settlement account {}",
                 merchant.mid, merchant.account_id
@@ -243,7 +244,7 @@ async fn run_async(command: AdminCommand) -> anyhow::Result<()> {
                 master_key_label: a.tmk,
                 enabled: true,
             };
-            admin::register_terminal(gateway.orders.store(), &terminal).await?;
+            registry::register_terminal(gateway.orders.store(), &terminal).await?;
             println!("terminal {} registered", terminal.tid);
         }
         AdminCommand::AccountAdd(a) => {
@@ -258,7 +259,12 @@ async fn run_async(command: AdminCommand) -> anyhow::Result<()> {
                     currency: a.currency,
                 },
             };
-            admin::register_payer(&gateway.orders, payer, &gateway.config.keys.pvk).await?;
+            crate::service::enrolment::register_payer(
+                &gateway.orders,
+                payer,
+                &gateway.config.keys.pvk,
+            )
+            .await?;
             println!("account {} opened", a.id);
         }
         AdminCommand::WalletAppAdd(a) => {
@@ -268,7 +274,7 @@ async fn run_async(command: AdminCommand) -> anyhow::Result<()> {
                 name: a.name,
                 pek_label: a.pek,
             };
-            let key = admin::register_wallet_app(gateway.orders.store(), &app, None).await?;
+            let key = registry::register_wallet_app(gateway.orders.store(), &app, None).await?;
             println!(
                 "wallet app {} registered; API key (shown once): {key}",
                 app.app_id
@@ -276,7 +282,7 @@ async fn run_async(command: AdminCommand) -> anyhow::Result<()> {
         }
         AdminCommand::StaticCode(a) => {
             let gateway = open(&a.config).await?;
-            let payload = admin::create_static_code(
+            let payload = crate::service::enrolment::create_static_code(
                 gateway.orders.store(),
                 &gateway.config.gateway.gui,
                 &a.mid,

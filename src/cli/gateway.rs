@@ -1,6 +1,6 @@
 //! `posbridge serve` and `posbridge config check`.
 
-use crate::config::{self, Source};
+use crate::infra::config::{self, Source};
 use clap::{Args, Subcommand};
 use std::path::PathBuf;
 
@@ -33,7 +33,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 /// Runs the gateway until Ctrl-C or SIGTERM.
 pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let (config, source) = config::load(args.config.as_deref())?;
-    crate::logging::init(&config.log);
+    crate::app::logging::init(&config.log);
     match &source {
         Source::Defaults => tracing::warn!(
             "no configuration file given: running on the embedded defaults (SQLite journal {}, software security module with demo keys: not for production)",
@@ -42,15 +42,15 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         Source::File(path) => tracing::info!(%path, "configuration loaded"),
     }
     runtime()?.block_on(async move {
-        let gateway = crate::server::open(config).await?;
-        let listeners = crate::server::Listeners::bind(&gateway.config).await?;
+        let gateway = crate::app::server::open(config).await?;
+        let listeners = crate::app::server::Listeners::bind(&gateway.config).await?;
         tracing::info!(
             terminal = %listeners.terminal.local_addr()?,
             wallet_api = %listeners.wallet_api.local_addr()?,
             metrics = ?listeners.metrics.as_ref().and_then(|l| l.local_addr().ok()),
             "posbridge serving"
         );
-        crate::server::run(gateway, listeners, shutdown_signal()).await
+        crate::app::server::run(gateway, listeners, shutdown_signal()).await
     })
 }
 

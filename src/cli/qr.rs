@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::{ArgGroup, Args, Subcommand};
 use posbridge_codecs::emv_qr::{POSBRIDGE_GUI, Payload};
 
-use crate::qr::{Background, describe, render};
+use crate::infra::qr::{Background, describe, render};
 
 /// `posbridge qr` sub-commands.
 #[derive(Debug, Subcommand)]

@@ -1,9 +1,9 @@
 //! The store-and-forward queue rows of the five-role deployment, as the order writer changes
 //! them: reversals (armed in STANDBY before a sale leaves, QUEUED when it must be reversed) and
-//! refund advices. Delivery lives in [`crate::orders::forward`].
+//! refund advices. Delivery lives in [`crate::service::orders::forward`].
 
 use crate::domain::money::Money;
-use crate::journal::{JournalError, Tx, new_id, now_ms};
+use crate::store::journal::{JournalError, Tx, new_id, now_ms};
 
 /// Queues the reversal of an order's forwarded sale: `forward_id` when the event is about one
 /// sale, else every sale of the order that may have reached its host. A reversal that was

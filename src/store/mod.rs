@@ -1,6 +1,10 @@
-//! The only SQL of the order flow. Everything that changes an order goes through
-//! [`orders::apply`], inside the caller's transaction.
+//! The only SQL of the gateway: the journal (PostgreSQL or SQLite), the ledger, the order
+//! writer ([`orders::apply`], the one place an order's state changes), the store-and-forward
+//! queue rows, the webhook outbox rows and repeated terminal requests.
 
 pub mod host_queue;
+pub mod journal;
+pub mod ledger;
 pub mod orders;
+pub mod outbox;
 pub mod terminal_requests;

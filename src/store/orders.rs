@@ -7,8 +7,8 @@ use crate::domain::lifecycle::{self, Context, Settlement, Transition, Work};
 use crate::domain::money::Money;
 use crate::domain::order::{Order, OrderState, Origin};
 use crate::domain::response::ResponseCode;
-use crate::journal::{Dialect, JournalError, Row, Store, Tx, Value, new_id, now_ms};
-use crate::ledger::{self, TransferOutcome};
+use crate::store::journal::{Dialect, JournalError, Row, Store, Tx, Value, new_id, now_ms};
+use crate::store::ledger::{self, TransferOutcome};
 
 pub(crate) const ORDER_COLUMNS: &str = "o.order_id, o.origin, o.mid, m.name, m.city, o.tid, o.operator, o.acquirer, o.txn_type, \
      o.batch, o.voucher, o.amount_minor, o.currency, o.reference, o.payload, o.state, o.response_code, o.rrn, \
@@ -336,7 +336,7 @@ async fn do_work(tx: &mut Tx, apply: &Apply<'_>, work: Work) -> Result<(), Apply
             crate::store::host_queue::queue_refund(tx, order_id, refund, apply.queue_ttl_ms)
                 .await?;
         }
-        Work::NotifyMerchant => crate::outbox::enqueue_payment(tx, order_id).await?,
+        Work::NotifyMerchant => crate::store::outbox::enqueue_payment(tx, order_id).await?,
     }
     Ok(())
 }
@@ -376,6 +376,6 @@ pub async fn record_event(
         ],
     )
     .await?;
-    tx.after_commit(move || crate::metrics::record_order_state(to.as_str()));
+    tx.after_commit(move || crate::infra::metrics::record_order_state(to.as_str()));
     Ok(())
 }

@@ -4,7 +4,7 @@
 //! twice.
 
 use crate::domain::response::ResponseCode;
-use crate::journal::{JournalError, Tx, now_ms};
+use crate::store::journal::{JournalError, Tx, now_ms};
 
 /// What identifies a terminal request for repeats.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -15,7 +15,7 @@
 //! not match (nothing imported: the old keys stay in use); `96` the security module failed or no
 //! zone master key is configured.
 
-use crate::security::{Security, SecurityError};
+use crate::infra::security::{Security, SecurityError};
 use posbridge_hsm::{HsmError, KeyType};
 
 /// Layout tag at the start of F48.

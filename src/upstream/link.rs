@@ -17,7 +17,7 @@
 use super::config::HostConfig;
 use super::key_exchange;
 use super::message::{self, Decoded, IsoMessage, match_key};
-use crate::security::{Security, SecurityError};
+use crate::infra::security::{Security, SecurityError};
 use futures_util::{SinkExt, StreamExt};
 use posbridge_codecs::Spec;
 use posbridge_codecs::framing::{FrameCodec, HostHeader};
@@ -266,7 +266,7 @@ impl HostLink {
     ) -> Result<(HostLink, mpsc::Receiver<Unmatched>), StartError> {
         config.validate().map_err(StartError::Config)?;
         let spec = Spec::load(&config.dialect).map_err(|e| StartError::Dialect(e.to_string()))?;
-        crate::terminal::server::frame_codec(&spec)
+        crate::infra::framing::frame_codec(&spec)
             .map_err(|e| StartError::Dialect(e.to_string()))?;
         let host_header = if spec.header.length == HostHeader::LEN {
             Some(
@@ -884,7 +884,7 @@ async fn serve(
     own: &mpsc::Sender<Command>,
     stop: &mut watch::Receiver<bool>,
 ) {
-    let codec: FrameCodec = match crate::terminal::server::frame_codec(&inner.spec) {
+    let codec: FrameCodec = match crate::infra::framing::frame_codec(&inner.spec) {
         Ok(codec) => codec,
         Err(error) => {
             tracing::error!(%error, "no frame codec");
@@ -986,30 +986,11 @@ fn stan_after(stan: u32) -> u32 {
 pub fn transmission_date_time(now: std::time::SystemTime) -> String {
     let secs = now
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(0))
         .unwrap_or(0);
-    let (_, month, day) = civil_from_days((secs / 86_400) as i64);
-    let rem = secs % 86_400;
-    format!(
-        "{month:02}{day:02}{:02}{:02}{:02}",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
-/// Days since 1970-01-01 to (year, month, day) in the proleptic Gregorian calendar.
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
+    posbridge_codecs::calendar::Civil::from_unix_seconds(secs)
+        .map(|c| c.mmddhhmmss())
+        .unwrap_or_else(|| "0101000000".to_owned())
 }
 
 #[cfg(test)]
@@ -1022,8 +1003,8 @@ mod tests {
         // 2026-11-26 05:50:06 UTC
         let at = std::time::UNIX_EPOCH + Duration::from_secs(1_795_672_206);
         assert_eq!(transmission_date_time(at), "1126055006");
-        assert_eq!(civil_from_days(0), (1970, 1, 1));
-        assert_eq!(civil_from_days(19_782), (2024, 2, 29));
+        let leap = std::time::UNIX_EPOCH + Duration::from_secs(1_709_251_199);
+        assert_eq!(transmission_date_time(leap), "0229235959");
     }
 
     #[test]

@@ -38,17 +38,13 @@ impl std::fmt::Debug for IsoMessage {
     }
 }
 
-/// First 6 and last 4 digits of a PAN, the rest masked; anything that is not a PAN of 10 or more
-/// ASCII digits is masked entirely.
+/// A PAN field's bytes masked by posbridge's one rule ([`posbridge_codecs::mask::mask_pan`]);
+/// bytes that are not text are starred.
 pub fn mask_pan(pan: &[u8]) -> String {
-    if pan.len() < 10 || !pan.iter().all(u8::is_ascii_digit) {
-        return "*".repeat(pan.len());
+    match std::str::from_utf8(pan) {
+        Ok(text) => posbridge_codecs::mask::mask_pan(text),
+        Err(_) => "*".repeat(pan.len()),
     }
-    let mut out = String::with_capacity(pan.len());
-    out.extend(pan[..6].iter().map(|&b| char::from(b)));
-    out.push_str(&"*".repeat(pan.len() - 10));
-    out.extend(pan[pan.len() - 4..].iter().map(|&b| char::from(b)));
-    out
 }
 
 impl IsoMessage {

@@ -32,12 +32,13 @@
 //!   [`key_exchange`]) is imported into the configured `pin_key` / `mac_key` labels through the
 //!   security module, both or neither.
 
-pub mod config;
 pub mod key_exchange;
 pub mod link;
 pub mod message;
 
-pub use config::HostConfig;
+/// Host link settings (`[[hosts]]`), defined with the rest of the configuration schema.
+pub use crate::infra::config::host as config;
+pub use crate::infra::config::host::HostConfig;
 pub use link::{
     HostLink, LinkError, LinkState, NotSentReason, StartError, Unmatched, UnmatchedReason,
 };

@@ -3,12 +3,13 @@
 //! and wallet app.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use posbridge::admin::{self, Merchant, NewPayer, Terminal, WalletApp};
-use posbridge::config::Config;
-use posbridge::journal::{self, JournalConfig, Store};
-use posbridge::money::Money;
-use posbridge::orders::OrderService;
-use posbridge::server::{self, Gateway};
+use posbridge::app::server::{self, Gateway};
+use posbridge::domain::money::Money;
+use posbridge::infra::config::Config;
+use posbridge::registry::{self, Merchant, Terminal, WalletApp};
+use posbridge::service::enrolment::NewPayer;
+use posbridge::service::orders::OrderService;
+use posbridge::store::journal::{self, JournalConfig, Store};
 use posbridge_hsm::{Pan, Pin, PinBlock, PinBlockFormat};
 
 /// The `posbridge` command. It is built by the `posbridge-sim` package (the command runs the
@@ -137,7 +138,7 @@ pub async fn seeded(journal: &TestJournal) -> Seeded {
 pub async fn seed(gateway: Gateway) -> Seeded {
     let orders = gateway.orders.clone();
     let store = orders.store().clone();
-    admin::register_merchant(
+    registry::register_merchant(
         &store,
         &Merchant {
             mid: MID.into(),
@@ -153,7 +154,7 @@ pub async fn seed(gateway: Gateway) -> Seeded {
     )
     .await
     .unwrap();
-    admin::register_terminal(
+    registry::register_terminal(
         &store,
         &Terminal {
             tid: TID.into(),
@@ -165,7 +166,7 @@ pub async fn seed(gateway: Gateway) -> Seeded {
     )
     .await
     .unwrap();
-    admin::register_payer(
+    posbridge::service::enrolment::register_payer(
         &orders,
         NewPayer {
             account_id: "payer-1".into(),
@@ -181,7 +182,7 @@ pub async fn seed(gateway: Gateway) -> Seeded {
     )
     .await
     .unwrap();
-    admin::register_wallet_app(
+    registry::register_wallet_app(
         &store,
         &WalletApp {
             app_id: APP_ID.into(),
@@ -216,7 +217,7 @@ pub async fn pin_block(orders: &OrderService, pin: &str, pan: &str) -> PinBlock 
 /// Sum of all balances must equal the sum of all postings, per currency.
 pub async fn assert_ledger_conserved(store: &Store) -> i64 {
     let mut tx = store.begin().await.unwrap();
-    let totals = posbridge::ledger::totals(&mut tx).await.unwrap();
+    let totals = posbridge::store::ledger::totals(&mut tx).await.unwrap();
     tx.commit().await.unwrap();
     let mut sum = 0;
     for (currency, balances, postings) in totals {
@@ -456,7 +457,7 @@ pub async fn restart(journal: &TestJournal) -> Running {
 /// An account's balance in minor units.
 pub async fn balance(store: &Store, account: &str) -> i64 {
     let mut tx = store.begin().await.unwrap();
-    let account = posbridge::ledger::account(&mut tx, account)
+    let account = posbridge::store::ledger::account(&mut tx, account)
         .await
         .unwrap()
         .unwrap();

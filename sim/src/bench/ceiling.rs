@@ -15,9 +15,9 @@
 
 use super::report::{Histograms, Latency, Step};
 use anyhow::Context;
-use posbridge::journal::{self, JournalConfig, Store, Tx, new_id, now_ms};
-use posbridge::ledger::{self, AccountKind, NewAccount, TransferOutcome};
-use posbridge::money::Money;
+use posbridge::domain::money::Money;
+use posbridge::store::journal::{self, JournalConfig, Store, Tx, new_id, now_ms};
+use posbridge::store::ledger::{self, AccountKind, NewAccount, TransferOutcome};
 use serde::Serialize;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -7,7 +7,7 @@ use super::{Bound, Lane, Plan, Progress};
 use crate::terminal::TerminalClient;
 use crate::wallet::WalletClient;
 use anyhow::Context;
-use posbridge::money::Money;
+use posbridge::domain::money::Money;
 use posbridge_hsm::SecurityModule;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;

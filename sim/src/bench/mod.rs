@@ -21,9 +21,9 @@ pub mod seed;
 
 use crate::terminal::TerminalIdentity;
 use anyhow::Context;
-use posbridge::config::Config;
-use posbridge::journal::JournalConfig;
-use posbridge::money::Money;
+use posbridge::domain::money::Money;
+use posbridge::infra::config::Config;
+use posbridge::store::journal::JournalConfig;
 use report::Report;
 use std::net::SocketAddr;
 use std::sync::Arc;

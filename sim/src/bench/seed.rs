@@ -6,11 +6,12 @@
 use super::{Lane, Plan};
 use crate::terminal::TerminalIdentity;
 use anyhow::Context;
-use posbridge::admin::{self, Merchant, NewPayer, Terminal, WalletApp};
-use posbridge::config::Config;
-use posbridge::journal::Store;
-use posbridge::money::Money;
-use posbridge::server::{self, Gateway, Listeners};
+use posbridge::app::server::{self, Gateway, Listeners};
+use posbridge::domain::money::Money;
+use posbridge::infra::config::Config;
+use posbridge::registry::{self, Merchant, Terminal, WalletApp};
+use posbridge::service::enrolment::NewPayer;
+use posbridge::store::journal::Store;
 use posbridge_hsm::{Pan, Pin};
 use std::net::SocketAddr;
 
@@ -142,11 +143,11 @@ pub(crate) async fn spawn(
 
 async fn seed(gateway: &Gateway, terminals: usize, batch: &str) -> anyhow::Result<Vec<Lane>> {
     let store = gateway.orders.store();
-    if admin::wallet_app_by_key(store, APP_ID, APP_KEY)
+    if registry::wallet_app_by_key(store, APP_ID, APP_KEY)
         .await?
         .is_none()
     {
-        admin::register_wallet_app(
+        registry::register_wallet_app(
             store,
             &WalletApp {
                 app_id: APP_ID.into(),
@@ -180,7 +181,7 @@ async fn seed(gateway: &Gateway, terminals: usize, batch: &str) -> anyhow::Resul
 async fn seed_lane(gateway: &Gateway, i: usize) -> anyhow::Result<()> {
     let store = gateway.orders.store();
     if !merchant_exists(store, i).await? {
-        admin::register_merchant(
+        registry::register_merchant(
             store,
             &Merchant {
                 mid: mid(i),
@@ -196,8 +197,8 @@ async fn seed_lane(gateway: &Gateway, i: usize) -> anyhow::Result<()> {
         )
         .await?;
     }
-    if admin::terminal(store, &tid(i)).await?.is_none() {
-        admin::register_terminal(
+    if registry::terminal(store, &tid(i)).await?.is_none() {
+        registry::register_terminal(
             store,
             &Terminal {
                 tid: tid(i),
@@ -210,7 +211,7 @@ async fn seed_lane(gateway: &Gateway, i: usize) -> anyhow::Result<()> {
         .await?;
     }
     if !payer_exists(store, i).await? {
-        admin::register_payer(
+        posbridge::service::enrolment::register_payer(
             &gateway.orders,
             NewPayer {
                 account_id: payer_account(i),
@@ -235,7 +236,7 @@ fn payer_account(i: usize) -> String {
 }
 
 async fn merchant_exists(store: &Store, i: usize) -> anyhow::Result<bool> {
-    Ok(admin::read_merchant(store, &mid(i)).await?.is_some())
+    Ok(registry::read_merchant(store, &mid(i)).await?.is_some())
 }
 
 async fn payer_exists(store: &Store, i: usize) -> anyhow::Result<bool> {

@@ -5,7 +5,7 @@ use crate::bench::{self, BenchOptions, Bound, Progress, Target};
 use anyhow::Context;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use posbridge::config;
+use posbridge::infra::config;
 use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -102,7 +102,7 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 /// Runs `posbridge bench`.
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let (config, _) = config::load(args.config.as_deref())?;
-    posbridge::logging::init(&config.log);
+    posbridge::app::logging::init(&config.log);
     let target = if args.spawn {
         Target::Spawn(Box::new(config))
     } else {

@@ -13,7 +13,7 @@ pub struct DemoArgs {
 
 /// Runs the demo.
 pub fn run(args: DemoArgs) -> anyhow::Result<()> {
-    posbridge::logging::init(&posbridge::config::LogConfig {
+    posbridge::app::logging::init(&posbridge::infra::config::LogConfig {
         format: "text".into(),
         level: "warn".into(),
     });

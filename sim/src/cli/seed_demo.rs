@@ -24,8 +24,8 @@ pub struct SeedDemoArgs {
 /// Runs `posbridge admin seed-demo`.
 pub fn run(args: SeedDemoArgs) -> anyhow::Result<()> {
     super::runtime()?.block_on(async {
-        let (config, _) = posbridge::config::load(args.config.config.as_deref())?;
-        let gateway = posbridge::server::open(config).await?;
+        let (config, _) = posbridge::infra::config::load(args.config.config.as_deref())?;
+        let gateway = posbridge::app::server::open(config).await?;
         demo::seed(&gateway).await?;
         println!(
             "demo merchant {}, terminal {}, payer card {} (PIN {}), wallet app {} registered",

@@ -5,7 +5,7 @@ use crate::terminal::{TerminalClient, TerminalIdentity, describe};
 use crate::wallet::WalletClient;
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use posbridge::money::Money;
+use posbridge::domain::money::Money;
 use posbridge_hsm::HsmConfig;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -201,7 +201,10 @@ async fn terminal(args: TerminalArgs) -> anyhow::Result<()> {
             let payload = order.payload.context("no code in the answer")?;
             println!(
                 "{}",
-                posbridge::qr::render::terminal(&payload, posbridge::qr::render::Background::Dark)?
+                posbridge::infra::qr::render::terminal(
+                    &payload,
+                    posbridge::infra::qr::render::Background::Dark
+                )?
             );
             println!(
                 "{payload}\nsale {amount}, batch {} voucher {}: waiting for the phone...",
@@ -209,7 +212,7 @@ async fn terminal(args: TerminalArgs) -> anyhow::Result<()> {
             );
             loop {
                 let receipt = client.query_result(&order.voucher).await?;
-                if receipt.response_code != posbridge::terminal::protocol::PENDING {
+                if receipt.response_code != posbridge::edge::terminal::protocol::PENDING {
                     println!("{receipt}");
                     break;
                 }
@@ -258,7 +261,7 @@ async fn wallet(args: WalletArgs) -> anyhow::Result<()> {
                 .map(|a| money(&a, currency))
                 .transpose()?
                 .map(|m| (m.amount_minor, m.currency));
-            let key = idempotency_key.unwrap_or_else(posbridge::journal::new_id);
+            let key = idempotency_key.unwrap_or_else(posbridge::store::journal::new_id);
             let answer = client
                 .pay(&payload, &pan, pin.as_deref(), &key, amount)
                 .await?;

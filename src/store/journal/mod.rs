@@ -8,8 +8,6 @@ pub mod db;
 
 pub use db::{Dialect, Row, Store, Tx, Value};
 
-use serde::Deserialize;
-
 /// Journal errors, by who is at fault.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -31,45 +29,7 @@ pub enum JournalError {
     Internal(String),
 }
 
-/// Where the journal lives (`[journal]` in the configuration).
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct JournalConfig {
-    /// PostgreSQL URL (`postgres://user@host:port/db`). Without it the embedded SQLite file
-    /// `sqlite_path` is used.
-    #[serde(default)]
-    pub url: Option<String>,
-    /// PostgreSQL schema holding posbridge's tables (created if missing).
-    #[serde(default = "default_schema")]
-    pub schema: String,
-    /// PostgreSQL pool size.
-    #[serde(default = "default_pool_size")]
-    pub pool_size: usize,
-    /// SQLite file for the embedded journal; `:memory:` keeps it in memory (demo only).
-    #[serde(default = "default_sqlite_path")]
-    pub sqlite_path: String,
-}
-
-fn default_schema() -> String {
-    "posbridge".into()
-}
-fn default_pool_size() -> usize {
-    16
-}
-fn default_sqlite_path() -> String {
-    "posbridge-journal.sqlite".into()
-}
-
-impl Default for JournalConfig {
-    fn default() -> Self {
-        JournalConfig {
-            url: None,
-            schema: default_schema(),
-            pool_size: default_pool_size(),
-            sqlite_path: default_sqlite_path(),
-        }
-    }
-}
+pub use crate::infra::config::JournalConfig;
 
 /// Opens the configured journal and brings its schema up to date.
 pub async fn open(config: &JournalConfig) -> Result<Store, JournalError> {
@@ -173,16 +133,4 @@ fn strip_comments(statement: &str) -> String {
         .join("\n")
 }
 
-/// Milliseconds since the Unix epoch, the journal's only time unit.
-pub fn now_ms() -> i64 {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    i64::try_from(now.as_millis()).unwrap_or(i64::MAX)
-}
-
-/// A fresh random identifier (128 bits, hex), used as primary key for journal rows.
-pub fn new_id() -> String {
-    let bytes: [u8; 16] = rand::random();
-    hex::encode(bytes)
-}
+pub use crate::infra::clock::{new_id, now_ms};

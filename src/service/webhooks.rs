@@ -6,51 +6,13 @@
 //! de-duplication) and `X-Posbridge-Signature: t=<ms>,v1=<hex HMAC-SHA256 of "t.body">` under
 //! the merchant's webhook secret. Retries back off exponentially up to [`MAX_ATTEMPTS`].
 
-use crate::journal::{JournalError, Store, Tx, new_id, now_ms};
+use crate::store::journal::{JournalError, Store, now_ms};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use std::time::Duration;
 
 /// Deliveries tried before an event is left for the operator (still queryable).
 pub const MAX_ATTEMPTS: i64 = 12;
-
-/// Queues the notification of a paid static-code order, if its merchant has a webhook.
-pub async fn enqueue_payment(tx: &mut Tx, order_id: &str) -> Result<(), JournalError> {
-    let row = tx
-        .query_opt(
-            "SELECT m.mid, m.webhook_url, o.amount_minor, o.currency, o.reference, o.state, o.rrn, o.auth_code, \
-             o.payer_pan_masked, o.updated_at_ms FROM orders o JOIN merchants m ON m.mid = o.mid WHERE o.order_id = $1",
-            &[order_id.into()],
-        )
-        .await?;
-    let Some(row) = row else { return Ok(()) };
-    let Some(url) = row.opt_text(1)? else {
-        return Ok(());
-    };
-    let event_id = new_id();
-    let body = serde_json::json!({
-        "event_id": event_id,
-        "type": "payment.approved",
-        "order_id": order_id,
-        "mid": row.text(0)?,
-        "amount_minor": row.i64(2)?,
-        "currency": row.i64(3)?,
-        "reference": row.text(4)?,
-        "state": row.text(5)?,
-        "rrn": row.opt_text(6)?,
-        "auth_code": row.opt_text(7)?,
-        "masked_pan": row.opt_text(8)?,
-        "paid_at_ms": row.i64(9)?,
-    })
-    .to_string();
-    let now = now_ms();
-    tx.execute(
-        "INSERT INTO outbox (event_id, mid, url, body, attempts, next_attempt_at_ms, created_at_ms) VALUES ($1, $2, $3, $4, 0, $5, $5)",
-        &[event_id.into(), row.text(0)?.into(), url.into(), body.into(), now.into()],
-    )
-    .await?;
-    Ok(())
-}
 
 /// The signature header value for a body sent at `timestamp_ms`.
 pub fn signature(secret: &str, timestamp_ms: i64, body: &str) -> String {
@@ -120,8 +82,8 @@ async fn claim_due(store: &Store) -> Result<Vec<Claimed>, JournalError> {
          WHERE o.delivered_at_ms IS NULL AND o.attempts < $1 AND o.next_attempt_at_ms <= $2 \
          ORDER BY o.next_attempt_at_ms LIMIT 20{}",
         match tx.dialect() {
-            crate::journal::Dialect::Postgres => " FOR UPDATE OF o SKIP LOCKED",
-            crate::journal::Dialect::Sqlite => "",
+            crate::store::journal::Dialect::Postgres => " FOR UPDATE OF o SKIP LOCKED",
+            crate::store::journal::Dialect::Sqlite => "",
         }
     );
     let now = now_ms();

@@ -2,7 +2,7 @@
 //! `RUST_LOG`. Nothing posbridge logs carries a full PAN, a PIN block or a key: those live in
 //! masking wrapper types.
 
-use crate::config::LogConfig;
+use crate::infra::config::LogConfig;
 use tracing_subscriber::EnvFilter;
 
 /// Installs the global subscriber (once; later calls are ignored).

@@ -14,13 +14,13 @@
 //! Every 0200/0400/0500 carries a MAC (field 64, UnionPay ECB MAC under the terminal's MAC key
 //! over MTI..field 63); a wrong one is answered A0 and nothing is recorded.
 
-use crate::admin;
-use crate::money::Money;
-use crate::orders::payload::{terminal_mac_key, terminal_pin_key};
-use crate::orders::service::{NewOrder, OrderError, Voucher};
-use crate::orders::{Order, OrderState, Origin, ResponseCode};
-use crate::security::SecurityError;
-use crate::server::Gateway;
+use crate::domain::money::Money;
+use crate::infra::security::SecurityError;
+use crate::registry;
+use crate::service::Gateway;
+use crate::service::orders::payload::{terminal_mac_key, terminal_pin_key};
+use crate::service::orders::service::{NewOrder, OrderError, Voucher};
+use crate::service::orders::{Order, OrderState, Origin, ResponseCode};
 use crate::store::terminal_requests::RequestKey;
 use posbridge_codecs::framing::Tpdu;
 use posbridge_codecs::{Message, MessageBuilder, Spec};
@@ -89,7 +89,7 @@ pub async fn handle(gateway: &Gateway, spec: &Spec, frame: &[u8]) -> Outcome {
 
 async fn dispatch(gateway: &Gateway, message: &Message<'_>) -> Result<Outcome, ResponseCode> {
     let tid = &field_text(message, 41).ok_or(ResponseCode::FormatError)?;
-    let terminal = admin::terminal(gateway.orders.store(), tid)
+    let terminal = registry::terminal(gateway.orders.store(), tid)
         .await
         .map_err(|_| ResponseCode::SystemError)?
         .filter(|t| t.enabled && Some(t.mid.as_str()) == field_text(message, 42).as_deref())
@@ -173,8 +173,8 @@ async fn verify_mac(
 async fn reload_working_keys(gateway: &Gateway, tid: &str) -> bool {
     let store = gateway.orders.store();
     let (Ok(Some(terminal)), Ok(Some(keys))) = (
-        admin::terminal(store, tid).await,
-        admin::working_keys(store, tid).await,
+        registry::terminal(store, tid).await,
+        registry::working_keys(store, tid).await,
     ) else {
         return false;
     };
@@ -217,7 +217,7 @@ async fn reload_working_keys(gateway: &Gateway, tid: &str) -> bool {
 async fn sign_on(
     gateway: &Gateway,
     message: &Message<'_>,
-    terminal: &admin::Terminal,
+    terminal: &registry::Terminal,
 ) -> Result<Option<Vec<u8>>, ResponseCode> {
     let security = gateway.orders.security();
     let tmk = terminal.master_key_label.clone();
@@ -238,11 +238,11 @@ async fn sign_on(
     keys.extend_from_slice(&mac_key.cryptogram);
     keys.extend_from_slice(&[0; 8]);
     keys.extend_from_slice(mac_key.kcv.get(..4).unwrap_or(&mac_key.kcv));
-    let issued = admin::WorkingKeys {
+    let issued = registry::WorkingKeys {
         pin_key: (pin_key.cryptogram.clone(), pin_key.kcv.clone()),
         mac_key: (mac_key.cryptogram.clone(), mac_key.kcv.clone()),
     };
-    if admin::store_working_keys(gateway.orders.store(), &terminal.tid, &issued)
+    if registry::store_working_keys(gateway.orders.store(), &terminal.tid, &issued)
         .await
         .is_err()
     {
@@ -257,14 +257,14 @@ async fn sign_on(
 async fn order_request(
     gateway: &Gateway,
     message: &Message<'_>,
-    terminal: &admin::Terminal,
+    terminal: &registry::Terminal,
 ) -> Result<Option<Vec<u8>>, ResponseCode> {
     let new = new_order(gateway, message, terminal, Origin::GatewayCode, None)?;
     match gateway.orders.create(new).await {
         Ok(order) => {
-            let tlv = tlv(&[("01", order.payload.as_bytes())]);
+            let payload = order.payload.as_bytes();
             Ok(respond(gateway, message, ResponseCode::Approved, |b| {
-                b.set(62, tlv.clone()).map(|_| ())
+                b.set_sub("62.01", payload).map(|_| ())
             })
             .await)
         }
@@ -282,7 +282,7 @@ fn refusal(error: OrderError) -> ResponseCode {
 fn new_order(
     gateway: &Gateway,
     message: &Message<'_>,
-    terminal: &admin::Terminal,
+    terminal: &registry::Terminal,
     origin: Origin,
     payload: Option<String>,
 ) -> Result<NewOrder, ResponseCode> {
@@ -364,13 +364,9 @@ async fn result_query(gateway: &Gateway, message: &Message<'_>) -> Result<Outcom
 async fn held_sale(
     gateway: &Gateway,
     message: &Message<'_>,
-    terminal: &admin::Terminal,
+    terminal: &registry::Terminal,
 ) -> Result<Outcome, ResponseCode> {
-    let payload = message
-        .raw(62)
-        .and_then(|v| tlv_find(v, "01"))
-        .and_then(|v| String::from_utf8(v.to_vec()).ok())
-        .ok_or(ResponseCode::FormatError)?;
+    let payload = sub_text(message, "62.01").ok_or(ResponseCode::FormatError)?;
     let new = new_order(
         gateway,
         message,
@@ -434,7 +430,7 @@ async fn answer_order(gateway: &Gateway, message: &Message<'_>, order: &Order) -
             b.set(38, auth.clone().into_bytes())?;
         }
         if !masked.is_empty() {
-            b.set(62, tlv(&[("02", masked.as_bytes())]))?;
+            b.set_sub("62.02", masked.as_bytes())?;
         }
         Ok(())
     })
@@ -568,7 +564,7 @@ async fn respond(
     code: ResponseCode,
     extra: impl FnOnce(&mut MessageBuilder<'_>) -> Result<(), posbridge_codecs::EncodeError>,
 ) -> Option<Vec<u8>> {
-    crate::metrics::record_message(request.mti(), code.as_str());
+    crate::infra::metrics::record_message(request.mti(), code.as_str());
     let spec = request.spec();
     let mti = response_mti(request.mti())?;
     let mut header = request.header().to_vec();
@@ -629,41 +625,9 @@ fn response_mti(mti: &str) -> Option<String> {
 
 /// Local time fields 12 (hhmmss) and 13 (MMDD), UTC.
 fn chrono_now() -> (String, String) {
-    let secs = crate::journal::now_ms() / 1000;
-    let day_secs = secs.rem_euclid(86_400);
-    let expiry =
-        posbridge_codecs::emv_qr::Expiry::from_unix_seconds(u64::try_from(secs).unwrap_or(0))
-            .map(|e| e.to_yymmddhhmmss())
-            .unwrap_or_else(|| "700101000000".into());
-    let time = format!(
-        "{:02}{:02}{:02}",
-        day_secs / 3600,
-        day_secs % 3600 / 60,
-        day_secs % 60
-    );
-    (time, expiry.get(2..6).unwrap_or("0101").to_owned())
-}
-
-/// posbridge's field 62 TLV: tag (2 ASCII digits), length (3 ASCII digits), value.
-pub fn tlv(items: &[(&str, &[u8])]) -> Vec<u8> {
-    let mut out = Vec::new();
-    for (tag, value) in items {
-        out.extend_from_slice(tag.as_bytes());
-        out.extend_from_slice(format!("{:03}", value.len()).as_bytes());
-        out.extend_from_slice(value);
+    let secs = crate::infra::clock::now_ms() / 1000;
+    match posbridge_codecs::calendar::Civil::from_unix_seconds(secs) {
+        Some(c) => (c.hhmmss(), c.mmdd()),
+        None => ("000000".to_owned(), "0101".to_owned()),
     }
-    out
-}
-
-/// Finds a tag in posbridge's field 62 TLV.
-pub fn tlv_find<'a>(mut data: &'a [u8], tag: &str) -> Option<&'a [u8]> {
-    while data.len() >= 5 {
-        let len: usize = std::str::from_utf8(data.get(2..5)?).ok()?.parse().ok()?;
-        let value = data.get(5..5 + len)?;
-        if data.get(..2)? == tag.as_bytes() {
-            return Some(value);
-        }
-        data = data.get(5 + len..)?;
-    }
-    None
 }

@@ -16,11 +16,11 @@
 //! TID + original STAN and by the original data elements in field 90.
 
 use super::service::Order;
-use crate::config::{Config, RouteConfig, UpstreamConfig};
 use crate::domain::lifecycle;
 use crate::domain::order::OrderState;
-use crate::journal::{JournalError, Row, Store, Tx, new_id, now_ms};
-use crate::security::Security;
+use crate::infra::config::{Config, RouteConfig, UpstreamConfig};
+use crate::infra::security::Security;
+use crate::store::journal::{JournalError, Row, Store, Tx, new_id, now_ms};
 use crate::store::{host_queue, orders};
 use crate::upstream::{HostLink, IsoMessage, LinkError, Unmatched};
 use posbridge_hsm::PinBlockFormat;
@@ -206,7 +206,7 @@ pub async fn arm(
             transmitted.as_str().into(),
             order.amount.amount_minor.into(),
             i64::from(order.amount.currency).into(),
-            truncate(pan).into(),
+            posbridge_codecs::mask::mask_pan(pan).into(),
             now.into(),
         ],
     )
@@ -233,12 +233,6 @@ pub async fn arm(
         message,
         deadline: tokio::time::Instant::now() + Duration::from_millis(config.sale_timeout_ms),
     })
-}
-
-fn truncate(pan: &str) -> String {
-    posbridge_hsm::Pan::new(pan)
-        .map(|p| p.masked())
-        .unwrap_or_else(|_| "invalid".into())
 }
 
 /// The reversal's fields as JSON: the sale's identity (TID, original STAN, RRN, amount) and
@@ -464,7 +458,7 @@ async fn deliver(store: &Store, upstream: &Upstream, queue: &Queue) -> Result<us
     for _ in 0..10 {
         let now = [now_ms().into(), in_flight_cutoff.into()];
         let delivered = match store.dialect() {
-            crate::journal::Dialect::Postgres => {
+            crate::store::journal::Dialect::Postgres => {
                 let mut tx = store.begin().await?;
                 let Some(row) = tx
                     .query_opt(&sql(" FOR UPDATE OF q SKIP LOCKED"), &now)
@@ -477,7 +471,7 @@ async fn deliver(store: &Store, upstream: &Upstream, queue: &Queue) -> Result<us
                 tx.commit().await?;
                 done
             }
-            crate::journal::Dialect::Sqlite => {
+            crate::store::journal::Dialect::Sqlite => {
                 let Some(row) = store.read_opt(&sql(""), &now).await? else {
                     break;
                 };

@@ -36,7 +36,7 @@ pub fn record_order_state(state: &str) {
 /// Records a sale that became PAID, with its latency from the order's creation (`created_at_ms`,
 /// journal milliseconds): the `posbridge_sale_seconds` histogram.
 pub fn record_sale_since_ms(created_at_ms: i64) {
-    let elapsed_ms = crate::journal::now_ms()
+    let elapsed_ms = crate::infra::clock::now_ms()
         .saturating_sub(created_at_ms)
         .max(0);
     record_sale(Duration::from_millis(

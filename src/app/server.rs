@@ -4,11 +4,11 @@
 //!
 //! Listeners are bound by the caller and passed in, so tests and the demo run on port 0.
 
-use crate::config::Config;
-use crate::orders::OrderService;
-use crate::orders::service::{OrderKeys, OrderSettings};
-use crate::security::Security;
-use crate::terminal;
+use crate::edge::terminal;
+use crate::infra::config::Config;
+use crate::infra::security::Security;
+use crate::service::orders::OrderService;
+use crate::service::orders::service::{OrderKeys, OrderSettings};
 use anyhow::Context;
 use std::future::Future;
 use std::sync::{Arc, OnceLock};
@@ -16,20 +16,13 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-/// Everything a running gateway shares.
-#[derive(Clone, Debug)]
-pub struct Gateway {
-    /// The configuration it runs with.
-    pub config: Arc<Config>,
-    /// The order service (journal, ledger, security module).
-    pub orders: OrderService,
-}
+pub use crate::service::Gateway;
 
 /// Opens the journal (migrating it) and the security module.
 pub async fn open(config: Config) -> anyhow::Result<Gateway> {
     // Configurations built in code (tests, embedders) get the same checks as files.
-    crate::config::validate(&config)?;
-    let store = crate::journal::open(&config.journal)
+    crate::infra::config::validate(&config)?;
+    let store = crate::store::journal::open(&config.journal)
         .await
         .context("opening the journal")?;
     let module = posbridge_hsm::open(&config.hsm).context("opening the security module")?;
@@ -111,7 +104,7 @@ pub async fn run(
     )
     .await?;
     if let Some(listener) = listeners.metrics {
-        let router = crate::health::router(gateway.clone(), prometheus_handle());
+        let router = crate::app::health::router(gateway.clone(), prometheus_handle());
         let stop = wait_stop(stop_rx.clone());
         tasks.spawn(async move {
             if let Err(error) = axum::serve(listener, router)
@@ -151,7 +144,7 @@ async fn spawn_wallet_api(
     stop: impl Future<Output = ()> + Send + 'static,
     tasks: &mut tokio::task::JoinSet<()>,
 ) -> anyhow::Result<()> {
-    let router = crate::wallet_api::router(gateway.orders.clone());
+    let router = crate::edge::wallet_api::router(gateway.orders.clone());
     let config = &gateway.config.wallet_api;
     let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) else {
         tasks.spawn(async move {
@@ -200,13 +193,17 @@ fn start_upstream(
     if gateway.config.hosts.is_empty() {
         return Ok(gateway);
     }
-    let (upstream, unmatched) =
-        crate::orders::forward::Upstream::start(&gateway.config, gateway.orders.security())?;
+    let (upstream, unmatched) = crate::service::orders::forward::Upstream::start(
+        &gateway.config,
+        gateway.orders.security(),
+    )?;
     let upstream = Arc::new(upstream);
     gateway.orders = gateway.orders.clone().with_upstream(Arc::clone(&upstream));
     for receiver in unmatched {
-        let journal =
-            crate::orders::forward::journal_unmatched(gateway.orders.store().clone(), receiver);
+        let journal = crate::service::orders::forward::journal_unmatched(
+            gateway.orders.store().clone(),
+            receiver,
+        );
         let stopped = wait_stop(stop.clone());
         tasks.spawn(async move {
             tokio::select! {
@@ -233,16 +230,16 @@ fn start_upstream(
             let store = worker.orders.store();
             if recover
                 && let Err(error) =
-                    crate::orders::forward::recover_standby(store, &upstream.config).await
+                    crate::service::orders::forward::recover_standby(store, &upstream.config).await
             {
                 tracing::warn!(%error, "reversal recovery failed; will retry");
             }
-            match crate::orders::forward::deliver_reversals(store, upstream).await {
+            match crate::service::orders::forward::deliver_reversals(store, upstream).await {
                 Ok(0) => {}
                 Ok(count) => tracing::info!(count, "reversals acknowledged"),
                 Err(error) => tracing::warn!(%error, "reversal delivery failed; will retry"),
             }
-            match crate::orders::forward::deliver_advices(store, upstream).await {
+            match crate::service::orders::forward::deliver_advices(store, upstream).await {
                 Ok(0) => {}
                 Ok(count) => tracing::info!(count, "refund advices acknowledged"),
                 Err(error) => tracing::warn!(%error, "advice delivery failed; will retry"),
@@ -278,7 +275,9 @@ async fn expiry_worker(gateway: Gateway, stop: watch::Receiver<bool>) {
 async fn outbox_worker(gateway: Gateway, stop: watch::Receiver<bool>) {
     let client = reqwest::Client::new();
     periodic(stop, Duration::from_millis(500), || async {
-        if let Err(error) = crate::outbox::deliver_due(gateway.orders.store(), &client).await {
+        if let Err(error) =
+            crate::service::webhooks::deliver_due(gateway.orders.store(), &client).await
+        {
             tracing::warn!(%error, "notification delivery failed; will retry");
         }
     })

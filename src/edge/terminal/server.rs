@@ -8,27 +8,18 @@
 //! 0400 for that voucher) is handled right after.
 
 use super::protocol::{self, Hold};
-use crate::server::Gateway;
+use crate::infra::framing::frame_codec;
+use crate::service::Gateway;
 use bytes::BytesMut;
 use futures_util::{SinkExt, StreamExt};
 use posbridge_codecs::Spec;
-use posbridge_codecs::framing::{FrameCodec, Framing, HeaderLayout};
+use posbridge_codecs::framing::FrameCodec;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tokio_util::codec::Framed;
-
-/// The frame codec for a dialect: its length prefix and size limit; the header stays in the
-/// frame for the message decoder (which reads it as the dialect's raw header).
-pub fn frame_codec(spec: &Spec) -> anyhow::Result<FrameCodec> {
-    let framing = Framing::from_spec(spec)?;
-    Ok(FrameCodec::new(
-        Framing::new(framing.length_prefix, HeaderLayout::None)
-            .with_max_frame_bytes(framing.max_frame_bytes),
-    )?)
-}
 
 /// Serves terminals until `stop` turns true, then waits (bounded) for connections to finish.
 pub async fn serve(
@@ -67,11 +58,13 @@ pub async fn serve(
             Arc::clone(&open),
         );
         connections.spawn(async move {
-            crate::metrics::set_terminal_connections(open.fetch_add(1, Ordering::Relaxed) + 1);
+            crate::infra::metrics::set_terminal_connections(
+                open.fetch_add(1, Ordering::Relaxed) + 1,
+            );
             if let Err(error) = connection(&gateway, &spec, socket, stop).await {
                 tracing::debug!(%peer, %error, "terminal connection ended");
             }
-            crate::metrics::set_terminal_connections(
+            crate::infra::metrics::set_terminal_connections(
                 open.fetch_sub(1, Ordering::Relaxed).saturating_sub(1),
             );
             drop(permit);

@@ -1,12 +1,9 @@
 //! Registration of merchants, terminals, payer accounts and wallet apps: what the operator's
 //! admin commands and the demo set up before the first payment.
 
-use crate::journal::{JournalError, Row, Store, Tx, new_id, now_ms};
-use crate::ledger::{self, AccountKind, NewAccount};
-use crate::money::Money;
-use crate::orders::OrderService;
-use crate::orders::service::OrderError;
-use posbridge_hsm::{Pan, Pin};
+use crate::domain::money::Money;
+use crate::store::journal::{JournalError, Row, Store, Tx, new_id, now_ms};
+use crate::store::ledger::{self, AccountKind, NewAccount};
 use sha2::{Digest, Sha256};
 
 /// A merchant.
@@ -173,59 +170,6 @@ pub async fn terminal(store: &Store, tid: &str) -> Result<Option<Terminal>, Jour
     row.as_ref().map(terminal_from_row).transpose()
 }
 
-/// A payer account to open.
-#[derive(Debug)]
-pub struct NewPayer {
-    /// Account identifier.
-    pub account_id: String,
-    /// Holder's name.
-    pub holder: String,
-    /// Card / account number the wallet app sends.
-    pub pan: Pan,
-    /// The PIN, if the account has one (only its verification value is kept).
-    pub pin: Option<Pin>,
-    /// Opening balance.
-    pub opening: Money,
-}
-
-/// Opens a stored-value payer account. Keeps the card number only truncated plus a keyed hash,
-/// and the PIN only as its verification value computed by the security module.
-pub async fn register_payer(
-    orders: &OrderService,
-    payer: NewPayer,
-    pvk_label: &str,
-) -> Result<(), OrderError> {
-    let pan_hash = orders.pan_hash(&payer.pan).await?;
-    const PVKI: u8 = 1;
-    let pvv = match payer.pin {
-        Some(pin) => Some(
-            orders
-                .security()
-                .pin_verification_value(pvk_label.to_owned(), payer.pan.clone(), pin, PVKI)
-                .await
-                .map_err(|e| OrderError::Security(e.to_string()))?,
-        ),
-        None => None,
-    };
-    let mut tx = orders.store().begin().await?;
-    ledger::create_account(
-        &mut tx,
-        &NewAccount {
-            account_id: payer.account_id,
-            kind: AccountKind::Payer,
-            holder: payer.holder,
-            pan_truncated: Some(payer.pan.masked()),
-            pan_hash: Some(pan_hash),
-            opening: payer.opening,
-            pvki: pvv.as_ref().map(|_| PVKI),
-            pvv,
-        },
-    )
-    .await?;
-    tx.commit().await?;
-    Ok(())
-}
-
 /// A wallet app allowed to call the wallet API.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WalletApp {
@@ -290,36 +234,6 @@ fn key_hash(api_key: &str) -> Vec<u8> {
 /// Compares secrets without an early exit (no timing hint).
 pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-/// Issues a merchant's static (printed) code and records it, so payments against it are
-/// recognised as the merchant's.
-pub async fn create_static_code(
-    store: &Store,
-    gui: &str,
-    mid: &str,
-    label: Option<&str>,
-) -> Result<String, OrderError> {
-    let mut tx = store.begin().await?;
-    let merchant = merchant(&mut tx, mid)
-        .await?
-        .ok_or_else(|| OrderError::Refused {
-            code: crate::orders::ResponseCode::InvalidMerchant,
-            reason: format!("unknown merchant {mid}"),
-        })?;
-    let payload = crate::orders::payload::build_static(gui, &merchant, label).map_err(|e| {
-        OrderError::Refused {
-            code: crate::orders::ResponseCode::FormatError,
-            reason: e.to_string(),
-        }
-    })?;
-    tx.execute(
-        "INSERT INTO static_codes (code_id, mid, label, payload, created_at_ms) VALUES ($1, $2, $3, $4, $5)",
-        &[new_id().into(), mid.into(), label.unwrap_or("").into(), payload.as_str().into(), now_ms().into()],
-    )
-    .await?;
-    tx.commit().await?;
-    Ok(payload)
 }
 
 /// A terminal's working keys as issued at its last sign-on, encrypted under its master key.

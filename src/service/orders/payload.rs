@@ -5,8 +5,8 @@
 //! terminal makes itself are signed with its MAC key (ISO 9797-1 algorithm 1, padding 2), so
 //! the gateway can tell both are genuine. Layout: docs/qr-payload.md.
 
-use crate::money::Money;
-use crate::security::{Security, SecurityError};
+use crate::domain::money::Money;
+use crate::infra::security::{Security, SecurityError};
 use posbridge_codecs::emv_qr::{self, Expiry, Payload};
 use posbridge_hsm::{MacAlgorithm, Padding};
 
@@ -174,7 +174,7 @@ pub async fn build_dynamic(
 /// The static code of a merchant (no amount, no one-time reference).
 pub fn build_static(
     gui: &str,
-    merchant_row: &crate::admin::Merchant,
+    merchant_row: &crate::registry::Merchant,
     label: Option<&str>,
 ) -> Result<String, BuildError> {
     let code = emv_qr::StaticCode {

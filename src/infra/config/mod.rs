@@ -2,7 +2,8 @@
 //! `POSBRIDGE__SECTION__KEY` environment variables (e.g. `POSBRIDGE__JOURNAL__URL`). Validated
 //! at start; errors name the key. `posbridge.example.toml` documents every key.
 
-use crate::journal::JournalConfig;
+pub mod host;
+
 use figment::Figment;
 use figment::providers::{Env, Format, Toml};
 use posbridge_hsm::HsmConfig;
@@ -40,7 +41,7 @@ pub struct Config {
     pub log: LogConfig,
     /// Upstream hosts (five-role deployment): `[[hosts]]` tables.
     #[serde(default)]
-    pub hosts: Vec<crate::upstream::HostConfig>,
+    pub hosts: Vec<host::HostConfig>,
     /// Account-range routing: `[[routes]]` tables; cards matching no prefix use the local ledger.
     #[serde(default)]
     pub routes: Vec<RouteConfig>,
@@ -388,4 +389,44 @@ pub fn validate(config: &Config) -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!("configuration key hosts: {e}"))?;
     }
     Ok(())
+}
+
+/// Where the journal lives (`[journal]` in the configuration).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct JournalConfig {
+    /// PostgreSQL URL (`postgres://user@host:port/db`). Without it the embedded SQLite file
+    /// `sqlite_path` is used.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// PostgreSQL schema holding posbridge's tables (created if missing).
+    #[serde(default = "default_schema")]
+    pub schema: String,
+    /// PostgreSQL pool size.
+    #[serde(default = "default_pool_size")]
+    pub pool_size: usize,
+    /// SQLite file for the embedded journal; `:memory:` keeps it in memory (demo only).
+    #[serde(default = "default_sqlite_path")]
+    pub sqlite_path: String,
+}
+
+fn default_schema() -> String {
+    "posbridge".into()
+}
+fn default_pool_size() -> usize {
+    16
+}
+fn default_sqlite_path() -> String {
+    "posbridge-journal.sqlite".into()
+}
+
+impl Default for JournalConfig {
+    fn default() -> Self {
+        JournalConfig {
+            url: None,
+            schema: default_schema(),
+            pool_size: default_pool_size(),
+            sqlite_path: default_sqlite_path(),
+        }
+    }
 }

@@ -1,7 +1,7 @@
 //! Operator endpoints on the metrics port: `/metrics` (Prometheus text), `/health/live`
 //! (the process answers) and `/health/ready` (journal and security module answer).
 
-use crate::server::Gateway;
+use crate::app::server::Gateway;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
@@ -65,14 +65,14 @@ async fn upstream_gauges(gateway: &Gateway) {
             )
             .await?;
         tx.commit().await?;
-        Ok::<_, crate::journal::JournalError>(row)
+        Ok::<_, crate::store::journal::JournalError>(row)
     };
     if let Ok(Some(row)) = queue.await {
         let queued = row.i64(0).unwrap_or(0);
         let oldest = row.i64(1).unwrap_or(0);
         metrics::gauge!("posbridge_reversals_queued").set(queued as f64);
         let age_ms = if queued > 0 {
-            crate::journal::now_ms() - oldest
+            crate::store::journal::now_ms() - oldest
         } else {
             0
         };

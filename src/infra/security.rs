@@ -52,7 +52,7 @@ impl Security {
         let outcome = tokio::task::spawn_blocking(move || call(module.as_ref()))
             .await
             .map_err(|e| SecurityError::Task(e.to_string()))?;
-        crate::metrics::record_hsm_call(started.elapsed(), outcome.is_ok());
+        crate::infra::metrics::record_hsm_call(started.elapsed(), outcome.is_ok());
         Ok(outcome?)
     }
 

@@ -5,10 +5,10 @@
 //! merchant always come from the stored order, never from the request. Errors are
 //! `{"error":{"code":"...","message":"..."}}` with a stable `code`. See docs/wallet-api.md.
 
-use crate::admin::{self, WalletApp};
-use crate::money::Money;
-use crate::orders::service::OrderError;
-use crate::orders::{Order, OrderService, PayRequest, PaymentResult, ResponseCode};
+use crate::domain::money::Money;
+use crate::registry::{self, WalletApp};
+use crate::service::orders::service::OrderError;
+use crate::service::orders::{Order, OrderService, PayRequest, PaymentResult, ResponseCode};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -88,8 +88,8 @@ impl From<OrderError> for ApiError {
     }
 }
 
-impl From<crate::journal::JournalError> for ApiError {
-    fn from(error: crate::journal::JournalError) -> ApiError {
+impl From<crate::store::journal::JournalError> for ApiError {
+    fn from(error: crate::store::journal::JournalError) -> ApiError {
         ApiError::from(OrderError::Journal(error))
     }
 }
@@ -130,7 +130,7 @@ async fn authenticate(orders: &OrderService, headers: &HeaderMap) -> Result<Wall
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .ok_or_else(ApiError::unauthorized)?;
-    admin::wallet_app_by_key(orders.store(), app_id, key)
+    registry::wallet_app_by_key(orders.store(), app_id, key)
         .await?
         .ok_or_else(ApiError::unauthorized)
 }
@@ -356,11 +356,11 @@ async fn merchant_payments(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .ok_or_else(ApiError::unauthorized)?;
-    let merchant = admin::read_merchant(orders.store(), &mid).await?;
+    let merchant = registry::read_merchant(orders.store(), &mid).await?;
     let authorised = merchant
         .and_then(|m| m.webhook_secret)
         .is_some_and(|secret| {
-            !secret.is_empty() && admin::constant_time_eq(secret.as_bytes(), key.as_bytes())
+            !secret.is_empty() && registry::constant_time_eq(secret.as_bytes(), key.as_bytes())
         });
     if !authorised {
         return Err(ApiError::unauthorized());

@@ -4,8 +4,8 @@
 //! Money moves only as double-entry postings written in the same transaction as the balance
 //! changes and the order's state change, so the sum of all balances never changes.
 
-use crate::journal::{JournalError, Row, Tx, new_id, now_ms};
-use crate::money::Money;
+use crate::domain::money::Money;
+use crate::store::journal::{JournalError, Row, Tx, new_id, now_ms};
 
 /// What kind of holder an account belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -8,12 +8,12 @@ use super::notify::OrderNotifier;
 use super::payload::{self, PayloadSigner, ScannedPayload};
 use super::{OrderState, Origin, ResponseCode};
 use crate::domain::lifecycle::{self, Event, Verdict};
+use crate::domain::money::Money;
 pub use crate::domain::order::Order;
 use crate::domain::order::{new_auth_code, new_rrn};
-use crate::journal::{JournalError, Store, Tx, new_id, now_ms};
-use crate::ledger::{self, TransferOutcome};
-use crate::money::Money;
-use crate::security::Security;
+use crate::infra::security::Security;
+use crate::store::journal::{JournalError, Store, Tx, new_id, now_ms};
+use crate::store::ledger::{self, TransferOutcome};
 use crate::store::orders::{self as order_store, Apply, ApplyError, Paid};
 use crate::store::terminal_requests::{self, RequestKey};
 use posbridge_hsm::{Pan, PinBlock, PinBlockFormat};
@@ -533,7 +533,7 @@ impl OrderService {
         }
         if let Some(upstream) = &self.upstream {
             if let Some(link) = upstream.route(request.pan.expose_secret()) {
-                let merchant = crate::admin::merchant(tx, &order.mid)
+                let merchant = crate::registry::merchant(tx, &order.mid)
                     .await?
                     .ok_or_else(|| {
                         OrderError::refused(ResponseCode::InvalidMerchant, "merchant vanished")
@@ -600,7 +600,7 @@ impl OrderService {
         self.decide(tx, &order, Event::LocalApproved, details)
             .await?;
         let created_at_ms = order.created_at_ms;
-        tx.after_commit(move || crate::metrics::record_sale_since_ms(created_at_ms));
+        tx.after_commit(move || crate::infra::metrics::record_sale_since_ms(created_at_ms));
         let result = self
             .attempt_result(
                 tx,
@@ -873,8 +873,8 @@ impl OrderService {
         Ok(refusal(code, reason.to_owned(), Some(order), attempt_id))
     }
 
-    async fn merchant(&self, mid: &str) -> Result<crate::admin::Merchant, OrderError> {
-        let merchant = crate::admin::read_merchant(&self.store, mid).await?;
+    async fn merchant(&self, mid: &str) -> Result<crate::registry::Merchant, OrderError> {
+        let merchant = crate::registry::read_merchant(&self.store, mid).await?;
         merchant.ok_or_else(|| {
             OrderError::refused(
                 ResponseCode::InvalidMerchant,
@@ -884,7 +884,7 @@ impl OrderService {
     }
 
     async fn merchant_account(&self, tx: &mut Tx, mid: &str) -> Result<String, OrderError> {
-        let merchant = crate::admin::merchant(tx, mid).await?.ok_or_else(|| {
+        let merchant = crate::registry::merchant(tx, mid).await?.ok_or_else(|| {
             OrderError::refused(
                 ResponseCode::InvalidMerchant,
                 format!("unknown merchant {mid}"),

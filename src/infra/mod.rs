@@ -1,0 +1,10 @@
+//! Infrastructure every layer above may use: the configuration schema, metrics, the handle on
+//! the security module, QR rendering and the ISO 8583 stream framing. Nothing here knows about
+//! orders or the journal's tables.
+
+pub mod clock;
+pub mod config;
+pub mod framing;
+pub mod metrics;
+pub mod qr;
+pub mod security;
