@@ -832,3 +832,69 @@ async fn a_terminal_reversal_while_authorising_reverses_at_the_host() {
     );
     running.stop().await;
 }
+
+/// Regression (lifecycle issue): voiding an upstream sale after partial refund advices sent a
+/// reversal of the full amount, so the payer was refunded twice. Now a void after an advice
+/// reached the host is refused (12) and nothing is reversed; the rest can be refunded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_void_after_a_delivered_refund_advice_is_refused() {
+    let (addr, handle) = host(SimHostConfig::default()).await;
+    let journal = TestJournal::new(Backend::Sqlite);
+    let running = start_with(&journal, |c| five_roles(c, addr, 5_000)).await;
+    signed_on(&handle).await;
+    let mut terminal = terminal_client(&running).await;
+    terminal.sign_on().await.unwrap();
+    let wallet = wallet_client(&running);
+    let (code, voucher) = sale(&mut terminal, &wallet, 3_000, "va-1").await;
+    assert_eq!(code, "00");
+    let cny = |amount_minor| Money {
+        amount_minor,
+        currency: CNY,
+    };
+    assert_eq!(
+        terminal
+            .refund(&voucher, cny(1_000))
+            .await
+            .unwrap()
+            .response_code,
+        "00"
+    );
+    let store = running.seeded.store.clone();
+    until("the refund advice is delivered", async || {
+        count(&store, "SELECT COUNT(*) FROM advices WHERE status = 'DONE'").await == 1
+    })
+    .await;
+    let void = terminal.void(&voucher, cny(3_000)).await.unwrap();
+    assert_eq!(
+        void.response_code, "12",
+        "a delivered advice cannot be withdrawn"
+    );
+    assert_eq!(
+        count(
+            &store,
+            "SELECT COUNT(*) FROM reversals WHERE status IN ('QUEUED', 'DONE')"
+        )
+        .await,
+        0,
+        "nothing is reversed"
+    );
+    assert_eq!(
+        terminal
+            .refund(&voucher, cny(2_000))
+            .await
+            .unwrap()
+            .response_code,
+        "00"
+    );
+    until("the second advice is delivered", async || {
+        count(&store, "SELECT COUNT(*) FROM advices WHERE status = 'DONE'").await == 2
+    })
+    .await;
+    let entry = &handle.ledger()[0];
+    assert_eq!(
+        (entry.state, entry.refunded_minor),
+        (LedgerState::Approved, 3_000),
+        "the host refunded exactly the sale"
+    );
+    running.stop().await;
+}

@@ -605,3 +605,35 @@ async fn zero_intervals_are_refused_at_load() {
         assert!(format!("{error:#}").contains(key), "{key}: {error:#}");
     }
 }
+
+/// Regression (lifecycle issue): metrics were counted inside transactions that could roll
+/// back. What a transaction means to tell the world after its commit runs only if it commits.
+async fn after_commit_actions_run_only_on_commit(backend: Backend) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let journal = TestJournal::new(backend);
+    let s = seeded(&journal).await;
+    let ran = Arc::new(AtomicUsize::new(0));
+    let mut rolled_back = s.store.begin().await.unwrap();
+    let counter = ran.clone();
+    rolled_back.after_commit(move || {
+        counter.fetch_add(1, Ordering::SeqCst);
+    });
+    drop(rolled_back);
+    assert_eq!(
+        ran.load(Ordering::SeqCst),
+        0,
+        "a rolled-back transaction tells nobody"
+    );
+    let mut committed = s.store.begin().await.unwrap();
+    let counter = ran.clone();
+    committed.after_commit(move || {
+        counter.fetch_add(1, Ordering::SeqCst);
+    });
+    committed.commit().await.unwrap();
+    assert_eq!(ran.load(Ordering::SeqCst), 1);
+}
+on_both_journals!(
+    after_commit_actions_run_only_on_commit,
+    super::after_commit_actions_run_only_on_commit
+);

@@ -201,3 +201,93 @@ async fn static_code_webhook(backend: Backend) {
     running.stop().await;
 }
 on_both_journals!(static_code_webhook, super::static_code_webhook);
+
+/// Regression (lifecycle issue): the outbox held one database transaction across its webhook
+/// POSTs; on SQLite that is the only write lock, so one merchant endpoint that does not answer
+/// stopped every payment. Now rows are claimed and committed first and the webhook is called
+/// outside any transaction: a payment completes while the endpoint still holds the request
+/// open (the client has not given up on it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_merchant_endpoint_does_not_stop_payments() {
+    use tokio::io::AsyncReadExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook = listener.local_addr().unwrap();
+    let (received_tx, received_rx) = tokio::sync::oneshot::channel::<()>();
+    let client_gave_up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let gave_up = client_gave_up.clone();
+    tokio::spawn(async move {
+        let (mut socket, _) = listener.accept().await.unwrap();
+        let mut buffer = vec![0u8; 4096];
+        let mut received_tx = Some(received_tx);
+        // Read the request and never answer; note when the client closes the connection.
+        loop {
+            match socket.read(&mut buffer).await {
+                Ok(0) | Err(_) => {
+                    gave_up.store(true, std::sync::atomic::Ordering::SeqCst);
+                    return;
+                }
+                Ok(_) => {
+                    if let Some(tx) = received_tx.take() {
+                        let _ = tx.send(());
+                    }
+                }
+            }
+        }
+    });
+    let journal = TestJournal::new(Backend::Sqlite);
+    let running = start(&journal).await;
+    let store = &running.seeded.store;
+    posbridge::registry::register_merchant(
+        store,
+        &posbridge::registry::Merchant {
+            mid: "898310048168888".into(),
+            name: "SLOW STALL".into(),
+            city: "SHANGHAI".into(),
+            mcc: "5411".into(),
+            country: "CN".into(),
+            currency: CNY,
+            account_id: String::new(),
+            webhook_url: Some(format!("http://{hook}/hook")),
+            webhook_secret: Some("slow-secret".into()),
+        },
+    )
+    .await
+    .unwrap();
+    let code = posbridge::service::enrolment::create_static_code(
+        store,
+        &running.seeded.gateway.config.gateway.gui,
+        "898310048168888",
+        None,
+    )
+    .await
+    .unwrap();
+    let wallet = wallet_client(&running);
+    let first = wallet
+        .pay(
+            &code,
+            PAYER_PAN,
+            Some(PAYER_PIN),
+            "slow-1",
+            Some((100, CNY)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(first.response_code(), Some("00"));
+    received_rx.await.unwrap(); // the outbox is now inside its POST
+    let second = wallet
+        .pay(
+            &code,
+            PAYER_PAN,
+            Some(PAYER_PIN),
+            "slow-2",
+            Some((200, CNY)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(second.response_code(), Some("00"));
+    assert!(
+        !client_gave_up.load(std::sync::atomic::Ordering::SeqCst),
+        "the second payment completed while the first webhook was still in flight"
+    );
+    running.stop().await;
+}
