@@ -408,7 +408,34 @@ async fn randomised_run_conserves_money(backend: Backend) {
     let mut open: Vec<(String, String)> = Vec::new();
     let mut paid: Vec<String> = Vec::new();
     for step in 0..2_000u32 {
-        match rng.random_range(0..10) {
+        match rng.random_range(0..12) {
+            // Partial refunds of paid sales; more than is left is refused (13).
+            10 if !paid.is_empty() => {
+                let voucher = paid[rng.random_range(0..paid.len())].clone();
+                let amount = Money {
+                    amount_minor: rng.random_range(1..15_000),
+                    currency: CNY,
+                };
+                match s
+                    .orders
+                    .refund(&Voucher::of(TID, "000001", &voucher), amount)
+                    .await
+                {
+                    Ok(_) => {}
+                    Err(e) => assert_eq!(e.response_code(), ResponseCode::InvalidAmount, "{e}"),
+                }
+            }
+            // A void gives back what is left; a second void is refused (12).
+            11 if !paid.is_empty() => {
+                let voucher = paid.swap_remove(rng.random_range(0..paid.len()));
+                let target = Voucher::of(TID, "000001", &voucher);
+                s.orders.void(&target, "random void").await.unwrap();
+                let again = s.orders.void(&target, "random void again").await;
+                assert_eq!(
+                    again.unwrap_err().response_code(),
+                    ResponseCode::InvalidTransaction
+                );
+            }
             0..=3 => {
                 let voucher = format!("{:06}", 100_000 + step);
                 let order = s
@@ -470,6 +497,22 @@ async fn randomised_run_conserves_money(backend: Backend) {
         assert_ledger_conserved(&s.store).await,
         total,
         "seed {seed}"
+    );
+    // Nothing was given back beyond its sale, order by order.
+    let mut tx = s.store.begin().await.unwrap();
+    let over = tx
+        .query(
+            "SELECT COUNT(*) FROM (SELECT t.order_id FROM transfers t GROUP BY t.order_id HAVING \
+             SUM(CASE WHEN t.kind IN ('refund', 'reversal') THEN t.amount_minor ELSE 0 END) > \
+             SUM(CASE WHEN t.kind = 'sale' THEN t.amount_minor ELSE 0 END)) x",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        over[0].i64(0).unwrap(),
+        0,
+        "seed {seed}: refunds within their sales"
     );
 }
 on_both_journals!(
