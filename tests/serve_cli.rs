@@ -35,7 +35,34 @@ fn serve_without_a_config_file_says_it_runs_on_defaults() {
     let _ = child.wait();
     let text = seen.join("\n");
     assert!(text.contains("running on the embedded defaults"), "{text}");
+    assert!(text.contains("DEVELOPMENT MODE"), "says loudly it is development: {text}");
     assert!(serving, "{text}");
+}
+
+#[test]
+fn production_mode_refuses_the_embedded_defaults_naming_the_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = Command::new(posbridge_bin())
+        .arg("serve")
+        .current_dir(dir.path())
+        .env("POSBRIDGE__GATEWAY__MODE", "production")
+        .env("POSBRIDGE__TERMINAL__LISTEN", "127.0.0.1:0")
+        .env("POSBRIDGE__WALLET_API__LISTEN", "0.0.0.0:0")
+        .env("POSBRIDGE__METRICS__LISTEN", "127.0.0.1:0")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    for key in ["hsm.backend", "published demo key", "wallet_api.tls_cert"] {
+        assert!(stderr.contains(key), "{key}: {stderr}");
+    }
+    let seed = Command::new(posbridge_bin())
+        .args(["admin", "seed-demo"])
+        .current_dir(dir.path())
+        .env("POSBRIDGE__GATEWAY__MODE", "production")
+        .output()
+        .unwrap();
+    assert!(!seed.status.success(), "seed-demo is for development only");
 }
 
 #[test]

@@ -32,6 +32,16 @@ pub use secret::{ClearKey, Pan, Pin, PinBlock};
 
 use std::sync::Arc;
 
+/// The check values of the embedded demo keys (`demo_keys.toml`, published with posbridge): a
+/// production gateway refuses to run with any key whose check value is one of these.
+pub fn demo_check_values() -> Result<Vec<Vec<u8>>> {
+    Ok(software::SoftwareModule::demo()?
+        .list_keys()?
+        .into_iter()
+        .map(|key| key.kcv)
+        .collect())
+}
+
 /// Opens the configured security module.
 pub fn open(config: &HsmConfig) -> Result<Arc<dyn SecurityModule>> {
     match config {

@@ -41,6 +41,12 @@ pub fn config() -> Config {
 
 /// Registers the demo merchant, terminal, payer and wallet app.
 pub async fn seed(gateway: &server::Gateway) -> anyhow::Result<()> {
+    // A known wallet key and a funded account have no place in a production journal.
+    anyhow::ensure!(
+        gateway.config.gateway.mode == posbridge::infra::config::Mode::Development,
+        "the demo data is seeded only in development mode (gateway.mode = {})",
+        gateway.config.gateway.mode.as_str()
+    );
     let store = gateway.orders.store();
     registry::register_merchant(
         store,

@@ -103,6 +103,9 @@ async fn ready(State(state): State<HealthState>) -> impl IntoResponse {
         "journal": journal.as_ref().map(|_| "ok".to_owned()).unwrap_or_else(|e| e.to_string()),
         "upstream": links.iter().map(|(name, signed_on)| (name.clone(), serde_json::json!({"signed_on": signed_on}))).collect::<serde_json::Map<_, _>>(),
         "security_module": security.as_ref().map(|_| "ok".to_owned()).unwrap_or_else(|e| e.to_string()),
+        "mode": state.gateway.posture.mode.as_str(),
+        "production_ready": state.gateway.posture.production_ready(),
+        "findings": state.gateway.posture.findings,
     });
     let status = if journal.is_ok() && security.is_ok() && links_ok {
         StatusCode::OK

@@ -22,18 +22,18 @@ pub use crate::service::Gateway;
 pub async fn open(config: Config) -> anyhow::Result<Gateway> {
     // Configurations built in code (tests, embedders) get the same checks as files.
     crate::infra::config::validate(&config)?;
-    let store = crate::store::journal::open(&config.journal)
-        .await
-        .context("opening the journal")?;
     let module = posbridge_hsm::open(&config.hsm).context("opening the security module")?;
     let capabilities = module.capabilities();
     tracing::info!(backend = %capabilities.backend, production = capabilities.production, "security module ready");
-    if !capabilities.production {
-        tracing::warn!(
-            "security module {} is not for production",
-            capabilities.backend
-        );
-    }
+    let keys = module
+        .list_keys()
+        .context("listing the security module's keys")?;
+    let demo = posbridge_hsm::demo_check_values().context("the demo keys' check values")?;
+    let posture = crate::infra::posture::assess(&config, &capabilities, &keys, &demo);
+    crate::infra::posture::enforce(&posture)?;
+    let store = crate::store::journal::open(&config.journal)
+        .await
+        .context("opening the journal")?;
     let orders = OrderService::new(
         store,
         Security::new(module),
@@ -51,6 +51,7 @@ pub async fn open(config: Config) -> anyhow::Result<Gateway> {
     Ok(Gateway {
         config: Arc::new(config),
         orders,
+        posture: Arc::new(posture),
     })
 }
 

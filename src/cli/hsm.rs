@@ -205,6 +205,22 @@ fn info(module: &ModuleArgs) -> Result<()> {
     for note in &capabilities.notes {
         println!("note: {note}");
     }
+    let demo = posbridge_hsm::demo_check_values()?;
+    let published: Vec<String> = module
+        .open()?
+        .list_keys()?
+        .into_iter()
+        .filter(|key| demo.contains(&key.kcv))
+        .map(|key| key.label)
+        .collect();
+    println!(
+        "published demo keys: {}",
+        if published.is_empty() {
+            "none".to_owned()
+        } else {
+            format!("{} (production mode refuses them)", published.join(", "))
+        }
+    );
     Ok(())
 }
 

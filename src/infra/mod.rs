@@ -6,5 +6,6 @@ pub mod clock;
 pub mod config;
 pub mod framing;
 pub mod metrics;
+pub mod posture;
 pub mod qr;
 pub mod security;

@@ -17,4 +17,6 @@ pub struct Gateway {
     pub config: Arc<Config>,
     /// The order service (journal, ledger, security module).
     pub orders: OrderService,
+    /// What the start-up security check found (mode, unsafe settings).
+    pub posture: Arc<crate::infra::posture::Posture>,
 }

@@ -138,9 +138,8 @@ pub struct Unmatched {
     pub reason: UnmatchedReason,
     /// The decoded message, when it decodes.
     pub message: Option<IsoMessage>,
-    /// The frame content as received (header + message). It holds card data in clear: never
-    /// log or store it unmasked (journal `message` fields instead).
-    pub frame: Vec<u8>,
+    /// The frame's length as received. The frame itself is not kept: it may hold card data.
+    pub frame_len: usize,
 }
 
 impl std::fmt::Debug for Unmatched {
@@ -150,7 +149,7 @@ impl std::fmt::Debug for Unmatched {
             .field("connection", &self.connection)
             .field("reason", &self.reason)
             .field("message", &self.message)
-            .field("frame_len", &self.frame.len())
+            .field("frame_len", &self.frame_len)
             .finish()
     }
 }
@@ -694,7 +693,7 @@ impl Inner {
                     connection,
                     reason: UnmatchedReason::Undecodable,
                     message: None,
-                    frame,
+                    frame_len: frame.len(),
                 });
                 return;
             }
@@ -717,7 +716,7 @@ impl Inner {
                         connection,
                         reason: UnmatchedReason::Late,
                         message: Some(decoded.message),
-                        frame,
+                        frame_len: frame.len(),
                     });
                     return;
                 }
@@ -730,7 +729,7 @@ impl Inner {
             connection,
             reason,
             message: Some(decoded.message),
-            frame,
+            frame_len: frame.len(),
         });
     }
 
@@ -753,7 +752,7 @@ impl Inner {
                 connection,
                 reason: UnmatchedReason::UnexpectedRequest,
                 message: Some(request),
-                frame,
+                frame_len: frame.len(),
             });
             return;
         }

@@ -112,10 +112,37 @@ impl Default for UpstreamConfig {
     }
 }
 
+/// How strict the gateway is about its own configuration (`[gateway] mode`).
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Anything goes, and the gateway says so loudly at start: demo keys, the software module,
+    /// plain HTTP, hosts without MACs. The default, so `posbridge serve` runs with no file.
+    #[default]
+    Development,
+    /// Refuses to start on anything unsafe (see `app::posture`).
+    Production,
+}
+
+impl Mode {
+    /// `development` or `production`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Development => "development",
+            Mode::Production => "production",
+        }
+    }
+}
+
 /// `[gateway]`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct GatewayConfig {
+    /// `development` (default) or `production`.
+    pub mode: Mode,
+    /// Production only: accept a security module that decrypts PIN blocks in host memory
+    /// (PKCS#11 tokens cannot translate or verify PINs inside). Logged loudly at every start.
+    pub allow_pin_in_host_memory: bool,
     /// Globally unique identifier written in posbridge's QR templates.
     pub gui: String,
     /// ISO 3166 alpha-2 country of the merchants.
@@ -131,6 +158,8 @@ pub struct GatewayConfig {
 impl Default for GatewayConfig {
     fn default() -> Self {
         GatewayConfig {
+            mode: Mode::Development,
+            allow_pin_in_host_memory: false,
             gui: posbridge_codecs::emv_qr::POSBRIDGE_GUI.to_owned(),
             country: "CN".to_owned(),
             order_ttl_secs: 120,

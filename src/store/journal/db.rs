@@ -510,6 +510,9 @@ pub struct SqliteStore {
 impl SqliteStore {
     /// Opens (creating if missing) the database file, or a private in-memory one for `:memory:`.
     pub fn open(path: &str) -> Result<SqliteStore, JournalError> {
+        if path != ":memory:" {
+            owner_only(path)?;
+        }
         let connection = if path == ":memory:" {
             rusqlite::Connection::open_in_memory()
         } else {
@@ -626,4 +629,20 @@ fn sqlite_placeholders(sql: &str) -> String {
 
 fn lite_error(error: rusqlite::Error) -> JournalError {
     JournalError::Database(error.to_string())
+}
+
+/// Creates the journal file readable and writable by its owner only (0600), or narrows an
+/// existing one to that: it holds the ledger and the working-key cryptograms. SQLite gives its
+/// `-wal` and `-shm` files the database file's permissions.
+fn owner_only(path: &str) -> Result<(), JournalError> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let config =
+        |e: std::io::Error| JournalError::Config(format!("journal.sqlite_path {path:?}: {e}"));
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(config)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(config)
 }
