@@ -898,3 +898,34 @@ async fn a_void_after_a_delivered_refund_advice_is_refused() {
     );
     running.stop().await;
 }
+
+/// Regression (security issue): an unMACed decline cancelled the standby reversal, so a sale
+/// the host had approved was never reversed. Now an answer without a MAC is ambiguous: the
+/// phone is told 98 and the sale is reversed at the host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unmaced_decline_leaves_the_reversal_armed() {
+    let (addr, handle) = host(SimHostConfig {
+        faults: vec![FaultRule {
+            when: when_amount_ends("66"),
+            fault: Fault::UnmacedDecline,
+        }],
+        ..SimHostConfig::default()
+    })
+    .await;
+    let journal = TestJournal::new(Backend::Sqlite);
+    let running = start_with(&journal, |c| five_roles(c, addr, 5_000)).await;
+    signed_on(&handle).await;
+    let mut terminal = terminal_client(&running).await;
+    terminal.sign_on().await.unwrap();
+    let wallet = wallet_client(&running);
+    let (code, _) = sale(&mut terminal, &wallet, 5_166, "um-1").await;
+    assert_eq!(code, "98", "an unMACed decline is not believed");
+    until("the host reversed the approved sale", async || {
+        handle
+            .ledger()
+            .first()
+            .is_some_and(|e| e.state == LedgerState::Reversed)
+    })
+    .await;
+    running.stop().await;
+}

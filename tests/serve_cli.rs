@@ -35,7 +35,10 @@ fn serve_without_a_config_file_says_it_runs_on_defaults() {
     let _ = child.wait();
     let text = seen.join("\n");
     assert!(text.contains("running on the embedded defaults"), "{text}");
-    assert!(text.contains("DEVELOPMENT MODE"), "says loudly it is development: {text}");
+    assert!(
+        text.contains("DEVELOPMENT MODE"),
+        "says loudly it is development: {text}"
+    );
     assert!(serving, "{text}");
 }
 

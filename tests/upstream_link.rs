@@ -296,14 +296,19 @@ async fn wrong_mac_from_the_host_is_bad_mac() {
 
 #[tokio::test]
 async fn request_mac_is_checked_by_the_host() {
-    // A link with another MAC key: the host answers A0 without MAC, which the link delivers
-    // (a decline is safe to trust) and books nothing.
+    // A link with another MAC key: the host answers A0 without MAC and books nothing. An
+    // unMACed answer proves nothing, so the link reports it as BadMac (ambiguous: the sale's
+    // reversal stays armed), with the host's answer attached.
     let rig = rig_with(host_config(), |config| {
         config.mac_key = Some("zpk/upstream".into());
     })
     .await;
-    let answer = rig.link.request(sale(100), LONG).await.unwrap();
+    let error = rig.link.request(sale(100), LONG).await.unwrap_err();
+    let LinkError::BadMac(answer) = &error else {
+        panic!("expected BadMac, got {error:?}");
+    };
     assert_eq!(answer.response_code(), Some("A0"));
+    assert!(error.is_ambiguous());
     assert!(rig.host.ledger().is_empty());
 }
 
@@ -545,13 +550,15 @@ async fn plain_iso8583_dialects_work_without_a_header_or_mac() {
         let wrong_pin = with_pin(&rig, sale(100), "4321").await;
         let answer = rig.link.request(wrong_pin, LONG).await.unwrap();
         assert_eq!(answer.response_code(), Some("55"), "{dialect}");
-        assert_eq!(rig.host.key_exchange(false, LONG).await.unwrap(), "00");
+        // These dialects have no MAC field, so a key change cannot be authenticated: refused,
+        // and traffic goes on under the keys in use.
+        assert_eq!(rig.host.key_exchange(false, LONG).await.unwrap(), "A0");
         let request = with_pin(&rig, sale(2372), "1234").await;
         let answer = rig.link.request(request, LONG).await.unwrap();
         assert_eq!(
             answer.response_code(),
             Some("00"),
-            "{dialect} after key change"
+            "{dialect} after the refused key change"
         );
         rig.link.shutdown().await;
     }
@@ -660,4 +667,41 @@ async fn dropping_every_handle_closes_the_connections() {
     })
     .await
     .expect("connections stayed open after the last handle was dropped");
+}
+
+/// Regression (security issue): a host's key change was accepted unMACed and could be replayed
+/// to roll the zone keys back. Now an unMACed key change is refused (A0), a replayed one is
+/// refused (94), and in both cases the keys in use stay.
+#[tokio::test]
+async fn unmaced_and_replayed_key_changes_are_refused_and_the_keys_stay() {
+    let rig = rig().await;
+    let keys = async || {
+        (
+            kcv(&rig.security, "zpk/upstream").await,
+            kcv(&rig.security, "zak/upstream").await,
+        )
+    };
+    let before = keys().await;
+    assert_eq!(rig.host.key_exchange_without_mac(LONG).await.unwrap(), "A0");
+    assert_eq!(
+        keys().await,
+        before,
+        "an unMACed key change changes nothing"
+    );
+    assert_eq!(rig.host.key_exchange(false, LONG).await.unwrap(), "00");
+    let changed = keys().await;
+    assert_ne!(changed, before);
+    // The same frame again: a replay. (The host replays what it sent under the old MAC key, so
+    // it would also fail the MAC check now; both refusals keep the keys.)
+    let replay = rig.host.replay_key_exchange(LONG).await.unwrap();
+    assert!(["94", "A0"].contains(&replay.as_str()), "{replay}");
+    assert_eq!(
+        keys().await,
+        changed,
+        "a replayed key change changes nothing"
+    );
+    // Traffic still flows on the new keys.
+    let request = with_pin(&rig, sale(2372), "1234").await;
+    let answer = rig.link.request(request, LONG).await.unwrap();
+    assert_eq!(answer.response_code(), Some("00"));
 }

@@ -180,6 +180,9 @@ pub enum Fault {
     Disconnect,
     /// Processed, answered with a corrupted MAC.
     WrongMac,
+    /// Processed (money moves), answered with a decline (05) and no MAC: what a
+    /// man in the middle would send to make the acquirer forget an approval.
+    UnmacedDecline,
     /// Not processed, not answered (lost before the host).
     Drop,
 }
@@ -279,6 +282,8 @@ struct Shared {
     waiting: Mutex<HashMap<String, oneshot::Sender<IsoMessage>>>,
     requests_seen: AtomicU64,
     accepted: AtomicU64,
+    /// The last key change sent (F11, frame), for [`SimHostHandle::replay_key_exchange`].
+    last_key_change: Mutex<Option<(String, Vec<u8>)>>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -377,6 +382,7 @@ impl SimHost {
             waiting: Mutex::new(HashMap::new()),
             requests_seen: AtomicU64::new(0),
             accepted: AtomicU64::new(0),
+            last_key_change: Mutex::new(None),
         });
         let (stop, stop_rx) = watch::channel(false);
         tokio::spawn(accept_loop(Arc::clone(&shared), listener, stop_rx));
@@ -450,15 +456,39 @@ impl SimHostHandle {
         corrupt_mac_kcv: bool,
         timeout: Duration,
     ) -> Result<String, SimHostError> {
+        self.send_key_exchange(corrupt_mac_kcv, true, timeout).await
+    }
+
+    /// A key change without its MAC, which a correct client refuses (A0).
+    pub async fn key_exchange_without_mac(
+        &self,
+        timeout: Duration,
+    ) -> Result<String, SimHostError> {
+        self.send_key_exchange(false, false, timeout).await
+    }
+
+    /// Sends the last key change again, byte for byte (a replay an attacker could make); the
+    /// host's own keys do not change whatever the answer. Returns the client's F39.
+    pub async fn replay_key_exchange(&self, timeout: Duration) -> Result<String, SimHostError> {
+        let shared = &self.shared;
+        let (stan, frame) = lock(&shared.last_key_change)
+            .clone()
+            .ok_or_else(|| SimHostError::KeyExchange("no key change to replay".into()))?;
+        let writer = signed_on_writer(shared)?;
+        send_and_wait(shared, &writer, &stan, frame, timeout).await
+    }
+
+    async fn send_key_exchange(
+        &self,
+        corrupt_mac_kcv: bool,
+        with_mac: bool,
+        timeout: Duration,
+    ) -> Result<String, SimHostError> {
         let shared = &self.shared;
         let Some(mac_key) = shared.config.mac_key.clone() else {
             return Err(SimHostError::KeyExchange("host has no MAC key".into()));
         };
-        let writer = lock(&shared.connections)
-            .values()
-            .find(|(_, signed_on)| *signed_on)
-            .map(|(w, _)| w.clone())
-            .ok_or_else(|| SimHostError::KeyExchange("no signed-on connection".into()))?;
+        let writer = signed_on_writer(shared)?;
         let generate = |label: String| {
             shared
                 .security
@@ -496,19 +526,21 @@ impl SimHostHandle {
             .with(11, stan.as_str())
             .with(48, key_exchange::encode(&keys))
             .with(70, key_exchange::NETWORK_CODE);
-        let wire = message::encode(&shared.spec, &request, false, None)
+        // Authenticated under the current zone MAC key, as the client requires.
+        let mut wire = message::encode(&shared.spec, &request, with_mac, None)
             .map_err(|e| SimHostError::KeyExchange(e.to_string()))?;
-        let (tx, rx) = oneshot::channel();
-        lock(&shared.waiting).insert(stan.clone(), tx);
-        let _ = writer
-            .send(Out::Frame(with_host_header(&shared.spec, wire.bytes)))
-            .await;
-        let answer = tokio::time::timeout(timeout, rx).await;
-        lock(&shared.waiting).remove(&stan);
-        let answer = answer
-            .map_err(|_| SimHostError::KeyExchange("no 0810 before the timeout".into()))?
-            .map_err(|_| SimHostError::KeyExchange("connection closed".into()))?;
-        let code = answer.response_code().unwrap_or_default().to_owned();
+        if let Some(input) = wire.mac_input().map(<[u8]>::to_vec) {
+            let value = shared
+                .security
+                .generate_mac(mac_key.clone(), MacAlgorithm::X919, input)
+                .await
+                .map_err(security_error)?;
+            wire.patch_mac(&shared.spec, &value)
+                .map_err(|e| SimHostError::KeyExchange(e.to_string()))?;
+        }
+        let frame = with_host_header(&shared.spec, wire.bytes);
+        *lock(&shared.last_key_change) = Some((stan.clone(), frame.clone()));
+        let code = send_and_wait(shared, &writer, &stan, frame, timeout).await?;
         if code == "00" {
             for (key, label) in [(&pin, shared.config.pin_key.clone()), (&mac, mac_key)] {
                 shared
@@ -532,6 +564,33 @@ impl SimHostHandle {
         }
         Ok(code)
     }
+}
+
+fn signed_on_writer(shared: &Shared) -> Result<mpsc::Sender<Out>, SimHostError> {
+    lock(&shared.connections)
+        .values()
+        .find(|(_, signed_on)| *signed_on)
+        .map(|(w, _)| w.clone())
+        .ok_or_else(|| SimHostError::KeyExchange("no signed-on connection".into()))
+}
+
+/// Sends a host-initiated 0800 and waits for the client's 0810; returns its F39.
+async fn send_and_wait(
+    shared: &Shared,
+    writer: &mpsc::Sender<Out>,
+    stan: &str,
+    frame: Vec<u8>,
+    timeout: Duration,
+) -> Result<String, SimHostError> {
+    let (tx, rx) = oneshot::channel();
+    lock(&shared.waiting).insert(stan.to_owned(), tx);
+    let _ = writer.send(Out::Frame(frame)).await;
+    let answer = tokio::time::timeout(timeout, rx).await;
+    lock(&shared.waiting).remove(stan);
+    let answer = answer
+        .map_err(|_| SimHostError::KeyExchange("no 0810 before the timeout".into()))?
+        .map_err(|_| SimHostError::KeyExchange("connection closed".into()))?;
+    Ok(answer.response_code().unwrap_or_default().to_owned())
 }
 
 /// A host-initiated frame's 46-byte header (cups-host): IDs left blank, total length written.
@@ -742,6 +801,18 @@ async fn handle(shared: &Shared, connection: u64, frame: Vec<u8>, out: mpsc::Sen
             let _ = out.send(Out::Close).await;
         }
         Some(Fault::WrongMac) => send(shared, &answer, true, &out).await,
+        Some(Fault::UnmacedDecline) => {
+            let mut message = answer.message.clone();
+            message.set(39, b"05".to_vec());
+            message.remove(64);
+            message.remove(128);
+            let forged = Answer {
+                message,
+                header: answer.header.clone(),
+                mac: false,
+            };
+            send(shared, &forged, false, &out).await;
+        }
     }
 }
 

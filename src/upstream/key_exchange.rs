@@ -11,9 +11,11 @@
 //!   kcv     8   hex of the first 4 bytes of E_key(0000000000000000)
 //! ```
 //!
-//! The 0810 answer's F39: `00` both keys imported; `30` F48 malformed; `A7` a check value does
-//! not match (nothing imported: the old keys stay in use); `96` the security module failed or no
-//! zone master key is configured.
+//! The 0800 must be MACed (X9.19, field 128 or 64 as the dialect has it) under the zone MAC key
+//! in use. The 0810 answer's F39: `00` both keys imported; `A0` no MAC, or it does not verify;
+//! `94` a replay (a key equal to the one in use or to one installed before); `30` F48 malformed
+//! or one value for both purposes; `A7` a check value does not match (nothing imported: the old
+//! keys stay in use); `96` the security module failed or no zone master key is configured.
 
 use crate::infra::security::{Security, SecurityError};
 use posbridge_hsm::{HsmError, KeyType};
@@ -28,6 +30,10 @@ pub const KCV_MISMATCH: &str = "A7";
 pub const FORMAT_ERROR: &str = "30";
 /// F39: security module failure.
 pub const SYSTEM_ERROR: &str = "96";
+/// F39: the key change is not MACed, or its MAC does not verify under the current zone MAC key.
+pub const MAC_ERROR: &str = "A0";
+/// F39: a replay: a key equal to the one in use or to an earlier one.
+pub const DUPLICATE: &str = "94";
 
 /// What a key is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -206,6 +206,8 @@ struct Inner {
     stan: AtomicU32,
     slots: Arc<Semaphore>,
     pending: Mutex<HashMap<String, Pending>>,
+    /// Check values of zone keys installed by key changes since start (replays are refused).
+    key_history: Mutex<Vec<Vec<u8>>>,
     next_id: AtomicU64,
     connections: Vec<Connection>,
     next_connection: AtomicU32,
@@ -299,6 +301,7 @@ impl HostLink {
             security,
             host_header,
             pending: Mutex::new(HashMap::new()),
+            key_history: Mutex::new(Vec::new()),
             next_id: AtomicU64::new(1),
             connections,
             next_connection: AtomicU32::new(0),
@@ -629,8 +632,8 @@ impl Inner {
         }
     }
 
-    /// Checks an answer's MAC. An answer without a MAC is accepted only when it declines (a host
-    /// that rejects a message for a bad MAC cannot MAC its answer); an approval must be MACed.
+    /// Checks an answer's MAC. An answer without one, or whose MAC does not verify, is
+    /// [`LinkError::BadMac`] (ambiguous: the sale's reversal stays armed), whatever it says.
     async fn verify_answer(
         &self,
         label: &str,
@@ -639,12 +642,11 @@ impl Inner {
     ) -> Result<IsoMessage, LinkError> {
         let mac = message::mac_value(&self.spec, &decoded.message).map(<[u8]>::to_vec);
         let covered = decoded.mac_range.clone().and_then(|r| frame.get(r));
+        // An answer without a MAC proves nothing, a decline included: believing an unMACed
+        // decline would cancel the standby reversal of a sale the host may have approved.
         let (Some(mac), Some(covered)) = (mac, covered) else {
-            return if decoded.message.response_code().is_some_and(|c| c != "00") {
-                Ok(decoded.message)
-            } else {
-                Err(LinkError::BadMac(decoded.message))
-            };
+            tracing::warn!(host = %self.config.name, mti = %decoded.message.mti, "answer without a MAC: ambiguous");
+            return Err(LinkError::BadMac(decoded.message));
         };
         match self
             .security
@@ -756,11 +758,16 @@ impl Inner {
             });
             return;
         }
+        let mac = message::mac_value(&self.spec, &request).map(<[u8]>::to_vec);
+        let covered = decoded
+            .mac_range
+            .clone()
+            .and_then(|range| frame.get(range).map(<[u8]>::to_vec));
         let inner = Arc::clone(self);
         let own = own.clone();
         tokio::spawn(async move {
             let answer_code = if code == key_exchange::NETWORK_CODE {
-                inner.key_change(&request).await
+                inner.key_change(&request, covered.zip(mac)).await
             } else {
                 "00"
             };
@@ -782,25 +789,88 @@ impl Inner {
         });
     }
 
-    async fn key_change(&self, request: &IsoMessage) -> &'static str {
+    /// A host's key change (0800, F70 = 101): accepted only when MACed under the current zone
+    /// MAC key (so no one else can rotate, roll back or swap the zone keys), with check values,
+    /// one value per purpose, and keys that are neither the current ones nor earlier ones.
+    async fn key_change(
+        &self,
+        request: &IsoMessage,
+        mac: Option<(Vec<u8>, Vec<u8>)>,
+    ) -> &'static str {
+        let host = &self.config.name;
         let Some(zmk) = self.config.zmk.as_deref() else {
-            tracing::warn!(host = %self.config.name, "key change refused: no zone master key configured");
+            tracing::warn!(%host, "key change refused: no zone master key configured");
             return key_exchange::SYSTEM_ERROR;
         };
+        let Some(mac_key) = self.config.mac_key.as_deref() else {
+            tracing::warn!(%host, "key change refused: no zone MAC key to authenticate it");
+            return key_exchange::MAC_ERROR;
+        };
+        let Some((covered, value)) = mac else {
+            tracing::warn!(%host, "key change refused: not MACed");
+            return key_exchange::MAC_ERROR;
+        };
+        if self
+            .security
+            .verify_mac(mac_key.to_owned(), MacAlgorithm::X919, covered, value)
+            .await
+            .is_err()
+        {
+            tracing::warn!(%host, "key change refused: its MAC does not verify");
+            return key_exchange::MAC_ERROR;
+        }
         let Some(keys) = request.get(48).and_then(key_exchange::decode) else {
-            tracing::warn!(host = %self.config.name, "key change refused: F48 malformed");
+            tracing::warn!(%host, "key change refused: F48 malformed");
             return key_exchange::FORMAT_ERROR;
         };
-        key_exchange::import(
-            &self.security,
-            zmk,
-            (
-                self.config.pin_key.as_deref(),
-                self.config.mac_key.as_deref(),
-            ),
-            &keys,
-        )
-        .await
+        let labels = (
+            self.config.pin_key.as_deref(),
+            self.config.mac_key.as_deref(),
+        );
+        if let Some(refusal) = self.replayed(&keys, labels).await {
+            return refusal;
+        }
+        let outcome = key_exchange::import(&self.security, zmk, labels, &keys).await;
+        if outcome == "00" {
+            lock(&self.key_history).extend(keys.iter().map(|k| k.kcv.clone()));
+        }
+        outcome
+    }
+
+    /// A replayed or rolled-back key change: a key equal to the one in use, to one installed
+    /// before by a key change on this link (since start), or two purposes sharing one value.
+    async fn replayed(
+        &self,
+        keys: &[key_exchange::WrappedKey],
+        labels: (Option<&str>, Option<&str>),
+    ) -> Option<&'static str> {
+        let host = &self.config.name;
+        if keys.windows(2).any(|pair| pair[0].kcv == pair[1].kcv) {
+            tracing::warn!(%host, "key change refused: one value for two purposes");
+            return Some(key_exchange::FORMAT_ERROR);
+        }
+        for key in keys {
+            let label = match key.usage {
+                key_exchange::KeyUsage::Pin => labels.0,
+                key_exchange::KeyUsage::Mac => labels.1,
+            };
+            let current = match label {
+                Some(label) => self
+                    .security
+                    .find_key(label.to_owned())
+                    .await
+                    .ok()
+                    .map(|k| k.kcv),
+                None => None,
+            };
+            let in_use = current.is_some_and(|kcv| kcv.starts_with(&key.kcv));
+            let seen = lock(&self.key_history).contains(&key.kcv);
+            if in_use || seen {
+                tracing::warn!(%host, "key change refused: a replay (the key is in use or was used before)");
+                return Some(key_exchange::DUPLICATE);
+            }
+        }
+        None
     }
 
     fn fail_pending(&self, connection: usize) {
