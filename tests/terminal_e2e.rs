@@ -435,3 +435,64 @@ on_both_journals!(
     restart_keeps_terminals_signed_on,
     super::restart_keeps_terminals_signed_on
 );
+
+/// Reads until the gateway closes the connection; panics if it is still open after `within`
+/// (far below the idle timeout the test configures, so only the rule under test can close it).
+async fn closed_by_gateway(socket: &mut tokio::net::TcpStream, within: std::time::Duration) {
+    use tokio::io::AsyncReadExt;
+    let mut buffer = [0u8; 256];
+    let closed = tokio::time::timeout(within, async {
+        loop {
+            match socket.read(&mut buffer).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the gateway kept the connection open");
+}
+
+/// Regression (security issue): a half-sent terminal frame was held for the idle timeout
+/// (300 s) instead of `read_timeout_secs`. Now the read timeout runs from the frame's first
+/// byte; an undecodable frame closes the connection instead of being met with silence; and a
+/// per-address cap closes connections beyond it at accept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_sent_and_undecodable_frames_and_too_many_connections_are_closed() {
+    use tokio::io::AsyncWriteExt;
+    let journal = TestJournal::new(Backend::Sqlite);
+    let running = start_with(&journal, |c| {
+        c.terminal.idle_timeout_secs = 3_600;
+        c.terminal.read_timeout_secs = 1;
+        c.terminal.max_connections_per_address = 2;
+    })
+    .await;
+    let long = std::time::Duration::from_secs(60);
+    // A frame that announces 100 bytes and sends 3.
+    let mut half = tokio::net::TcpStream::connect(running.terminal)
+        .await
+        .unwrap();
+    half.write_all(&[0x00, 0x64, 0x60, 0x00, 0x03])
+        .await
+        .unwrap();
+    closed_by_gateway(&mut half, long).await;
+    // A whole frame that is not a message of the dialect.
+    let mut junk = tokio::net::TcpStream::connect(running.terminal)
+        .await
+        .unwrap();
+    junk.write_all(&[0x00, 0x04, 0xde, 0xad, 0xbe, 0xef])
+        .await
+        .unwrap();
+    closed_by_gateway(&mut junk, long).await;
+    // Two connections from this address are allowed; a third is closed at once.
+    let mut first = terminal_client(&running).await;
+    let _second = tokio::net::TcpStream::connect(running.terminal)
+        .await
+        .unwrap();
+    let mut third = tokio::net::TcpStream::connect(running.terminal)
+        .await
+        .unwrap();
+    closed_by_gateway(&mut third, long).await;
+    assert_eq!(first.sign_on().await.unwrap().response_code, "00");
+    running.stop().await;
+}

@@ -48,6 +48,9 @@ pub struct Outcome {
     pub response: Option<Vec<u8>>,
     /// An order this request waits on (result query / held sale): cancel it if the terminal goes.
     pub hold: Option<Hold>,
+    /// Close the connection (the frame did not decode: no answer can be addressed to it, and
+    /// silence would leave the terminal waiting).
+    pub close: bool,
 }
 
 /// A request held open until its order is final.
@@ -64,8 +67,11 @@ pub async fn handle(gateway: &Gateway, spec: &Spec, frame: &[u8]) -> Outcome {
     let message = match spec.decode(frame) {
         Ok(message) => message,
         Err(error) => {
-            tracing::warn!(%error, "undecodable terminal message");
-            return Outcome::default();
+            tracing::warn!(%error, "undecodable terminal message: closing the connection");
+            return Outcome {
+                close: true,
+                ..Outcome::default()
+            };
         }
     };
     let tid = field_text(&message, 41).unwrap_or_default();
@@ -83,6 +89,7 @@ pub async fn handle(gateway: &Gateway, spec: &Spec, frame: &[u8]) -> Outcome {
         Err(code) => Outcome {
             response: respond(gateway, &message, code, |_| Ok(())).await,
             hold: None,
+            close: false,
         },
     }
 }
@@ -132,6 +139,7 @@ fn reply(response: Option<Vec<u8>>) -> Outcome {
     Outcome {
         response,
         hold: None,
+        close: false,
     }
 }
 
@@ -358,6 +366,7 @@ async fn result_query(gateway: &Gateway, message: &Message<'_>) -> Result<Outcom
             order_id: order.order_id,
             request: message.bytes().to_vec(),
         }),
+        close: false,
     })
 }
 
@@ -381,6 +390,7 @@ async fn held_sale(
             order_id: order.order_id,
             request: message.bytes().to_vec(),
         }),
+        close: false,
     })
 }
 

@@ -31,6 +31,7 @@ pub async fn serve(
     frame_codec(&spec)?;
     let permits = Arc::new(Semaphore::new(gateway.config.terminal.max_connections));
     let open = Arc::new(AtomicUsize::new(0));
+    let per_address = PerAddress::new(gateway.config.terminal.max_connections_per_address);
     let mut connections = tokio::task::JoinSet::new();
     tracing::info!(addr = %listener.local_addr()?, dialect = %spec.name, "terminal listener ready");
     loop {
@@ -50,6 +51,10 @@ pub async fn serve(
             },
             _ = stop.changed() => break,
         };
+        let Some(slot) = per_address.take(peer.ip()) else {
+            tracing::warn!(%peer, limit = gateway.config.terminal.max_connections_per_address, "too many connections from one address: closed");
+            continue;
+        };
         let _ = socket.set_nodelay(true);
         let (gateway, spec, stop, open) = (
             gateway.clone(),
@@ -58,6 +63,7 @@ pub async fn serve(
             Arc::clone(&open),
         );
         connections.spawn(async move {
+            let _slot = slot;
             crate::infra::metrics::set_terminal_connections(
                 open.fetch_add(1, Ordering::Relaxed) + 1,
             );
@@ -92,29 +98,29 @@ async fn connection(
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let mut framed = Framed::new(socket, frame_codec(spec)?);
-    let idle = Duration::from_secs(gateway.config.terminal.idle_timeout_secs);
-    let read_timeout = Duration::from_secs(gateway.config.terminal.read_timeout_secs);
+    let limits = &gateway.config.terminal;
+    let idle = Duration::from_secs(limits.idle_timeout_secs);
+    let read_timeout = Duration::from_secs(limits.read_timeout_secs);
+    let write_timeout = Duration::from_secs(limits.write_timeout_secs);
     let mut pending: Option<BytesMut> = None;
     loop {
         let frame = match pending.take() {
             Some(frame) => frame,
-            None => {
-                tokio::select! {
-                    // A frame already begun must finish within the read timeout; silence
-                    // between frames is allowed up to the idle timeout.
-                    next = tokio::time::timeout(if framed.read_buffer().is_empty() { idle } else { read_timeout }, framed.next()) => match next {
-                        Ok(Some(frame)) => frame?,
-                        Ok(None) => return Ok(()),
-                        Err(_) => anyhow::bail!("idle timeout"),
-                    },
-                    // Stop between requests only.
-                    _ = stop.changed() => return Ok(()),
-                }
-            }
+            None => tokio::select! {
+                next = next_frame(&mut framed, idle, read_timeout) => match next? {
+                    Some(frame) => frame,
+                    None => return Ok(()),
+                },
+                // Stop between requests only.
+                _ = stop.changed() => return Ok(()),
+            },
         };
         let outcome = protocol::handle(gateway, spec, &frame).await;
         if let Some(response) = outcome.response {
-            framed.send(response.as_slice()).await?;
+            send_bounded(&mut framed, &response, write_timeout).await?;
+        }
+        if outcome.close {
+            return Ok(());
         }
         if let Some(hold) = outcome.hold {
             match hold_open(gateway, spec, &mut framed, hold, &mut stop).await? {
@@ -163,7 +169,96 @@ async fn hold_open(
     if let Some(response) =
         protocol::answer_hold(gateway, spec, &hold.request, order.as_ref()).await
     {
-        framed.send(response.as_slice()).await?;
+        let write_timeout = Duration::from_secs(gateway.config.terminal.write_timeout_secs);
+        send_bounded(framed, &response, write_timeout).await?;
     }
     Ok(HoldEnd::Answered(early))
+}
+
+/// The next frame: silence before it may last `idle`; once its first byte has arrived, the
+/// whole frame must be in within `read_timeout` (a half-sent frame is not held for the idle
+/// timeout). `None` when the terminal closed the connection between frames.
+async fn next_frame(
+    framed: &mut Framed<TcpStream, FrameCodec>,
+    idle: Duration,
+    read_timeout: Duration,
+) -> anyhow::Result<Option<BytesMut>> {
+    if framed.read_buffer().is_empty() {
+        tokio::time::timeout(idle, framed.get_ref().readable())
+            .await
+            .map_err(|_| anyhow::anyhow!("idle timeout"))??;
+    }
+    match tokio::time::timeout(read_timeout, framed.next()).await {
+        Ok(Some(frame)) => Ok(Some(frame?)),
+        Ok(None) => Ok(None),
+        Err(_) => {
+            anyhow::bail!("read timeout: frame not complete {read_timeout:?} after its first byte")
+        }
+    }
+}
+
+/// Writes an answer; a terminal that does not take it within `write_timeout` is dropped.
+async fn send_bounded(
+    framed: &mut Framed<TcpStream, FrameCodec>,
+    response: &[u8],
+    write_timeout: Duration,
+) -> anyhow::Result<()> {
+    tokio::time::timeout(write_timeout, framed.send(response))
+        .await
+        .map_err(|_| anyhow::anyhow!("write timeout"))??;
+    Ok(())
+}
+
+/// Connections per peer address, bounded: a slot is taken at accept and given back on drop.
+#[derive(Clone)]
+struct PerAddress {
+    limit: usize,
+    open: Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
+}
+
+impl PerAddress {
+    fn new(limit: usize) -> PerAddress {
+        PerAddress {
+            limit,
+            open: Arc::default(),
+        }
+    }
+
+    fn take(&self, ip: std::net::IpAddr) -> Option<AddressSlot> {
+        let mut open = self
+            .open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let count = open.entry(ip).or_insert(0);
+        if *count >= self.limit {
+            return None;
+        }
+        *count += 1;
+        Some(AddressSlot {
+            owner: self.clone(),
+            ip,
+        })
+    }
+}
+
+/// One connection's place in its address's count.
+struct AddressSlot {
+    owner: PerAddress,
+    ip: std::net::IpAddr,
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut open = self
+            .owner
+            .open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(count) = open.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.ip);
+            }
+        }
+    }
 }

@@ -181,8 +181,13 @@ pub struct TerminalConfig {
     pub max_connections: usize,
     /// A connection idle this long is closed, seconds.
     pub idle_timeout_secs: u64,
-    /// A message started but not finished within this is abandoned, seconds.
+    /// A message must be complete this long after its first byte arrived, seconds; otherwise
+    /// the connection is closed (a half-sent frame is not held for the idle timeout).
     pub read_timeout_secs: u64,
+    /// An answer the terminal does not take within this closes the connection, seconds.
+    pub write_timeout_secs: u64,
+    /// Most connections from one IP address at once; more are closed at accept.
+    pub max_connections_per_address: usize,
     /// Longest a result query or held sale waits for the phone, seconds.
     pub hold_secs: u64,
     /// How long shutdown waits for in-flight transactions, seconds.
@@ -197,6 +202,8 @@ impl Default for TerminalConfig {
             max_connections: 20_000,
             idle_timeout_secs: 300,
             read_timeout_secs: 30,
+            write_timeout_secs: 10,
+            max_connections_per_address: 256,
             hold_secs: 60,
             shutdown_grace_secs: 30,
         }
@@ -363,6 +370,16 @@ pub fn validate(config: &Config) -> anyhow::Result<()> {
     check(
         config.terminal.read_timeout_secs > 0,
         "terminal.read_timeout_secs",
+        "at least 1",
+    )?;
+    check(
+        config.terminal.write_timeout_secs > 0,
+        "terminal.write_timeout_secs",
+        "at least 1",
+    )?;
+    check(
+        config.terminal.max_connections_per_address > 0,
+        "terminal.max_connections_per_address",
         "at least 1",
     )?;
     check(
