@@ -97,13 +97,7 @@ pub async fn run(
     let gateway = start_upstream(gateway, &mut tasks, &stop_rx)?;
     tasks.spawn(expiry_worker(gateway.clone(), stop_rx.clone()));
     tasks.spawn(outbox_worker(gateway.clone(), stop_rx.clone()));
-    spawn_wallet_api(
-        &gateway,
-        listeners.wallet_api,
-        wait_stop(stop_rx.clone()),
-        &mut tasks,
-    )
-    .await?;
+    spawn_wallet_api(&gateway, listeners.wallet_api, stop_rx.clone(), &mut tasks)?;
     if let Some(listener) = listeners.metrics {
         let router = crate::app::health::router(gateway.clone(), prometheus_handle());
         let stop = wait_stop(stop_rx.clone());
@@ -138,48 +132,30 @@ pub async fn run(
     Ok(())
 }
 
-/// Serves the wallet API, over HTTPS (rustls) when a certificate is configured.
-async fn spawn_wallet_api(
+/// Serves the wallet API, over HTTPS (rustls) when a certificate is configured, with the
+/// listener's limits (connections, header-read and request timeouts).
+fn spawn_wallet_api(
     gateway: &Gateway,
     listener: TcpListener,
-    stop: impl Future<Output = ()> + Send + 'static,
+    stop: watch::Receiver<bool>,
     tasks: &mut tokio::task::JoinSet<()>,
 ) -> anyhow::Result<()> {
+    use crate::edge::wallet_api::listener;
     let router = crate::edge::wallet_api::router(gateway.orders.clone());
     let config = &gateway.config.wallet_api;
-    let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) else {
-        tasks.spawn(async move {
-            if let Err(error) = axum::serve(listener, router)
-                .with_graceful_shutdown(stop)
-                .await
-            {
-                tracing::error!(%error, "wallet API server failed");
-            }
-        });
-        return Ok(());
+    let tls = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => Some(listener::tls_config(cert, key)?),
+        _ => None,
     };
-    let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
-        .await
-        .with_context(|| {
-            format!(
-                "wallet_api.tls_cert {} / tls_key {}",
-                cert.display(),
-                key.display()
-            )
-        })?;
-    let handle = axum_server::Handle::new();
-    let stopper = handle.clone();
-    tasks.spawn(async move {
-        stop.await;
-        stopper.graceful_shutdown(Some(Duration::from_secs(10)));
-    });
-    let server = axum_server::from_tcp_rustls(listener.into_std()?, tls)?.handle(handle);
-    tasks.spawn(async move {
-        if let Err(error) = server.serve(router.into_make_service()).await {
-            tracing::error!(%error, "wallet API (HTTPS) server failed");
-        }
-    });
-    tracing::info!("wallet API speaks HTTPS (rustls)");
+    if tls.is_some() {
+        tracing::info!("wallet API speaks HTTPS (rustls)");
+    }
+    let limits = listener::Limits {
+        header_read_timeout: Duration::from_secs(config.header_read_timeout_secs),
+        request_timeout: Duration::from_secs(config.request_timeout_secs),
+        max_connections: config.max_connections,
+    };
+    tasks.spawn(listener::serve(listener, router, tls, limits, stop));
     Ok(())
 }
 

@@ -5,6 +5,8 @@
 //! merchant always come from the stored order, never from the request. Errors are
 //! `{"error":{"code":"...","message":"..."}}` with a stable `code`. See docs/wallet-api.md.
 
+pub mod listener;
+
 use crate::domain::money::Money;
 use crate::registry::{self, WalletApp};
 use crate::service::orders::service::OrderError;
@@ -27,7 +29,6 @@ pub fn router(orders: OrderService) -> Router {
         .route("/v1/orders/{order_id}", get(order_status))
         .route("/v1/payments", post(pay))
         .route("/v1/merchants/{mid}/payments", get(merchant_payments))
-        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(orders)
 }
 
@@ -60,6 +61,14 @@ impl ApiError {
 
     fn bad_request(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+
+    fn too_large() -> ApiError {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("the body is limited to {MAX_BODY_BYTES} bytes"),
+        )
     }
 
     fn from_code(code: ResponseCode, message: String) -> ApiError {
@@ -203,13 +212,22 @@ impl From<&Order> for OrderView {
     }
 }
 
+/// Reads and parses a JSON body: called only after the caller is authenticated, so nobody
+/// unauthenticated makes posbridge read (or buffer) a body; at most [`MAX_BODY_BYTES`] (413).
+async fn json_body<T: serde::de::DeserializeOwned>(body: axum::body::Body) -> Result<T, ApiError> {
+    let bytes = axum::body::to_bytes(body, MAX_BODY_BYTES)
+        .await
+        .map_err(|_| ApiError::too_large())?;
+    serde_json::from_slice(&bytes).map_err(|e| ApiError::bad_request(format!("body: {e}")))
+}
+
 async fn resolve(
     State(orders): State<OrderService>,
     headers: HeaderMap,
-    body: Result<Json<ResolveRequest>, axum::extract::rejection::JsonRejection>,
+    body: axum::body::Body,
 ) -> Result<Json<OrderView>, ApiError> {
     authenticate(&orders, &headers).await?;
-    let Json(request) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let request: ResolveRequest = json_body(body).await?;
     let order = orders.resolve(&request.payload).await?;
     Ok(Json(OrderView::from(&order)))
 }
@@ -275,7 +293,7 @@ pub struct PaymentView {
 async fn pay(
     State(orders): State<OrderService>,
     headers: HeaderMap,
-    body: Result<Json<PaymentBody>, axum::extract::rejection::JsonRejection>,
+    body: axum::body::Body,
 ) -> Result<(StatusCode, Json<PaymentView>), ApiError> {
     let app = authenticate(&orders, &headers).await?;
     let idempotency_key = headers
@@ -286,7 +304,7 @@ async fn pay(
             ApiError::bad_request("an Idempotency-Key header (1-128 characters) is required")
         })?
         .to_owned();
-    let Json(body) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let body: PaymentBody = json_body(body).await?;
     let pan = Pan::new(&body.pan).map_err(|_| ApiError::bad_request("pan: 12-19 digits"))?;
     let pin_block = body
         .pin_block

@@ -220,6 +220,12 @@ pub struct WalletApiConfig {
     pub tls_cert: Option<std::path::PathBuf>,
     /// PEM private key.
     pub tls_key: Option<std::path::PathBuf>,
+    /// TLS handshake plus request headers must arrive within this from accept, seconds.
+    pub header_read_timeout_secs: u64,
+    /// One whole request (body included) must be handled within this, seconds (else 503).
+    pub request_timeout_secs: u64,
+    /// Connections at once; more wait in the kernel's backlog.
+    pub max_connections: usize,
 }
 
 impl Default for WalletApiConfig {
@@ -228,6 +234,9 @@ impl Default for WalletApiConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             tls_cert: None,
             tls_key: None,
+            header_read_timeout_secs: 10,
+            request_timeout_secs: 30,
+            max_connections: 4_096,
         }
     }
 }
@@ -391,6 +400,22 @@ pub fn validate(config: &Config) -> anyhow::Result<()> {
         config.wallet_api.tls_cert.is_some() == config.wallet_api.tls_key.is_some(),
         "wallet_api.tls_cert",
         "tls_cert and tls_key go together",
+    )?;
+    let wallet = &config.wallet_api;
+    check(
+        wallet.header_read_timeout_secs > 0,
+        "wallet_api.header_read_timeout_secs",
+        "at least 1",
+    )?;
+    check(
+        wallet.request_timeout_secs > 0,
+        "wallet_api.request_timeout_secs",
+        "at least 1",
+    )?;
+    check(
+        wallet.max_connections > 0,
+        "wallet_api.max_connections",
+        "at least 1",
     )?;
     check(
         matches!(config.log.format.as_str(), "text" | "json"),
