@@ -82,7 +82,10 @@ impl Drop for TestJournal {
         let Some(url) = self.config.url.clone() else {
             return;
         };
-        let schema = self.config.schema.clone();
+        let settings = JournalConfig {
+            pool_size: 1,
+            ..self.config.clone()
+        };
         // Drop the schema from a fresh runtime on its own thread: Drop cannot await, and the
         // test's runtime may be gone already.
         let _ = std::thread::spawn(move || {
@@ -91,7 +94,7 @@ impl Drop for TestJournal {
                 .build()
                 .unwrap();
             runtime.block_on(async {
-                if let Ok(store) = journal::db::PgStore::connect(&url, &schema, 1).await {
+                if let Ok(store) = journal::db::PgStore::connect(&url, &settings).await {
                     let _ = store.drop_schema().await;
                 }
             });

@@ -427,6 +427,22 @@ pub fn validate(config: &Config) -> anyhow::Result<()> {
         "journal.pool_size",
         "at least 1",
     )?;
+    for (value, key) in [
+        (
+            config.journal.pool_wait_timeout_ms,
+            "journal.pool_wait_timeout_ms",
+        ),
+        (
+            config.journal.statement_timeout_ms,
+            "journal.statement_timeout_ms",
+        ),
+        (
+            config.journal.connect_timeout_ms,
+            "journal.connect_timeout_ms",
+        ),
+    ] {
+        check(value > 0, key, "at least 1")?;
+    }
     // Intervals and timeouts of zero would spin, panic a timer, or give up at once.
     let upstream = &config.upstream;
     check(
@@ -479,6 +495,29 @@ pub struct JournalConfig {
     /// SQLite file for the embedded journal; `:memory:` keeps it in memory (demo only).
     #[serde(default = "default_sqlite_path")]
     pub sqlite_path: String,
+    /// Longest a request waits for a free PostgreSQL connection, ms (then it fails with 96).
+    #[serde(default = "default_pool_wait_timeout_ms")]
+    pub pool_wait_timeout_ms: u64,
+    /// Longest one statement may run on PostgreSQL (`statement_timeout`), ms.
+    #[serde(default = "default_statement_timeout_ms")]
+    pub statement_timeout_ms: u64,
+    /// Longest a new PostgreSQL connection may take, ms.
+    #[serde(default = "default_connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+    /// PEM CA certificates to trust for PostgreSQL over TLS (the URL's `sslmode=prefer` or
+    /// `require`); the system's roots without it.
+    #[serde(default)]
+    pub tls_ca_file: Option<std::path::PathBuf>,
+}
+
+fn default_pool_wait_timeout_ms() -> u64 {
+    2_000
+}
+fn default_statement_timeout_ms() -> u64 {
+    10_000
+}
+fn default_connect_timeout_ms() -> u64 {
+    5_000
 }
 
 fn default_schema() -> String {
@@ -498,6 +537,10 @@ impl Default for JournalConfig {
             schema: default_schema(),
             pool_size: default_pool_size(),
             sqlite_path: default_sqlite_path(),
+            pool_wait_timeout_ms: default_pool_wait_timeout_ms(),
+            statement_timeout_ms: default_statement_timeout_ms(),
+            connect_timeout_ms: default_connect_timeout_ms(),
+            tls_ca_file: None,
         }
     }
 }

@@ -305,9 +305,9 @@ impl PgStore {
     /// Connects a pool whose connections use `schema` (created if missing) as search path.
     pub async fn connect(
         url: &str,
-        schema: &str,
-        pool_size: usize,
+        settings: &crate::infra::config::JournalConfig,
     ) -> Result<PgStore, JournalError> {
+        let schema = settings.schema.as_str();
         if !schema
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '_')
@@ -320,17 +320,42 @@ impl PgStore {
         let mut config: tokio_postgres::Config = url
             .parse()
             .map_err(|e| JournalError::Config(format!("journal.url: {e}")))?;
-        config.options(format!("-c search_path={schema}"));
+        config.options(format!(
+            "-c search_path={schema} -c statement_timeout={}",
+            settings.statement_timeout_ms
+        ));
         config.application_name("posbridge");
-        let manager = deadpool_postgres::Manager::from_config(
-            config.clone(),
-            tokio_postgres::NoTls,
-            deadpool_postgres::ManagerConfig {
-                recycling_method: deadpool_postgres::RecyclingMethod::Fast,
-            },
-        );
+        config.connect_timeout(std::time::Duration::from_millis(
+            settings.connect_timeout_ms,
+        ));
+        let manager_config = deadpool_postgres::ManagerConfig {
+            recycling_method: deadpool_postgres::RecyclingMethod::Fast,
+        };
+        // TLS when the URL asks for it (sslmode=prefer or require), always verifying the
+        // server's certificate (stricter than libpq's require). Without sslmode in the URL the
+        // connection is plain, as tokio-postgres's implicit "prefer" with no TLS connector was.
+        let asks_for_tls = url.contains("sslmode=")
+            && config.get_ssl_mode() != tokio_postgres::config::SslMode::Disable;
+        let manager = match asks_for_tls {
+            false => deadpool_postgres::Manager::from_config(
+                config.clone(),
+                tokio_postgres::NoTls,
+                manager_config,
+            ),
+            true => deadpool_postgres::Manager::from_config(
+                config.clone(),
+                tls_connector(settings.tls_ca_file.as_deref())?,
+                manager_config,
+            ),
+        };
+        let wait = std::time::Duration::from_millis(settings.pool_wait_timeout_ms);
         let pool = deadpool_postgres::Pool::builder(manager)
-            .max_size(pool_size.max(1))
+            .max_size(settings.pool_size.max(1))
+            .wait_timeout(Some(wait))
+            .create_timeout(Some(std::time::Duration::from_millis(
+                settings.connect_timeout_ms,
+            )))
+            .runtime(deadpool_postgres::Runtime::Tokio1)
             .build()
             .map_err(|e| JournalError::Config(format!("journal pool: {e}")))?;
         let client = pool.get().await.map_err(pool_error)?;
@@ -645,4 +670,38 @@ fn owner_only(path: &str) -> Result<(), JournalError> {
         .open(path)
         .map_err(config)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(config)
+}
+
+/// The TLS connector for PostgreSQL (`sslmode=prefer` or `require` in the URL): rustls, trusting
+/// `ca_file` when given, the system's roots otherwise.
+fn tls_connector(
+    ca_file: Option<&std::path::Path>,
+) -> Result<tokio_postgres_rustls::MakeRustlsConnect, JournalError> {
+    use rustls_pki_types::pem::PemObject;
+    let config_error = |what: String| JournalError::Config(format!("journal.tls_ca_file: {what}"));
+    let mut roots = tokio_rustls::rustls::RootCertStore::empty();
+    match ca_file {
+        Some(path) => {
+            let certs = rustls_pki_types::CertificateDer::pem_file_iter(path)
+                .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| config_error(format!("{}: {e}", path.display())))?;
+            for cert in certs {
+                roots
+                    .add(cert)
+                    .map_err(|e| config_error(format!("{}: {e}", path.display())))?;
+            }
+        }
+        None => {
+            for cert in rustls_native_certs::load_native_certs().certs {
+                let _ = roots.add(cert);
+            }
+        }
+    }
+    let provider = std::sync::Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let config = tokio_rustls::rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| config_error(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
 }

@@ -34,9 +34,7 @@ pub use crate::infra::config::JournalConfig;
 /// Opens the configured journal and brings its schema up to date.
 pub async fn open(config: &JournalConfig) -> Result<Store, JournalError> {
     let store = match &config.url {
-        Some(url) => {
-            Store::Postgres(db::PgStore::connect(url, &config.schema, config.pool_size).await?)
-        }
+        Some(url) => Store::Postgres(db::PgStore::connect(url, config).await?),
         None => Store::Sqlite(db::SqliteStore::open(&config.sqlite_path)?),
     };
     migrate(&store).await?;
