@@ -130,10 +130,103 @@ async fn wrong_pin_then_lockout(backend: Backend) {
             .code(),
         ResponseCode::PinTriesExceeded
     );
-    // No PIN at all for an account with one: refused.
     assert_eq!(balance(&s.orders, "payer-1").await, OPENING);
+    // An operator lifts the lock (posbridge admin pin-unlock): the right PIN pays again.
+    let mut tx = s.store.begin().await.unwrap();
+    assert!(
+        posbridge::store::ledger::unlock_pin(&mut tx, "payer-1")
+            .await
+            .unwrap()
+    );
+    tx.commit().await.unwrap();
+    let after = s.orders.create(new_order("000014", 100)).await.unwrap();
+    assert_eq!(
+        pay(&s.orders, &after.payload, Some(PAYER_PIN), "w5")
+            .await
+            .code(),
+        ResponseCode::Approved
+    );
 }
 on_both_journals!(wrong_pin_then_lockout, super::wrong_pin_then_lockout);
+
+/// Regression (security issue): an unknown card (14) and a wrong PIN (55) were told apart, so
+/// card numbers could be enumerated, and any wallet app could debit any card by its number.
+/// Now an unknown card, a card enrolled by another app and a wrong PIN get one answer.
+async fn unknown_cards_other_apps_and_wrong_pins_look_the_same(backend: Backend) {
+    let journal = TestJournal::new(backend);
+    let s = seeded(&journal).await;
+    let shape = |r: &PaymentResult| {
+        let order = r.order.as_ref().map(|o| (o.state, o.response_code.clone()));
+        (r.response_code.clone(), r.message.clone(), order)
+    };
+    let order = s.orders.create(new_order("000031", 100)).await.unwrap();
+    let wrong_pin = pay(&s.orders, &order.payload, Some("9999"), "u1").await;
+    let unknown = pay_with(
+        &s.orders,
+        &order.payload,
+        "6222020000000000991",
+        Some("9999"),
+        "u2",
+        None,
+    )
+    .await;
+    assert_eq!(shape(&unknown), shape(&wrong_pin));
+    // The payer's card is bound to APP_ID; another app using it is answered the same.
+    posbridge::registry::register_wallet_app(
+        &s.store,
+        &posbridge::registry::WalletApp {
+            app_id: "other-app".into(),
+            name: "Other".into(),
+            pek_label: "pek/wallet".into(),
+        },
+        Some("pbk_other_app_key".into()),
+    )
+    .await
+    .unwrap();
+    let other_app = s
+        .orders
+        .pay(PayRequest {
+            app_id: "other-app".into(),
+            pek_label: "pek/wallet".into(),
+            idempotency_key: "u3".into(),
+            payload: order.payload.clone(),
+            pan: Pan::new(PAYER_PAN).unwrap(),
+            pin_block: Some(pin_block(&s.orders, PAYER_PIN, PAYER_PAN).await),
+            pin_format: PinBlockFormat::Iso4,
+            amount: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(shape(&other_app), shape(&wrong_pin));
+    assert_eq!(wrong_pin.code(), ResponseCode::WrongPin);
+    assert_eq!(
+        balance(&s.orders, "payer-1").await,
+        OPENING,
+        "nothing moved"
+    );
+    // And PINs longer than the verification value covers are not enrolled.
+    let long_pin = posbridge::service::enrolment::register_payer(
+        &s.orders,
+        posbridge::service::enrolment::NewPayer {
+            account_id: "payer-long".into(),
+            holder: "Long Pin".into(),
+            pan: Pan::new("6222020000000000026").unwrap(),
+            pin: Some(posbridge_hsm::Pin::new("123456").unwrap()),
+            opening: Money {
+                amount_minor: 0,
+                currency: CNY,
+            },
+            wallet_app: None,
+        },
+        &s.gateway.config.keys.pvk,
+    )
+    .await;
+    assert!(long_pin.is_err(), "a 6-digit PIN is refused at enrolment");
+}
+on_both_journals!(
+    unknown_cards_other_apps_and_wrong_pins_look_the_same,
+    super::unknown_cards_other_apps_and_wrong_pins_look_the_same
+);
 
 async fn insufficient_funds(backend: Backend) {
     let journal = TestJournal::new(backend);
@@ -399,6 +492,7 @@ async fn randomised_run_conserves_money(backend: Backend) {
                 amount_minor: 50_000,
                 currency: CNY,
             },
+            wallet_app: None,
         },
         &s.gateway.config.keys.pvk,
     )

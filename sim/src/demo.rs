@@ -85,6 +85,7 @@ pub async fn seed(gateway: &server::Gateway) -> anyhow::Result<()> {
                 amount_minor: 100_000,
                 currency: 156,
             },
+            wallet_app: Some(APP_ID.into()),
         },
         &gateway.config.keys.pvk,
     )

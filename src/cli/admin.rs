@@ -25,6 +25,32 @@ pub enum AdminCommand {
     Void(SaleArgs),
     /// Refund part or all of a paid sale of the local ledger.
     Refund(RefundArgs),
+    /// Lift a payer's PIN lock (after its tries ran out) once the holder is identified.
+    PinUnlock(PinUnlockArgs),
+}
+
+/// `admin pin-unlock`.
+#[derive(Debug, Args)]
+pub struct PinUnlockArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// Payer account id.
+    #[arg(long)]
+    account: String,
+}
+
+/// A secret given to a command: from the environment variable `env`, else the first line of
+/// `file`; never on the command line (where shell history and the process list keep it).
+fn secret_input(env: &str, file: Option<&std::path::Path>) -> anyhow::Result<Option<String>> {
+    if let Ok(value) = std::env::var(env) {
+        return Ok(Some(value.trim().to_owned()));
+    }
+    let Some(path) = file else {
+        return Ok(None);
+    };
+    let text =
+        std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    Ok(text.lines().next().map(|line| line.trim().to_owned()))
 }
 
 /// The sale an operator command acts on: by terminal, batch and voucher, or by its RRN.
@@ -123,9 +149,10 @@ pub struct MerchantArgs {
     /// Webhook for static-code payments.
     #[arg(long)]
     webhook_url: Option<String>,
-    /// Webhook signing secret (also the merchant's key for payment queries).
+    /// File holding the webhook signing secret (also the merchant's key for payment queries);
+    /// or set POSBRIDGE_WEBHOOK_SECRET. Never on the command line.
     #[arg(long)]
-    webhook_secret: Option<String>,
+    webhook_secret_file: Option<PathBuf>,
 }
 
 /// `admin terminal-add`.
@@ -158,12 +185,16 @@ pub struct AccountArgs {
     /// Holder's name.
     #[arg(long)]
     holder: String,
-    /// Card / account number.
+    /// File holding the card / account number; or set POSBRIDGE_ACCOUNT_PAN.
     #[arg(long)]
-    pan: String,
-    /// PIN (only its verification value is kept); read from POSBRIDGE_ACCOUNT_PIN if unset.
-    #[arg(long, env = "POSBRIDGE_ACCOUNT_PIN", hide_env_values = true)]
-    pin: Option<String>,
+    pan_file: Option<PathBuf>,
+    /// File holding the 4-digit PIN (only its verification value is kept); or set
+    /// POSBRIDGE_ACCOUNT_PIN. An account without either has no PIN.
+    #[arg(long)]
+    pin_file: Option<PathBuf>,
+    /// The wallet app the card is bound to: other apps are answered as for an unknown card.
+    #[arg(long)]
+    wallet_app: Option<String>,
     /// Opening balance in minor units.
     #[arg(long)]
     balance_minor: i64,
@@ -227,7 +258,10 @@ async fn run_async(command: AdminCommand) -> anyhow::Result<()> {
                 currency: a.currency,
                 account_id: String::new(),
                 webhook_url: a.webhook_url,
-                webhook_secret: a.webhook_secret,
+                webhook_secret: secret_input(
+                    "POSBRIDGE_WEBHOOK_SECRET",
+                    a.webhook_secret_file.as_deref(),
+                )?,
             };
             let merchant = registry::register_merchant(gateway.orders.store(), &merchant).await?;
             println!(
@@ -252,8 +286,20 @@ async fn run_async(command: AdminCommand) -> anyhow::Result<()> {
             let payer = NewPayer {
                 account_id: a.id.clone(),
                 holder: a.holder,
-                pan: Pan::new(&a.pan)?,
-                pin: a.pin.as_deref().map(Pin::new).transpose()?,
+                pan: Pan::new(
+                    &secret_input("POSBRIDGE_ACCOUNT_PAN", a.pan_file.as_deref())?.ok_or_else(
+                        || {
+                            anyhow::anyhow!(
+                                "the card number: set POSBRIDGE_ACCOUNT_PAN or --pan-file"
+                            )
+                        },
+                    )?,
+                )?,
+                pin: secret_input("POSBRIDGE_ACCOUNT_PIN", a.pin_file.as_deref())?
+                    .as_deref()
+                    .map(Pin::new)
+                    .transpose()?,
+                wallet_app: a.wallet_app,
                 opening: Money {
                     amount_minor: a.balance_minor,
                     currency: a.currency,
@@ -290,6 +336,15 @@ async fn run_async(command: AdminCommand) -> anyhow::Result<()> {
             )
             .await?;
             println!("{payload}");
+        }
+        AdminCommand::PinUnlock(a) => {
+            let gateway = open(&a.config).await?;
+            let mut tx = gateway.orders.store().begin().await?;
+            let unlocked = crate::store::ledger::unlock_pin(&mut tx, &a.account).await?;
+            tx.commit().await?;
+            anyhow::ensure!(unlocked, "no payer account {}", a.account);
+            tracing::warn!(account = %a.account, "PIN lock lifted by an operator");
+            println!("PIN lock of {} lifted", a.account);
         }
         AdminCommand::Void(a) => {
             let gateway = open(&a.config).await?;

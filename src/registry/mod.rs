@@ -71,6 +71,7 @@ pub async fn register_merchant(
             },
             pvv: None,
             pvki: None,
+            app_id: None,
         },
     )
     .await?;

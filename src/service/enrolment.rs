@@ -25,6 +25,9 @@ pub struct NewPayer {
     pub pin: Option<Pin>,
     /// Opening balance.
     pub opening: Money,
+    /// The wallet app the card is bound to (`None`: any app). Another app paying with it is
+    /// answered as for an unknown card.
+    pub wallet_app: Option<String>,
 }
 
 /// Opens a stored-value payer account. Keeps the card number only truncated plus a keyed hash,
@@ -34,6 +37,14 @@ pub async fn register_payer(
     payer: NewPayer,
     pvk_label: &str,
 ) -> Result<(), OrderError> {
+    // The Visa PVV covers the PIN's 4 leftmost digits only: a longer PIN would be accepted
+    // with any digits after the fourth, so only 4-digit PINs are enrolled.
+    if payer.pin.as_ref().is_some_and(|pin| pin.len() != 4) {
+        return Err(OrderError::Refused {
+            code: ResponseCode::FormatError,
+            reason: "PINs are 4 digits (the PIN verification value covers 4 digits)".into(),
+        });
+    }
     let pan_hash = orders.pan_hash(&payer.pan).await?;
     const PVKI: u8 = 1;
     let pvv = match payer.pin {
@@ -58,6 +69,7 @@ pub async fn register_payer(
             opening: payer.opening,
             pvki: pvv.as_ref().map(|_| PVKI),
             pvv,
+            app_id: payer.wallet_app,
         },
     )
     .await?;

@@ -44,6 +44,8 @@ pub struct NewAccount {
     pub pvv: Option<String>,
     /// PIN verification key index.
     pub pvki: Option<u8>,
+    /// The wallet app the card is bound to (payers; `None`: any app).
+    pub app_id: Option<String>,
 }
 
 /// An account as stored.
@@ -65,10 +67,14 @@ pub struct Account {
     pub pvki: Option<u8>,
     /// Consecutive wrong PIN entries.
     pub pin_tries: i64,
+    /// The wallet app the card is bound to (`None`: any app).
+    pub app_id: Option<String>,
+    /// When the PIN tries ran out (ms), if they did.
+    pub pin_locked_at_ms: Option<i64>,
 }
 
-const ACCOUNT_COLUMNS: &str =
-    "account_id, kind, holder, pan_truncated, balance_minor, currency, pvv, pvki, pin_tries";
+const ACCOUNT_COLUMNS: &str = "account_id, kind, holder, pan_truncated, balance_minor, currency, pvv, pvki, pin_tries, \
+     app_id, pin_locked_at_ms";
 
 fn account_from_row(row: &Row) -> Result<Account, JournalError> {
     Ok(Account {
@@ -88,6 +94,8 @@ fn account_from_row(row: &Row) -> Result<Account, JournalError> {
             .transpose()
             .map_err(|e| JournalError::Schema(e.to_string()))?,
         pin_tries: row.i64(8)?,
+        app_id: row.opt_text(9)?,
+        pin_locked_at_ms: row.opt_i64(10)?,
     })
 }
 
@@ -103,8 +111,8 @@ pub fn funding_account(currency: u16) -> String {
 pub async fn create_account(tx: &mut Tx, account: &NewAccount) -> Result<(), JournalError> {
     let now = now_ms();
     tx.execute(
-        "INSERT INTO accounts (account_id, kind, holder, pan_truncated, pan_hash, currency, balance_minor, pvv, pvki, pin_tries, created_at_ms) \
-         VALUES ($1, $2, $3, $4, $5, $6, 0, $7, $8, 0, $9)",
+        "INSERT INTO accounts (account_id, kind, holder, pan_truncated, pan_hash, currency, balance_minor, pvv, pvki, pin_tries, created_at_ms, app_id) \
+         VALUES ($1, $2, $3, $4, $5, $6, 0, $7, $8, 0, $9, $10)",
         &[
             account.account_id.as_str().into(),
             account.kind.as_str().into(),
@@ -115,6 +123,7 @@ pub async fn create_account(tx: &mut Tx, account: &NewAccount) -> Result<(), Jou
             account.pvv.clone().into(),
             account.pvki.map(i64::from).into(),
             now.into(),
+            account.app_id.clone().into(),
         ],
     )
     .await?;
@@ -149,6 +158,23 @@ pub async fn account(tx: &mut Tx, account_id: &str) -> Result<Option<Account>, J
         .transpose()
 }
 
+/// Finds a payer account by the keyed hash of its card number, without a lock (one round trip
+/// outside any transaction): the PIN is checked in the security module before the payment's
+/// transaction takes its row locks.
+pub async fn payer_by_pan_hash(
+    store: &crate::store::journal::Store,
+    pan_hash: &[u8],
+) -> Result<Option<Account>, JournalError> {
+    let sql =
+        format!("SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE pan_hash = $1 AND kind = 'payer'");
+    store
+        .read_opt(&sql, &[pan_hash.to_vec().into()])
+        .await?
+        .as_ref()
+        .map(account_from_row)
+        .transpose()
+}
+
 /// Finds a payer account by the keyed hash of its card number, locking it for this transaction.
 pub async fn payer_by_pan_hash_for_update(
     tx: &mut Tx,
@@ -170,14 +196,21 @@ pub async fn record_pin_result(
     tx: &mut Tx,
     account_id: &str,
     correct: bool,
+    max_tries: i64,
 ) -> Result<i64, JournalError> {
     let sql = if correct {
-        "UPDATE accounts SET pin_tries = 0 WHERE account_id = $1 RETURNING pin_tries"
+        "UPDATE accounts SET pin_tries = 0, pin_locked_at_ms = NULL WHERE account_id = $1 RETURNING pin_tries"
     } else {
-        "UPDATE accounts SET pin_tries = pin_tries + 1 WHERE account_id = $1 RETURNING pin_tries"
+        "UPDATE accounts SET pin_tries = pin_tries + 1, pin_locked_at_ms = CASE WHEN pin_tries + 1 >= $2 \
+         THEN $3 ELSE pin_locked_at_ms END WHERE account_id = $1 RETURNING pin_tries"
+    };
+    let params: Vec<crate::store::journal::Value> = if correct {
+        vec![account_id.into()]
+    } else {
+        vec![account_id.into(), max_tries.into(), now_ms().into()]
     };
     let row = tx
-        .query_opt(sql, &[account_id.into()])
+        .query_opt(sql, &params)
         .await?
         .ok_or_else(|| JournalError::Internal(format!("account {account_id} vanished")))?;
     row.i64(0)
@@ -335,4 +368,16 @@ pub async fn totals(tx: &mut Tx) -> Result<Vec<(u16, i64, i64)>, JournalError> {
         ));
     }
     Ok(out)
+}
+
+/// Lifts a payer's PIN lock (an operator's decision, or the lock period passed); returns false
+/// when no such payer exists.
+pub async fn unlock_pin(tx: &mut Tx, account_id: &str) -> Result<bool, JournalError> {
+    let changed = tx
+        .execute(
+            "UPDATE accounts SET pin_tries = 0, pin_locked_at_ms = NULL WHERE account_id = $1 AND kind = 'payer'",
+            &[account_id.into()],
+        )
+        .await?;
+    Ok(changed == 1)
 }

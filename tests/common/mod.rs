@@ -180,6 +180,7 @@ pub async fn seed(gateway: Gateway) -> Seeded {
                 amount_minor: OPENING,
                 currency: CNY,
             },
+            wallet_app: Some(APP_ID.into()),
         },
         &gateway.config.keys.pvk,
     )

@@ -260,6 +260,7 @@ async fn setup(store: &Store, accounts: usize) -> anyhow::Result<()> {
                     },
                     pvv: None,
                     pvki: None,
+                    app_id: None,
                 },
             )
             .await?;

@@ -222,6 +222,7 @@ async fn seed_lane(gateway: &Gateway, i: usize) -> anyhow::Result<()> {
                     amount_minor: OPENING_MINOR,
                     currency: 156,
                 },
+                wallet_app: None,
             },
             &gateway.config.keys.pvk,
         )

@@ -24,6 +24,16 @@ use std::time::Duration;
 /// Wrong PINs in a row after which an account is locked (75).
 pub const MAX_PIN_TRIES: i64 = 3;
 
+/// The one refusal for a wrong PIN, an unknown card and a card of another app.
+const CARD_OR_PIN: &str = "card or PIN not accepted";
+
+/// The PIN verdict reached before the payment's transaction: the account it was checked
+/// against, that account's verification value then, and whether the PIN matched.
+#[derive(Debug, Default)]
+struct PinCheck {
+    verified: Option<(String, String, bool)>,
+}
+
 /// Errors of the order service that are not a payment refusal.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -477,11 +487,13 @@ impl OrderService {
     pub async fn pay(&self, request: PayRequest) -> Result<PaymentResult, OrderError> {
         let pan_hash = self.pan_hash(&request.pan).await?;
         let request_hash = request_fingerprint(&request, &pan_hash);
+        // The security module is asked before the payment's transaction takes any row lock.
+        let pin = self.pin_check(&request, &pan_hash).await?;
         let mut tx = self.store.begin().await?;
         if let Some(previous) = claim_idempotency_key(&mut tx, &request, &request_hash).await? {
             return Ok(previous);
         }
-        let outcome = self.pay_in(&mut tx, &request, &pan_hash).await;
+        let outcome = self.pay_in(&mut tx, &request, &pan_hash, &pin).await;
         let (result, changed_order) = match outcome {
             Ok(Step::Done(result, changed)) => (*result, changed),
             Ok(Step::Forward(armed)) => {
@@ -512,6 +524,7 @@ impl OrderService {
         tx: &mut Tx,
         request: &PayRequest,
         pan_hash: &[u8],
+        pin: &PinCheck,
     ) -> Result<Step, OrderError> {
         let scanned = payload::parse(&request.payload)
             .map_err(|e| OrderError::refused(ResponseCode::FormatError, e))?;
@@ -553,12 +566,22 @@ impl OrderService {
                 return Ok(Step::Forward(Box::new(armed)));
             }
         }
-        let payer = ledger::payer_by_pan_hash_for_update(tx, pan_hash)
+        // An unknown card, and a card enrolled by another app, get the wrong-PIN answer: the
+        // answer must not tell a prober which card numbers exist.
+        let Some(payer) = ledger::payer_by_pan_hash_for_update(tx, pan_hash)
             .await?
-            .ok_or_else(|| {
-                OrderError::refused(ResponseCode::InvalidCard, "no account for this card")
-            })?;
-        if let Some(code) = self.check_pin(tx, &payer, request).await? {
+            .filter(|payer| {
+                payer
+                    .app_id
+                    .as_deref()
+                    .is_none_or(|app| app == request.app_id)
+            })
+        else {
+            return self
+                .refused_payment(tx, &order, request, pan_hash, Event::WrongPin)
+                .await;
+        };
+        if let Some(code) = self.check_pin(tx, &payer, request, pin).await? {
             let event = match code {
                 ResponseCode::PinTriesExceeded => Event::LocalDeclined(code),
                 _ => Event::WrongPin,
@@ -822,22 +845,24 @@ impl OrderService {
             .map_err(|e| format!("PIN translation: {e}"))
     }
 
-    /// Checks the PIN against the account's verification value. `None` = accepted.
-    async fn check_pin(
+    /// Verifies the PIN block in the security module, outside any transaction: against the
+    /// verification value of the account the card maps to, as read (unlocked) now.
+    async fn pin_check(
         &self,
-        tx: &mut Tx,
-        payer: &ledger::Account,
         request: &PayRequest,
-    ) -> Result<Option<ResponseCode>, OrderError> {
-        let (Some(pvv), Some(pvki)) = (payer.pvv.as_deref(), payer.pvki) else {
-            return Ok(None); // an account without a PIN (S105: "if the account has one")
+        pan_hash: &[u8],
+    ) -> Result<PinCheck, OrderError> {
+        let Some(payer) = ledger::payer_by_pan_hash(&self.store, pan_hash).await? else {
+            return Ok(PinCheck::default());
+        };
+        let (Some(pvv), Some(pvki), Some(block)) =
+            (payer.pvv.clone(), payer.pvki, request.pin_block.clone())
+        else {
+            return Ok(PinCheck::default());
         };
         if payer.pin_tries >= MAX_PIN_TRIES {
-            return Ok(Some(ResponseCode::PinTriesExceeded));
+            return Ok(PinCheck::default());
         }
-        let Some(block) = request.pin_block.clone() else {
-            return Ok(Some(ResponseCode::WrongPin));
-        };
         let correct = self
             .security
             .verify_pin(
@@ -847,11 +872,47 @@ impl OrderService {
                 request.pan.clone(),
                 self.settings.keys.pvk.clone(),
                 pvki,
-                pvv.to_owned(),
+                pvv.clone(),
             )
             .await
             .map_err(|e| OrderError::Security(e.to_string()))?;
-        let tries = ledger::record_pin_result(tx, &payer.account_id, correct).await?;
+        Ok(PinCheck {
+            verified: Some((payer.account_id, pvv, correct)),
+        })
+    }
+
+    /// Applies the PIN verdict under the account's lock. `None` = accepted.
+    async fn check_pin(
+        &self,
+        tx: &mut Tx,
+        payer: &ledger::Account,
+        request: &PayRequest,
+        pin: &PinCheck,
+    ) -> Result<Option<ResponseCode>, OrderError> {
+        let Some(pvv) = payer.pvv.as_deref() else {
+            return Ok(None); // an account without a PIN (S105: "if the account has one")
+        };
+        if payer.pin_tries >= MAX_PIN_TRIES {
+            return Ok(Some(ResponseCode::PinTriesExceeded));
+        }
+        if request.pin_block.is_none() {
+            return Ok(Some(ResponseCode::WrongPin));
+        }
+        let correct = match &pin.verified {
+            Some((account, verified_pvv, correct))
+                if *account == payer.account_id && verified_pvv == pvv =>
+            {
+                *correct
+            }
+            // The account's PIN changed between the check and the lock: nothing is decided.
+            _ => {
+                return Err(OrderError::Conflict(
+                    "the account changed while its PIN was checked; try again".into(),
+                ));
+            }
+        };
+        let tries =
+            ledger::record_pin_result(tx, &payer.account_id, correct, MAX_PIN_TRIES).await?;
         Ok(match (correct, tries >= MAX_PIN_TRIES) {
             (true, _) => None,
             (false, true) => Some(ResponseCode::PinTriesExceeded),
@@ -1086,7 +1147,7 @@ impl OrderService {
     ) -> Result<Step, OrderError> {
         let (code, reason) = match self.decide(tx, order, event, Details::default()).await {
             Ok(Decided::Moved(code)) => (code, "declined"),
-            Err(OrderError::Refused { code, .. }) => (code, "PIN not accepted"),
+            Err(OrderError::Refused { code, .. }) => (code, CARD_OR_PIN),
             Ok(Decided::Proceed | Decided::Unchanged(_)) => {
                 (ResponseCode::SystemError, "no decision")
             }

@@ -76,6 +76,12 @@ const MIGRATIONS: &[Migration] = &[
         postgres: include_str!("migrations/0004_invariants.postgres.sql"),
         sqlite: include_str!("migrations/0004_invariants.sqlite.sql"),
     },
+    Migration {
+        version: 5,
+        portable: include_str!("migrations/0005_security.sql"),
+        postgres: "",
+        sqlite: "",
+    },
 ];
 
 /// Applies the migrations not yet recorded in `schema_migrations`. Several gateways starting
