@@ -123,18 +123,25 @@ impl<'a> Field<'a> {
     }
 }
 
+/// The largest message the codec decodes or encodes: decoded messages keep 16-bit offsets.
+pub const MAX_MESSAGE_BYTES: usize = 65_535;
+
 /// Decodes one message (from the header through the last field; no frame length prefix).
 ///
 /// Fails on the first problem, naming the part, the byte offset and the reason. Trailing bytes
 /// are an error. Does not allocate.
 pub fn decode<'a>(spec: &'a Spec, input: &'a [u8]) -> Result<Message<'a>, DecodeError> {
-    if input.len() > spec.framing.max_frame_bytes {
+    // The codec's own limit (its 16-bit offsets); how large a frame a peer may send is the
+    // framing's and the configuration's business (`framing.max_frame_bytes`), not the
+    // message's: a message read without a length prefix is not held to the prefix's 9999.
+    let _ = spec;
+    if input.len() > MAX_MESSAGE_BYTES {
         return Err(DecodeError::new(
             Location::Header,
             0,
             DecodeErrorKind::TooLarge {
                 size: input.len(),
-                limit: spec.framing.max_frame_bytes,
+                limit: MAX_MESSAGE_BYTES,
             },
         ));
     }
@@ -202,7 +209,7 @@ pub fn decode<'a>(spec: &'a Spec, input: &'a [u8]) -> Result<Message<'a>, Decode
                 })?;
                 let next = field::decode_field(def, cp, input, pos)?;
                 if let Some(s) = message.slots.get_mut(count) {
-                    // pos < input.len() <= max_frame_bytes <= 65535 (checked above).
+                    // pos < input.len() <= MAX_MESSAGE_BYTES = 65535 (checked above).
                     *s = pos as u16;
                 }
                 pos = next;
@@ -970,10 +977,10 @@ impl<'a> MessageBuilder<'a> {
             record(m, field_start, out.written().len());
         }
         let end = out.written().len();
-        if end - start > spec.framing.max_frame_bytes {
+        if end - start > MAX_MESSAGE_BYTES {
             return Err(EncodeError::TooLarge {
                 size: end - start,
-                limit: spec.framing.max_frame_bytes,
+                limit: MAX_MESSAGE_BYTES,
             });
         }
         Ok(Encoded {

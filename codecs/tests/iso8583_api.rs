@@ -332,3 +332,40 @@ fn debug_output_masks_what_the_dialect_marks_sensitive() {
         assert!(text.contains("\"12345678\""), "TID in clear: {text}");
     }
 }
+
+/// Regression (conformance issue): a real UnionPay POS QR sale was refused with `field 60 ...
+/// length 19 exceeds the maximum 17`; later specification versions add sub-fields after 60.7.
+/// A 19-digit field 60 (hand-assembled, as captured) decodes, its named parts read by position.
+#[test]
+fn cups_pos_accepts_an_extended_field_60() {
+    let spec = Spec::builtin("cups-pos").unwrap();
+    let hex = concat!(
+        "6000030000",
+        "603100310000",
+        "0200",
+        "7020068000C08011",
+        "1962220212345678901230",
+        "000000",
+        "000000001000",
+        "000123",
+        "0510",
+        "0001",
+        "00",
+        "3132333435363738",
+        "313233343536373839303132333435",
+        "313536",
+        "0019",                 // F60: 19 digits, BCD, left-aligned, padded with one 0
+        "22000001000600000000", // 60.1 22, 60.2 000001, 60.3 000, 60.4-60.7, then 2 later digits
+        "AAAAAAAAAAAAAAAA",
+    );
+    let bytes = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+        .collect::<Vec<_>>();
+    let message = spec.decode(&bytes).unwrap();
+    let sub = |path: &str| String::from_utf8(message.get(path).unwrap().unwrap().to_vec()).unwrap();
+    assert_eq!(sub("60.1"), "22");
+    assert_eq!(sub("60.2"), "000001");
+    assert_eq!(sub("60.3"), "000");
+    assert_eq!(sub("60").len(), 19);
+}
