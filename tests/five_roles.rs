@@ -929,3 +929,36 @@ async fn an_unmaced_decline_leaves_the_reversal_armed() {
     .await;
     running.stop().await;
 }
+
+/// Regression (conformance issue): a host's 55 (wrong PIN) ended the order at once, though the
+/// wallet API and the terminal docs say the payer may try again. Now the order stays payable and
+/// the next attempt, with the right PIN, is approved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_hosts_wrong_pin_the_payer_tries_again() {
+    let (addr, handle) = host(SimHostConfig::default()).await;
+    let journal = TestJournal::new(Backend::Sqlite);
+    let running = start_with(&journal, |c| five_roles(c, addr, 5_000)).await;
+    signed_on(&handle).await;
+    let mut terminal = terminal_client(&running).await;
+    terminal.sign_on().await.unwrap();
+    let wallet = wallet_client(&running);
+    let order = terminal
+        .request_order(Money {
+            amount_minor: 1_234,
+            currency: CNY,
+        })
+        .await
+        .unwrap();
+    let payload = order.payload.unwrap();
+    let wrong = wallet
+        .pay(&payload, PAYER_PAN, Some("9999"), "wp-1", None)
+        .await
+        .unwrap();
+    assert_eq!(wrong.response_code(), Some("55"));
+    let right = wallet
+        .pay(&payload, PAYER_PAN, Some(PAYER_PIN), "wp-2", None)
+        .await
+        .unwrap();
+    assert_eq!(right.response_code(), Some("00"), "the payer may try again");
+    running.stop().await;
+}

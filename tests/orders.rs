@@ -774,3 +774,22 @@ on_both_journals!(
     after_commit_actions_run_only_on_commit,
     super::after_commit_actions_run_only_on_commit
 );
+
+/// Regression (conformance issue): an order in a currency the merchant does not accept was
+/// created and failed later with a misleading 51. Now it is refused at once (13).
+async fn an_order_in_another_currency_is_refused_at_once(backend: Backend) {
+    let journal = TestJournal::new(backend);
+    let s = seeded(&journal).await;
+    let mut usd = new_order("000041", 100);
+    usd.amount.currency = 840;
+    let refused = s.orders.create(usd).await.unwrap_err();
+    assert_eq!(
+        refused.response_code(),
+        ResponseCode::InvalidAmount,
+        "{refused}"
+    );
+}
+on_both_journals!(
+    an_order_in_another_currency_is_refused_at_once,
+    super::an_order_in_another_currency_is_refused_at_once
+);

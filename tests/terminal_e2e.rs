@@ -138,12 +138,14 @@ async fn refusals_on_the_wire(backend: Backend) {
     // Same first STAN as the first client: the same voucher numbers.
     let again = duplicate.request_order(cny(100)).await.unwrap();
     assert_eq!(again.response_code, "94", "{again:?}");
-    // A bad MAC: A0, and no order recorded.
-    let mut frame = terminal.encode_sale_request(cny(100)).unwrap();
+    // A bad MAC: A0, and no order recorded. The A0 is itself MACed under the terminal's
+    // current MAC key (the second client's sign-on replaced the first one's keys), and the
+    // client checks that MAC.
+    let mut frame = duplicate.encode_sale_request(cny(100)).unwrap();
     let last = frame.len() - 1;
     frame[last] ^= 0x01;
-    terminal.send_raw(&frame).await.unwrap();
-    let refused = terminal.read_answer().await.unwrap();
+    duplicate.send_raw(&frame).await.unwrap();
+    let refused = duplicate.read_answer().await.unwrap();
     assert_eq!(refused.response_code, "A0");
     let mut tx = running.seeded.store.begin().await.unwrap();
     let orders = tx.query("SELECT COUNT(*) FROM orders", &[]).await.unwrap();

@@ -96,3 +96,39 @@ async fn bodies_are_read_after_authentication_and_capped() {
     assert_eq!(response.status().as_u16(), 413);
     running.stop().await;
 }
+
+/// Regression (conformance issue): a malformed PIN block (wrong key, wrong length) answered
+/// HTTP 500 system_error. It is the caller's fault: 400 with a stable code, and nothing paid.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pin_block_that_does_not_decode_is_a_400() {
+    let journal = TestJournal::new(Backend::Sqlite);
+    let running = start(&journal).await;
+    let mut terminal = terminal_client(&running).await;
+    terminal.sign_on().await.unwrap();
+    let order = terminal
+        .request_order(posbridge::domain::money::Money {
+            amount_minor: 100,
+            currency: CNY,
+        })
+        .await
+        .unwrap();
+    let response = reqwest::Client::new()
+        .post(format!("{}/v1/payments", running.wallet_url))
+        .header("authorization", format!("Bearer {APP_KEY}"))
+        .header("x-posbridge-app", APP_ID)
+        .header("idempotency-key", "bad-block-1")
+        .json(&serde_json::json!({
+            "payload": order.payload.unwrap(),
+            "pan": PAYER_PAN,
+            "pin_block": "00112233445566778899AABBCCDDEEFF",
+            "pin_format": 4,
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 400);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "bad_request", "{body}");
+    assert_eq!(balance(&running.seeded.store, "payer-1").await, OPENING);
+    running.stop().await;
+}

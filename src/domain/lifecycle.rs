@@ -88,6 +88,7 @@ impl Event {
             Event::Forward,
             Event::HostApproved,
             Event::HostDeclined(ResponseCode::InsufficientFunds),
+            Event::HostDeclined(ResponseCode::WrongPin),
             Event::HostAmbiguous,
             Event::NotSent,
             Event::Expire,
@@ -253,6 +254,15 @@ pub fn next(state: OrderState, event: Event, context: &Context) -> Verdict {
             S::Paid,
             C::Approved,
             "approved by host",
+            &[Work::CancelStandbyReversal],
+        ),
+        // A wrong PIN at the host: nothing moved and nothing to reverse; the payer may try again
+        // (the host counts the tries and answers 75 when they run out).
+        (S::Authorizing, E::HostDeclined(C::WrongPin)) => moves(
+            S::Authorizing,
+            S::Created,
+            C::WrongPin,
+            "wrong PIN at the host; the payer may try again",
             &[Work::CancelStandbyReversal],
         ),
         (S::Authorizing, E::HostDeclined(code)) if code != C::Approved => moves(
@@ -557,6 +567,7 @@ mod tests {
                     "x 12",
                     "x 12",
                     "x 12",
+                    "x 12",
                     "->EXPIRED 54",
                     "->CANCELLED 57",
                     "->CANCELLED 57",
@@ -577,6 +588,7 @@ mod tests {
                     "x 12",
                     "->PAID 00",
                     "->DECLINED 51",
+                    "->CREATED 55",
                     "->DECLINED 98",
                     "->CREATED 91",
                     "= 57",
@@ -592,6 +604,7 @@ mod tests {
                 S::Paid,
                 &[
                     "x 94",
+                    "x 12",
                     "x 12",
                     "x 12",
                     "x 12",
@@ -623,6 +636,7 @@ mod tests {
                     "= 98",
                     "= 98",
                     "= 98",
+                    "= 98",
                     "= 57",
                     "= 57",
                     "= 00",
@@ -636,7 +650,7 @@ mod tests {
                 S::Expired,
                 &[
                     "x 54", "x 12", "x 12", "x 12", "x 12", "x 12", "x 12", "x 12", "x 12", "x 12",
-                    "= 57", "= 57", "= 00", "x 12", "x 12", "= 00", "x 12",
+                    "x 12", "= 57", "= 57", "= 00", "x 12", "x 12", "= 00", "x 12",
                 ],
             ),
             (
@@ -649,6 +663,7 @@ mod tests {
                     "x 12",
                     "x 12",
                     "->CANCELLED 98",
+                    "= 98",
                     "= 98",
                     "= 98",
                     "= 98",
@@ -665,7 +680,7 @@ mod tests {
                 S::Reversed,
                 &[
                     "x 94", "x 12", "x 12", "x 12", "x 12", "x 12", "x 12", "x 12", "x 12", "x 12",
-                    "= 57", "= 57", "= 00", "x 12", "x 12", "= 00", "= 00",
+                    "x 12", "= 57", "= 57", "= 00", "x 12", "x 12", "= 00", "= 00",
                 ],
             ),
         ];

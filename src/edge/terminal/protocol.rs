@@ -594,8 +594,10 @@ async fn respond(
     builder.set(39, code.as_str().as_bytes().to_vec()).ok()?;
     extra(&mut builder).ok()?;
     let tid = request.str(41).unwrap_or("").to_owned();
+    // Answers are MACed whenever the terminal has a MAC key, an A0 included (the terminal can
+    // then trust the refusal); an unknown terminal (03) has none.
     let wants_mac = matches!(request.mti(), "0200" | "0220" | "0400" | "0500")
-        && code != ResponseCode::MacError;
+        && code != ResponseCode::InvalidMerchant;
     if wants_mac {
         builder.set(64, vec![0; 8]).ok()?;
     }

@@ -27,6 +27,22 @@ pub const MAX_PIN_TRIES: i64 = 3;
 /// The one refusal for a wrong PIN, an unknown card and a card of another app.
 const CARD_OR_PIN: &str = "card or PIN not accepted";
 
+/// A PIN block the module cannot read (wrong length, wrong key, wrong format or PAN) is the
+/// caller's fault (30, HTTP 400), not the gateway's; any other module failure is the gateway's.
+fn pin_block_error(error: crate::infra::security::SecurityError) -> OrderError {
+    use crate::infra::security::SecurityError;
+    use posbridge_hsm::HsmError;
+    match error {
+        SecurityError::Hsm(HsmError::BadPinBlock { .. } | HsmError::InvalidInput(_)) => {
+            OrderError::refused(
+                ResponseCode::FormatError,
+                "pin_block: does not decode under the app's PIN key (wrong key, format or PAN)",
+            )
+        }
+        other => OrderError::Security(other.to_string()),
+    }
+}
+
 /// The PIN verdict reached before the payment's transaction: the account it was checked
 /// against, that account's verification value then, and whether the PIN matched.
 #[derive(Debug, Default)]
@@ -317,6 +333,16 @@ impl OrderService {
             ));
         }
         let merchant = self.merchant(&new.mid).await?;
+        if new.amount.currency != merchant.currency {
+            // Refused at once: accepted, it would fail later at payment with a misleading 51.
+            return Err(OrderError::refused(
+                ResponseCode::InvalidAmount,
+                format!(
+                    "the merchant accepts currency {:03} only, not {:03}",
+                    merchant.currency, new.amount.currency
+                ),
+            ));
+        }
         let now = now_ms();
         let expires = now.saturating_add(i64::try_from(new.ttl.as_millis()).unwrap_or(i64::MAX));
         let (reference, payload) = match new.origin {
@@ -875,7 +901,7 @@ impl OrderService {
                 pvv.clone(),
             )
             .await
-            .map_err(|e| OrderError::Security(e.to_string()))?;
+            .map_err(pin_block_error)?;
         Ok(PinCheck {
             verified: Some((payer.account_id, pvv, correct)),
         })
