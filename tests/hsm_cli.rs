@@ -228,7 +228,7 @@ fn pkcs11_module_on_a_softhsm_token() {
         &as_str(&with(&["hsm", "keys", "provision", "--from", fixtures])),
         env,
     );
-    assert_eq!(provisioned.trim().parse::<usize>().unwrap(), 12);
+    assert_eq!(provisioned.trim().parse::<usize>().unwrap(), 15);
     let info = ok(&as_str(&with(&["hsm", "info"])), env);
     assert!(info.contains("backend: pkcs11"), "{info}");
     assert!(
@@ -240,7 +240,7 @@ fn pkcs11_module_on_a_softhsm_token() {
         "{info}"
     );
     let list = ok(&as_str(&with(&["hsm", "keys", "list"])), env);
-    assert!(list.lines().any(|l| l == "vec/x919 tdes2 08D7B4"), "{list}");
+    assert!(list.lines().any(|l| l == "zak/x919 tdes2 08D7B4"), "{list}");
     assert!(
         !list.contains('#'),
         "companion objects must not be listed: {list}"
@@ -251,7 +251,7 @@ fn pkcs11_module_on_a_softhsm_token() {
             "keys",
             "import",
             "--kek",
-            "vec/tmk",
+            "zmk/cups",
             "--label",
             "tak/87654321",
             "--type",
@@ -272,7 +272,7 @@ fn pkcs11_module_on_a_softhsm_token() {
             "keys",
             "import",
             "--kek",
-            "vec/tmk",
+            "zmk/cups",
             "--label",
             "tak/87654321",
             "--type",
@@ -286,7 +286,7 @@ fn pkcs11_module_on_a_softhsm_token() {
     );
     let generated = ok(
         &as_str(&with(&[
-            "hsm", "keys", "generate", "--label", "tak/new", "--type", "des", "--kek", "vec/tmk",
+            "hsm", "keys", "generate", "--label", "tak/new", "--type", "des", "--kek", "tmk/a",
         ])),
         env,
     );

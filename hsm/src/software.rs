@@ -12,6 +12,7 @@ use crate::mac::{self, MacAlgorithm};
 use crate::module::{SecurityModule, decrypt_and_check, new_key_exported, pvv_equal};
 use crate::ops::{KeyOps, SoftKey, kcv};
 use crate::pin_block::{self, PinBlockFormat};
+use crate::policy::{KeyClass, TokenFeatures, Usages};
 use crate::pvv;
 use crate::secret::{ClearKey, Pan, Pin, PinBlock};
 use rand::RngCore;
@@ -83,7 +84,8 @@ impl KeyFile {
         Self::parse(DEMO_KEYS, "embedded demo keys")
     }
 
-    /// Checks every entry (label, hex, length, check value) and returns the clear keys.
+    /// Checks every entry (label and its key class, hex, length, check value) and returns the
+    /// clear keys.
     pub fn into_keys(self, origin: &str) -> Result<Vec<(String, KeyType, ClearKey)>> {
         let mut out = Vec::with_capacity(self.keys.len());
         for entry in self.keys {
@@ -92,6 +94,7 @@ impl KeyFile {
                 message: format!("key {}: {message}", entry.label),
             };
             check_label(&entry.label).map_err(|e| fail(e.to_string()))?;
+            KeyClass::of_label(&entry.label).map_err(|e| fail(e.to_string()))?;
             let key = ClearKey::from_hex(&entry.value).map_err(|e| fail(e.to_string()))?;
             let soft = SoftKey::new(&entry.label, entry.key_type, &key)
                 .map_err(|e| fail(e.to_string()))?;
@@ -255,6 +258,7 @@ impl SecurityModule for SoftwareModule {
             notes: vec![
                 "software security module: clear keys in host memory, NOT for production".into(),
                 "PIN translation in host memory: not PCI PIN compliant".into(),
+                "key usages: each key's class policy on an ideal token is reported, not enforced (clear keys in process memory)".into(),
             ],
         }
     }
@@ -266,10 +270,15 @@ impl SecurityModule for SoftwareModule {
 
     fn find_key(&self, label: &str) -> Result<KeyInfo> {
         self.with_key(label, |key| {
+            let class = KeyClass::of_label(label).ok();
             Ok(KeyInfo {
                 label: label.to_owned(),
                 key_type: key.key_type(),
                 kcv: kcv(key)?,
+                class,
+                usages: class.map_or(Usages::NONE, |class| {
+                    class.usages(key.key_type().family(), &TokenFeatures::IDEAL)
+                }),
             })
         })
     }

@@ -48,6 +48,7 @@ impl ModuleArgs {
             return Ok(HsmConfig::Pkcs11 {
                 module: module.clone(),
                 token_label: self.token_label.clone().unwrap_or_default(),
+                slot: None,
                 pin_env: self.pin_env.clone(),
                 pin_file: self.pin_file.clone(),
                 // One command at a time: one session is enough.
@@ -240,6 +241,7 @@ fn provision(module: &ModuleArgs, from: &std::path::Path) -> Result<()> {
     let HsmConfig::Pkcs11 {
         module: library,
         token_label,
+        slot,
         pin_env,
         pin_file,
         pool_size,
@@ -253,6 +255,7 @@ fn provision(module: &ModuleArgs, from: &std::path::Path) -> Result<()> {
     let options = Pkcs11Options {
         module: library,
         token_label,
+        slot,
         pool_size,
     };
     let token = Pkcs11Module::open(&options, &pin)?;

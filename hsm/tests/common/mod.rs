@@ -84,6 +84,7 @@ pub fn open_test_token(pool_size: usize) -> Pkcs11Module {
     let options = Pkcs11Options {
         module: pkcs11_library(),
         token_label: TOKEN_LABEL.into(),
+        slot: None,
         pool_size,
     };
     let module = Pkcs11Module::open(&options, &UserPin::new(USER_PIN)).unwrap();
