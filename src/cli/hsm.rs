@@ -82,7 +82,7 @@ pub enum HsmCommand {
 /// `posbridge hsm keys` sub-commands.
 #[derive(Debug, Subcommand)]
 pub enum KeysCommand {
-    /// Every key: label, type, check value.
+    /// Every key: label, type, check value, usages.
     List {
         #[command(flatten)]
         module: ModuleArgs,
@@ -213,14 +213,15 @@ fn print_key(info: &KeyInfo, json: bool) {
     if json {
         println!(
             "{}",
-            json!({ "label": info.label, "type": info.key_type.name(), "kcv": hex::encode_upper(&info.kcv) })
+            json!({ "label": info.label, "type": info.key_type.name(), "kcv": hex::encode_upper(&info.kcv), "usages": info.usages })
         );
     } else {
         println!(
-            "{} {} {}",
+            "{} {} {} {}",
             info.label,
             info.key_type,
-            hex::encode_upper(&info.kcv)
+            hex::encode_upper(&info.kcv),
+            info.usages
         );
     }
 }
