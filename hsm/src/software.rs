@@ -385,3 +385,27 @@ impl SecurityModule for SoftwareModule {
         pvv_equal(&computed, stored_pvv)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    #[test]
+    fn every_demo_key_has_a_class_and_a_value_of_its_own() {
+        let keys = KeyFile::demo().unwrap().into_keys("demo").unwrap();
+        let mut seen: Vec<(Vec<u8>, String)> = Vec::new();
+        for (label, _, key) in &keys {
+            KeyClass::of_label(label).unwrap();
+            // Halves too: a tdes2 key whose half is another key's half shares its single-DES
+            // steps (X9.19 chains with K1 alone).
+            for chunk in key.expose_secret().chunks(8) {
+                if let Some((_, other)) = seen.iter().find(|(bytes, _)| bytes == chunk) {
+                    panic!("{label} shares a value with {other}");
+                }
+                seen.push((chunk.to_vec(), label.clone()));
+            }
+        }
+        assert!(keys.len() >= 10);
+    }
+}
