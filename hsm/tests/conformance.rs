@@ -2,7 +2,8 @@
 //! the behaviour the gateway relies on (key import refusing a wrong check value, generated keys
 //! that re-import, PIN translations between formats, PVV verification, errors).
 //!
-//! `software::*` runs each check on the software module, `pkcs11::*` on a fresh SoftHSM2 token.
+//! `software::*` runs each check on the software module, `pkcs11::*` on a fresh SoftHSM2 token,
+//! `opencryptoki::*` on opencryptoki's software token (see `common::with_second_token`).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -638,6 +639,15 @@ macro_rules! conformance {
                         concat!("pkcs11::", stringify!($name)),
                         |module| super::$name(module),
                     );
+                }
+            )*
+        }
+        /// The same suite on a second PKCS#11 implementation: opencryptoki's software token.
+        mod opencryptoki {
+            $(
+                #[test]
+                fn $name() {
+                    super::common::with_second_token(|module| super::$name(module));
                 }
             )*
         }

@@ -184,6 +184,13 @@ fn wrappable(session: &Session, ck_type: CkKeyType, len: usize) -> ObjectHandle 
 /// Direct cryptoki calls that each key's template forbids; the token must refuse every one.
 fn forbidden_operations_fail_in_the_token(m: &Pkcs11Module, session: &Session) {
     let features = m.token_features();
+    // A wrap mechanism the token has for AES keys, so a refusal is about the key, not the
+    // mechanism.
+    let aes_wrap = if features.aes_wrap {
+        Mechanism::AesEcb
+    } else {
+        Mechanism::AesKeyWrap
+    };
     let block = [0u8; 8];
     let aes_block = [0u8; 16];
     let des3 = Mechanism::Des3Ecb;
@@ -239,7 +246,7 @@ fn forbidden_operations_fail_in_the_token(m: &Pkcs11Module, session: &Session) {
     );
     let target = wrappable(session, CkKeyType::AES, 16);
     refused(
-        session.wrap_key(&Mechanism::AesKeyWrap, qr, target),
+        session.wrap_key(&aes_wrap, qr, target),
         "C_WrapKey with a QR key",
     );
     if features.aes_cmac {
@@ -260,15 +267,35 @@ fn forbidden_operations_fail_in_the_token(m: &Pkcs11Module, session: &Session) {
     );
     // PIN keys encipher and decipher PIN blocks, nothing else.
     let pek = handle(session, "pek/aes-b");
-    refused(
-        session.sign(&Mechanism::AesCMac, pek, &aes_block),
-        "C_Sign with a PEK",
-    );
+    if features.aes_cmac {
+        refused(
+            session.sign(&Mechanism::AesCMac, pek, &aes_block),
+            "C_Sign with a PEK",
+        );
+    }
     let target = wrappable(session, CkKeyType::AES, 16);
     refused(
-        session.wrap_key(&Mechanism::AesKeyWrap, pek, target),
+        session.wrap_key(&aes_wrap, pek, target),
         "C_WrapKey with a PEK",
     );
+    if features.aes_wrap {
+        // Where AES key-encryption keys wrap, they do nothing else.
+        let tmk = handle(session, "tmk/aes");
+        refused(
+            session.encrypt(&Mechanism::AesEcb, tmk, &aes_block),
+            "C_Encrypt with a wrapping TMK",
+        );
+        let zmk = handle(session, "zmk/aes");
+        refused(
+            session.decrypt(&Mechanism::AesEcb, zmk, &aes_block),
+            "C_Decrypt with an unwrapping ZMK",
+        );
+        let target = wrappable(session, CkKeyType::AES, 16);
+        refused(
+            session.wrap_key(&Mechanism::AesEcb, zmk, target),
+            "C_WrapKey with a ZMK",
+        );
+    }
     // No key can be changed after the fact.
     let tmk = handle(session, "tmk/a");
     assert!(
@@ -377,5 +404,64 @@ fn softhsm_reports_each_compromise() {
             matches!(&refused, Err(posbridge_hsm::HsmError::WrongKey { reason, .. }) if reason.contains("CKA_DECRYPT")),
             "{refused:?}"
         );
+    });
+}
+
+#[test]
+fn opencryptoki_keys_carry_their_class_templates() {
+    common::with_second_token(|m| {
+        // opencryptoki 3.8's software token: AES-ECB wraps, DES2 keys cannot be wrapped at all
+        // (CKR_KEY_NOT_WRAPPABLE), no CKM_AES_CMAC, no CKA_COPYABLE.
+        assert_eq!(
+            m.token_features(),
+            TokenFeatures {
+                des_wrap: false,
+                aes_wrap: true,
+                des_mac: false,
+                aes_cmac: false,
+                pin_translation_in_token: false,
+            }
+        );
+        use KeyUsage::{Decrypt, Encrypt, Unwrap, Wrap};
+        assert_eq!(
+            m.usages_for(KeyClass::Tmk, KeyType::Tdes2),
+            Usages::of(&[Encrypt])
+        );
+        assert_eq!(
+            m.usages_for(KeyClass::Tmk, KeyType::Aes128),
+            Usages::of(&[Wrap, Unwrap])
+        );
+        assert_eq!(
+            m.usages_for(KeyClass::Zmk, KeyType::Aes128),
+            Usages::of(&[Unwrap])
+        );
+        assert_eq!(
+            m.usages_for(KeyClass::Zmk, KeyType::Tdes2),
+            Usages::of(&[Decrypt])
+        );
+        assert_eq!(
+            m.usages_for(KeyClass::Qr, KeyType::Aes128),
+            Usages::of(&[Encrypt])
+        );
+        let caps = m.capabilities();
+        for expected in [
+            "does not know CKA_COPYABLE",
+            "no CKM_AES_CMAC",
+            "no working DES key wrap",
+            "DES3-ECB wrap/unwrap of des, tdes2, tdes3: WrapKey returned KeyNotWrappable",
+        ] {
+            assert!(
+                caps.notes.iter().any(|n| n.contains(expected)),
+                "{expected:?} missing from {:#?}",
+                caps.notes
+            );
+        }
+        assert!(
+            !caps
+                .notes
+                .iter()
+                .any(|n| n.contains("no working AES key wrap"))
+        );
+        policy_holds(m);
     });
 }

@@ -11,7 +11,7 @@ use crate::secret::ClearKey;
 use cryptoki::context::Pkcs11;
 use cryptoki::error::{Error, RvError};
 use cryptoki::mechanism::{Mechanism, MechanismType};
-use cryptoki::object::{Attribute, KeyType as CkKeyType, ObjectClass, ObjectHandle};
+use cryptoki::object::{Attribute, AttributeType, KeyType as CkKeyType, ObjectClass, ObjectHandle};
 use cryptoki::session::Session;
 use cryptoki::slot::Slot;
 use zeroize::Zeroizing;
@@ -33,6 +33,9 @@ pub(crate) struct Probe {
     /// refused per key.
     pub(crate) copyable: bool,
     pub(crate) keygen: KeyGen,
+    /// `C_UnwrapKey` did not apply its template's protections (opencryptoki 3.8 leaves the key
+    /// extractable and not sensitive): the module then copies every unwrapped key with them.
+    pub(crate) unwrap_ignores_template: bool,
     pub(crate) translation: PinTranslation,
     /// One line per finding, for the log and `posbridge hsm info`.
     pub(crate) findings: Vec<String>,
@@ -59,11 +62,12 @@ pub(crate) fn probe(context: &Pkcs11, slot: Slot, session: &Session) -> Probe {
         aes: flags(MechanismType::AES_KEY_GEN).is_some_and(|i| i.generate()),
     };
     let wraps = |mechanism| flags(mechanism).is_some_and(|i| i.wrap() && i.unwrap());
+    let mut insensitive = false;
     let des_wrap = if wraps(MechanismType::DES3_ECB) {
         trial(
             &mut findings,
             "DES3-ECB wrap/unwrap of des, tdes2, tdes3",
-            || des_wrap_round_trip(session, copyable),
+            || des_wrap_round_trip(session, copyable, &mut insensitive),
         )
     } else {
         findings.push("DES3-ECB: the token lists no wrap/unwrap".into());
@@ -71,7 +75,7 @@ pub(crate) fn probe(context: &Pkcs11, slot: Slot, session: &Session) -> Probe {
     };
     let aes_wrap = if wraps(MechanismType::AES_ECB) {
         trial(&mut findings, "AES-ECB wrap/unwrap of aes128", || {
-            aes_wrap_round_trip(session, copyable)
+            aes_wrap_round_trip(session, copyable, &mut insensitive)
         })
     } else {
         findings.push("AES-ECB: the token lists no wrap/unwrap".into());
@@ -83,6 +87,11 @@ pub(crate) fn probe(context: &Pkcs11, slot: Slot, session: &Session) -> Probe {
         findings.push("AES-CMAC: the token lists no sign/verify".into());
         false
     };
+    if insensitive {
+        findings.push(
+            "C_UnwrapKey does not apply its template (the unwrapped key stays extractable or not sensitive): each unwrapped key is copied with its template's protections, the original destroyed".into(),
+        );
+    }
     let (translation, translation_finding) = probe_in_token_translation(session);
     findings.push(format!("in-token translation probe: {translation_finding}"));
     Probe {
@@ -95,6 +104,7 @@ pub(crate) fn probe(context: &Pkcs11, slot: Slot, session: &Session) -> Probe {
         },
         copyable,
         keygen,
+        unwrap_ignores_template: insensitive,
         translation,
         findings,
     }
@@ -176,7 +186,7 @@ fn probe_copyable(session: &Session) -> bool {
 
 /// Wraps a key of each DES type under a DES2 key with DES3-ECB, unwraps it again and compares
 /// the two keys' check blocks.
-fn des_wrap_round_trip(session: &Session, copyable: bool) -> Outcome<bool> {
+fn des_wrap_round_trip(session: &Session, copyable: bool, insensitive: &mut bool) -> Outcome<bool> {
     let kek_value = random_des(session, 16)?;
     let kek = session_key(
         session,
@@ -196,10 +206,9 @@ fn des_wrap_round_trip(session: &Session, copyable: bool) -> Outcome<bool> {
             session,
             copyable,
             kek,
-            &Mechanism::Des3Ecb,
-            ck_type,
-            len,
-            &ecb,
+            (&Mechanism::Des3Ecb, &ecb),
+            (ck_type, len),
+            insensitive,
         );
         match outcome {
             Ok(true) => {}
@@ -213,7 +222,7 @@ fn des_wrap_round_trip(session: &Session, copyable: bool) -> Outcome<bool> {
     all
 }
 
-fn aes_wrap_round_trip(session: &Session, copyable: bool) -> Outcome<bool> {
+fn aes_wrap_round_trip(session: &Session, copyable: bool, insensitive: &mut bool) -> Outcome<bool> {
     let kek_value = Zeroizing::new(session.generate_random_vec(16)?);
     let kek = session_key(
         session,
@@ -226,24 +235,24 @@ fn aes_wrap_round_trip(session: &Session, copyable: bool) -> Outcome<bool> {
         session,
         copyable,
         kek,
-        &Mechanism::AesEcb,
-        CkKeyType::AES,
-        16,
-        &Mechanism::AesEcb,
+        (&Mechanism::AesEcb, &Mechanism::AesEcb),
+        (CkKeyType::AES, 16),
+        insensitive,
     );
     let _ = session.destroy_object(kek);
     outcome
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Wraps a fresh key of `ck_type` under `kek` with `wrap`, unwraps it as a sensitive key and
+/// compares the two keys' `ecb` encryption of zeros. Records whether the token kept the unwrapped
+/// key sensitive.
 fn wrap_round_trip(
     session: &Session,
     copyable: bool,
     kek: ObjectHandle,
-    wrap: &Mechanism,
-    ck_type: CkKeyType,
-    len: usize,
-    ecb: &Mechanism,
+    (wrap, ecb): (&Mechanism, &Mechanism),
+    (ck_type, len): (CkKeyType, usize),
+    insensitive: &mut bool,
 ) -> Outcome<bool> {
     let value = random_des(session, len)?;
     let key = session_key(
@@ -267,6 +276,15 @@ fn wrap_round_trip(
             template.push(Attribute::ValueLen((len as u64).into()));
         }
         let back = session.unwrap_key(wrap, kek, &wrapped, &template)?;
+        let protections = session.get_attributes(
+            back,
+            &[AttributeType::Sensitive, AttributeType::Extractable],
+        )?;
+        if !(protections.contains(&Attribute::Sensitive(true))
+            && protections.contains(&Attribute::Extractable(false)))
+        {
+            *insensitive = true;
+        }
         let block = vec![0u8; if ck_type == CkKeyType::AES { 16 } else { 8 }];
         let same = session.encrypt(ecb, back, &block)? == session.encrypt(ecb, key, &block)?;
         let _ = session.destroy_object(back);

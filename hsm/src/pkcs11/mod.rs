@@ -315,7 +315,7 @@ impl Pkcs11Module {
         let soft = SoftKey::new(label, key_type, key)?;
         let mut stored_kcv = computed_check_block(&soft)?;
         stored_kcv.truncate(key_type.kcv_len());
-        let id = template::key_id(key_type == KeyType::Des, Some(&stored_kcv));
+        let id = template::key_id(key_type, Some(&stored_kcv));
         let ck_type = ck_type_of(key_type, false);
         let handle = create_key(session, &self.spec(label, ck_type, usages, id), &value)?;
         let companion = if needs_companion(class, key_type) {
@@ -325,7 +325,7 @@ impl Pkcs11Module {
                 &companion_label,
                 CkKeyType::DES2,
                 usages,
-                template::key_id(false, None),
+                template::key_id(KeyType::Tdes2, None),
             );
             match create_key(session, &spec, &k1) {
                 Ok(handle) => Some(Companion {
@@ -444,18 +444,40 @@ impl Pkcs11Module {
         cryptogram: &[u8],
     ) -> Result<ObjectHandle> {
         let ck_type = ck_type_of(key_type, true);
-        let mut spec = self.spec(label, ck_type, usages, template::key_id(false, None));
+        let mut spec = self.spec(label, ck_type, usages, template::key_id(key_type, None));
         if key_type.family() == Family::Aes {
             spec.value_len = Some(key_type.key_len());
         }
-        session
-            .unwrap_key(
-                &ecb_for(kek.ck_type),
-                kek.handle,
-                cryptogram,
-                &template::token_key(&spec),
-            )
-            .map_err(token_error("C_UnwrapKey"))
+        let template = template::token_key(&spec);
+        let handle = session
+            .unwrap_key(&ecb_for(kek.ck_type), kek.handle, cryptogram, &template)
+            .map_err(token_error("C_UnwrapKey"))?;
+        if !self.probe.unwrap_ignores_template {
+            return Ok(handle);
+        }
+        // The token did not apply the template (opencryptoki 3.8 leaves unwrapped keys
+        // extractable and not sensitive): a copy may set what the template says (sensitive on,
+        // extractable off, usages), then the original goes. A key that still differs from its
+        // template is refused, never kept.
+        let wanted = template::protections(&template);
+        let copy = session
+            .copy_object(handle, &wanted)
+            .map_err(token_error("C_CopyObject (unwrapped key)"));
+        let _ = session.destroy_object(handle);
+        let copy = copy?;
+        let types: Vec<AttributeType> = wanted.iter().map(Attribute::attribute_type).collect();
+        let actual = session
+            .get_attributes(copy, &types)
+            .map_err(token_error("C_GetAttributeValue"))?;
+        if wanted.iter().all(|attribute| actual.contains(attribute)) {
+            Ok(copy)
+        } else {
+            let _ = session.destroy_object(copy);
+            Err(HsmError::Token {
+                operation: "C_UnwrapKey",
+                message: "the token would not give the unwrapped key its class's template".into(),
+            })
+        }
     }
 
     /// Generates a key in the token (or, when the token has no generation mechanism for the
@@ -878,22 +900,34 @@ fn lookup_handle(
         bytes[..kcv.len()].copy_from_slice(&kcv);
         (bytes, kcv.len())
     });
-    let key_type = match (ck_type, value_len) {
-        (Some(kind), _) if kind == CkKeyType::DES => KeyType::Des,
-        (Some(kind), _) if kind == CkKeyType::DES2 && marker == template::ID_SINGLE_DES => {
-            KeyType::Des
+    // The type this module wrote into CKA_ID (`posbridge:tdes2`), where it made the key.
+    let recorded: Option<KeyType> = marker
+        .strip_prefix(template::ID_KEY)
+        .and_then(|name| name.parse().ok());
+    let aes = |len: Option<u64>| match len {
+        Some(16) => Some(KeyType::Aes128),
+        Some(24) => Some(KeyType::Aes192),
+        Some(32) => Some(KeyType::Aes256),
+        _ => None,
+    };
+    let key_type = match ck_type {
+        Some(kind) if kind == CkKeyType::DES => Some(KeyType::Des),
+        // A single-length key held as K|K (older keys: CKA_ID `posbridge:des` too).
+        Some(kind) if kind == CkKeyType::DES2 && recorded == Some(KeyType::Des) => {
+            Some(KeyType::Des)
         }
-        (Some(kind), _) if kind == CkKeyType::DES2 => KeyType::Tdes2,
-        (Some(kind), _) if kind == CkKeyType::DES3 => KeyType::Tdes3,
-        (Some(kind), Some(16)) if kind == CkKeyType::AES => KeyType::Aes128,
-        (Some(kind), Some(24)) if kind == CkKeyType::AES => KeyType::Aes192,
-        (Some(kind), Some(32)) if kind == CkKeyType::AES => KeyType::Aes256,
-        _ => {
-            return Err(HsmError::wrong_key(
-                label,
-                "not a DES, DES2, DES3 or AES secret key",
-            ));
+        Some(kind) if kind == CkKeyType::DES2 => Some(KeyType::Tdes2),
+        Some(kind) if kind == CkKeyType::DES3 => Some(KeyType::Tdes3),
+        Some(kind) if kind == CkKeyType::AES => {
+            aes(value_len).or(recorded.filter(|t| t.family() == Family::Aes))
         }
+        _ => None,
+    };
+    let Some(key_type) = key_type else {
+        return Err(HsmError::wrong_key(
+            label,
+            "not a DES, DES2, DES3 or AES secret key (or an AES key of unknown length)",
+        ));
     };
     Ok(Entry {
         handle,

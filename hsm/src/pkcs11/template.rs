@@ -6,13 +6,14 @@
 //! `CKA_ENCRYPT`, `CKA_DECRYPT`, `CKA_SIGN`, `CKA_VERIFY`, `CKA_WRAP`, `CKA_UNWRAP` set
 //! explicitly (true only when the class's usages have it), so no token default can add one.
 
+use crate::keys::KeyType;
 use crate::policy::{KeyUsage, Usages};
 use cryptoki::object::{Attribute, KeyType as CkKeyType, ObjectClass};
 
-/// `CKA_ID` prefix of every key the module stores.
-pub(crate) const ID_KEY: &str = "posbridge";
-/// `CKA_ID` marker of a single-length DES key held as the DES2 key K|K.
-pub(crate) const ID_SINGLE_DES: &str = "posbridge:des";
+/// `CKA_ID` prefix of every key the module stores; the key type follows (`posbridge:tdes2`), so
+/// a single-length key held as the DES2 key K|K is known as `des`, and an AES key's length is
+/// known on tokens that do not report `CKA_VALUE_LEN` (opencryptoki 3.8).
+pub(crate) const ID_KEY: &str = "posbridge:";
 /// Separates the stored check value in `CKA_ID`: `posbridge;kcv=08D7B4`.
 pub(crate) const ID_KCV: &str = ";kcv=";
 
@@ -28,10 +29,10 @@ pub(crate) struct KeySpec<'a> {
     pub(crate) copyable_known: bool,
 }
 
-/// `CKA_ID` for a key: the single-DES marker when it is K|K, and the check value when one is to
-/// be stored (a key that may neither encrypt nor sign cannot compute its own).
-pub(crate) fn key_id(single_des: bool, kcv: Option<&[u8]>) -> Vec<u8> {
-    let mut id = if single_des { ID_SINGLE_DES } else { ID_KEY }.to_owned();
+/// `CKA_ID` for a key: its type, and the check value when one is to be stored (a key that may
+/// neither encrypt nor sign cannot compute its own).
+pub(crate) fn key_id(key_type: KeyType, kcv: Option<&[u8]>) -> Vec<u8> {
+    let mut id = format!("{ID_KEY}{key_type}");
     if let Some(kcv) = kcv {
         id.push_str(ID_KCV);
         id.push_str(&hex::encode_upper(kcv));
@@ -98,4 +99,30 @@ pub(crate) fn wrappable_session_key(
         template.push(Attribute::ValueLen((len as u64).into()));
     }
     template
+}
+
+/// The protections and usages of a template (its boolean attributes but `CKA_TOKEN`): what a
+/// key must be found to have after the token made it.
+pub(crate) fn protections(template: &[Attribute]) -> Vec<Attribute> {
+    template
+        .iter()
+        .filter(|attribute| {
+            matches!(
+                attribute,
+                Attribute::Private(_)
+                    | Attribute::Sensitive(_)
+                    | Attribute::Extractable(_)
+                    | Attribute::Modifiable(_)
+                    | Attribute::Copyable(_)
+                    | Attribute::Derive(_)
+                    | Attribute::Encrypt(_)
+                    | Attribute::Decrypt(_)
+                    | Attribute::Sign(_)
+                    | Attribute::Verify(_)
+                    | Attribute::Wrap(_)
+                    | Attribute::Unwrap(_)
+            )
+        })
+        .cloned()
+        .collect()
 }
