@@ -48,8 +48,16 @@ fn software_module_by_default() {
         "{info}"
     );
     let list = ok(&["hsm", "keys", "list"], &[]);
-    assert!(list.lines().any(|l| l == "tmk/demo tdes2 43C6CC"), "{list}");
-    assert!(list.lines().any(|l| l == "tpk/demo tdes2 8D0A74"), "{list}");
+    assert!(
+        list.lines()
+            .any(|l| l == "tmk/demo tdes2 43C6CC wrap,unwrap"),
+        "{list}"
+    );
+    assert!(
+        list.lines()
+            .any(|l| l == "tpk/demo tdes2 8D0A74 encrypt,decrypt"),
+        "{list}"
+    );
     // The UnionPay field 62 worked example under the demo master key.
     let imported = ok(
         &[
@@ -69,7 +77,7 @@ fn software_module_by_default() {
         ],
         &[],
     );
-    assert_eq!(imported, "tpk/1 tdes2 8D0A74\n");
+    assert_eq!(imported, "tpk/1 tdes2 8D0A74 encrypt,decrypt\n");
     let refused = fails(
         &[
             "hsm",
@@ -153,6 +161,8 @@ fn software_key_file_keeps_imported_keys() {
     let keys: serde_json::Value = serde_json::from_str(&list).unwrap();
     assert_eq!(keys[0]["label"], "tak/1");
     assert_eq!(keys[0]["kcv"], "AB7153");
+    assert_eq!(keys[0]["class"], "tak");
+    assert_eq!(keys[0]["usages"], serde_json::json!(["sign", "verify"]));
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -228,7 +238,7 @@ fn pkcs11_module_on_a_softhsm_token() {
         &as_str(&with(&["hsm", "keys", "provision", "--from", fixtures])),
         env,
     );
-    assert_eq!(provisioned.trim().parse::<usize>().unwrap(), 12);
+    assert_eq!(provisioned.trim().parse::<usize>().unwrap(), 15);
     let info = ok(&as_str(&with(&["hsm", "info"])), env);
     assert!(info.contains("backend: pkcs11"), "{info}");
     assert!(
@@ -240,7 +250,18 @@ fn pkcs11_module_on_a_softhsm_token() {
         "{info}"
     );
     let list = ok(&as_str(&with(&["hsm", "keys", "list"])), env);
-    assert!(list.lines().any(|l| l == "vec/x919 tdes2 08D7B4"), "{list}");
+    // Each key with the usages read back from the token (SoftHSM2: no wrap, no DES MAC
+    // mechanism, AES-CMAC).
+    for line in [
+        "zak/x919 tdes2 08D7B4 encrypt",
+        "tmk/a tdes2 2B72E8 encrypt",
+        "zmk/cups tdes2 43C6CC decrypt",
+        "pvk/vec tdes2 08D7B4 encrypt",
+        "zpk/vec tdes2 08D7B4 encrypt,decrypt",
+        "qr/rfc4493 aes128 7AD386C376 sign,verify",
+    ] {
+        assert!(list.lines().any(|l| l == line), "{line} not in {list}");
+    }
     assert!(
         !list.contains('#'),
         "companion objects must not be listed: {list}"
@@ -251,7 +272,7 @@ fn pkcs11_module_on_a_softhsm_token() {
             "keys",
             "import",
             "--kek",
-            "vec/tmk",
+            "zmk/cups",
             "--label",
             "tak/87654321",
             "--type",
@@ -266,13 +287,14 @@ fn pkcs11_module_on_a_softhsm_token() {
     );
     let imported: serde_json::Value = serde_json::from_str(&imported).unwrap();
     assert_eq!(imported["kcv"], "AB7153");
+    assert_eq!(imported["usages"], serde_json::json!(["encrypt"]));
     fails(
         &as_str(&with(&[
             "hsm",
             "keys",
             "import",
             "--kek",
-            "vec/tmk",
+            "zmk/cups",
             "--label",
             "tak/87654321",
             "--type",
@@ -286,7 +308,7 @@ fn pkcs11_module_on_a_softhsm_token() {
     );
     let generated = ok(
         &as_str(&with(&[
-            "hsm", "keys", "generate", "--label", "tak/new", "--type", "des", "--kek", "vec/tmk",
+            "hsm", "keys", "generate", "--label", "tak/new", "--type", "des", "--kek", "tmk/a",
         ])),
         env,
     );

@@ -127,7 +127,7 @@ async fn the_wire_0200_carries_a_mac_psec_agrees_with() {
     let covered = decoded.mac_input().unwrap();
     assert_eq!(&covered[..4], b"0200");
     assert_eq!(
-        psec_retail_mac("FEDCBA98765432100123456789ABCDEF", covered),
+        psec_retail_mac("54B9D3620807D5E9D0C7042CF85D8C3E", covered),
         mac
     );
     pending.abort();

@@ -215,6 +215,7 @@ fn run() {
     let options = Pkcs11Options {
         module: library(),
         token_label: TOKEN.into(),
+        slot: None,
         pool_size: 2,
     };
     let module = Pkcs11Module::open(&options, &UserPin::new(USER_PIN)).unwrap();

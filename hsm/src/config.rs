@@ -9,6 +9,7 @@
 //! backend = "pkcs11"
 //! module = "/usr/lib/softhsm/libsofthsm2.so"
 //! token_label = "posbridge"
+//! # slot = 3                    # find the token by slot ID instead (label still checked)
 //! pin_env = "POSBRIDGE_HSM_PIN"   # or pin_file = "/run/secrets/hsm-pin"
 //! pool_size = 4
 //! ```
@@ -47,6 +48,10 @@ pub enum HsmConfig {
         module: PathBuf,
         /// The token's label.
         token_label: String,
+        /// The token's slot ID: the token is then found by slot, its label checked when it can
+        /// be read (needed for opencryptoki 3.8, whose token information cryptoki cannot read).
+        #[serde(default)]
+        slot: Option<u64>,
         /// Environment variable holding the user PIN (default `POSBRIDGE_HSM_PIN`).
         #[serde(default)]
         pin_env: Option<String>,
@@ -114,6 +119,7 @@ mod tests {
             HsmConfig::Pkcs11 {
                 module: "/lib/x.so".into(),
                 token_label: "t".into(),
+                slot: None,
                 pin_env: Some("P".into()),
                 pin_file: None,
                 pool_size: DEFAULT_POOL_SIZE,

@@ -2,6 +2,7 @@
 //! exported cryptograms and the module's capabilities.
 
 use crate::error::{HsmError, Result};
+use crate::policy::{KeyClass, Usages};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
@@ -163,6 +164,12 @@ pub struct KeyInfo {
     /// Its standard check value (3 bytes DES family, 5 bytes AES).
     #[serde(with = "hex_upper")]
     pub kcv: Vec<u8>,
+    /// Its class, from the label's prefix; `None` for a key whose label names no class (stored
+    /// by another tool, or before key classes existed).
+    pub class: Option<KeyClass>,
+    /// What the key may be used for: read back from the token's attributes (PKCS#11), or the
+    /// usages the class's policy allows (software module, which does not enforce them).
+    pub usages: Usages,
 }
 
 /// A key generated inside the module and exported under a key-encryption key: what a UnionPay
@@ -215,7 +222,8 @@ pub struct Capabilities {
     pub production: bool,
     /// Where PIN blocks are in clear during a translation between keys of the same format.
     pub pin_translation: PinTranslation,
-    /// Where working keys are in clear during import and generation.
+    /// Where working keys are in clear during import and generation: `in-token` only when every
+    /// key type is generated, exported and imported without leaving the token.
     pub key_transport: KeyTransport,
     /// Human-readable warnings and facts an operator must know (printed by `posbridge hsm info`).
     pub notes: Vec<String>,

@@ -6,6 +6,8 @@
 //!   `tokio::task::spawn_blocking`.
 //! - [`open`] builds one from an [`HsmConfig`]: the `pkcs11` backend (a real token through
 //!   `cryptoki`) or the `software` backend (RustCrypto, **not for production**).
+//! - [`policy`] gives every key class (label prefix `tmk/`, `tak/`, ...) the least usages it
+//!   needs; the PKCS#11 backend writes them into the key objects, so the token enforces them.
 //! - [`secret`] holds the wrapper types for PANs, PINs, PIN blocks and clear keys.
 //! - [`calculator`] is the operator's calculator over clear keys (`posbridge crypto`).
 
@@ -18,6 +20,7 @@ mod module;
 mod ops;
 pub mod pin_block;
 pub mod pkcs11;
+pub mod policy;
 mod pvv;
 pub mod secret;
 pub mod software;
@@ -28,6 +31,7 @@ pub use keys::{Capabilities, ExportedKey, KeyInfo, KeyTransport, KeyType, PinTra
 pub use mac::{MacAlgorithm, Padding};
 pub use module::SecurityModule;
 pub use pin_block::PinBlockFormat;
+pub use policy::{KeyClass, KeyUsage, TokenFeatures, Usages};
 pub use secret::{ClearKey, Pan, Pin, PinBlock};
 
 use std::sync::Arc;
@@ -55,6 +59,7 @@ pub fn open(config: &HsmConfig) -> Result<Arc<dyn SecurityModule>> {
         HsmConfig::Pkcs11 {
             module,
             token_label,
+            slot,
             pin_env,
             pin_file,
             pool_size,
@@ -63,6 +68,7 @@ pub fn open(config: &HsmConfig) -> Result<Arc<dyn SecurityModule>> {
             let options = pkcs11::Pkcs11Options {
                 module: module.clone(),
                 token_label: token_label.clone(),
+                slot: *slot,
                 pool_size: *pool_size,
             };
             Ok(Arc::new(pkcs11::Pkcs11Module::open(&options, &pin)?))

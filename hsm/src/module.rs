@@ -6,6 +6,7 @@ use crate::keys::{Capabilities, ExportedKey, Family, KeyInfo, KeyType};
 use crate::mac::MacAlgorithm;
 use crate::ops::{KeyOps, SoftKey, constant_time_eq, kcv_matches};
 use crate::pin_block::PinBlockFormat;
+use crate::policy::KeyClass;
 use crate::secret::{ClearKey, Pan, Pin, PinBlock};
 use zeroize::Zeroizing;
 
@@ -88,7 +89,9 @@ pub trait SecurityModule: Send + Sync {
     /// replacing a key of that label. Refuses with [`HsmError::KcvMismatch`] when the decrypted
     /// key's check value does not start with `expected_kcv` (2 to 8 bytes for DES family, e.g.
     /// the 4 bytes of UnionPay field 62); a refused import leaves any existing key untouched.
-    /// A single-DES key (`KeyType::Des`) comes as an 8-byte cryptogram.
+    /// A single-DES key (`KeyType::Des`) comes as an 8-byte cryptogram. `label` must name a key
+    /// class ([`KeyClass`](crate::KeyClass)), whose usages the new key gets; `kek` must be allowed
+    /// to import (a zone master key; a terminal master key only where the token unwraps).
     fn import_key(
         &self,
         kek: &str,
@@ -100,7 +103,8 @@ pub trait SecurityModule: Send + Sync {
 
     /// Generates a random key of `key_type`, stores it as `label` (replacing a key of that label)
     /// and returns it encrypted (ECB) under the key-encryption key `export_under`, with its check
-    /// value: what a sign-on response hands a terminal.
+    /// value: what a sign-on response hands a terminal. `label` must name a key class; where the
+    /// token can wrap, the key is generated in it and leaves only wrapped.
     fn generate_key(
         &self,
         label: &str,
@@ -140,6 +144,7 @@ pub(crate) fn decrypt_and_check(
     expected_kcv: &[u8],
 ) -> Result<ClearKey> {
     crate::keys::check_label(label)?;
+    KeyClass::of_label(label)?;
     let expected_len = key_type.key_len();
     if cryptogram.len() != expected_len {
         return Err(HsmError::invalid(format!(
@@ -178,14 +183,12 @@ pub(crate) fn new_key_exported(
     mut random: Zeroizing<Vec<u8>>,
 ) -> Result<(ClearKey, ExportedKey)> {
     crate::keys::check_label(label)?;
+    KeyClass::of_label(label)?;
     if random.len() != key_type.key_len() {
         return Err(HsmError::invalid("random material has the wrong length"));
     }
     if key_type.family() == Family::Des {
-        for byte in random.iter_mut() {
-            let high = *byte & 0xFE;
-            *byte = high | u8::from(high.count_ones() % 2 == 0);
-        }
+        crate::ops::set_odd_parity(&mut random);
     }
     if random.len() % kek.block_len() != 0 {
         return Err(HsmError::wrong_key(

@@ -30,6 +30,13 @@ pub(crate) trait KeyOps {
     /// AES-CMAC (RFC 4493), full 16 bytes. Only for AES keys.
     fn aes_cmac(&self, data: &[u8]) -> Result<Vec<u8>>;
 
+    /// The key's check block: DES family encrypts 8 zero bytes, AES takes the CMAC of 16 zero
+    /// bytes. A token key that may neither encrypt nor sign answers with the check value stored
+    /// when it was created (only as long as the standard check value).
+    fn check_block(&self) -> Result<Vec<u8>> {
+        computed_check_block(self)
+    }
+
     /// Block length.
     fn block_len(&self) -> usize {
         self.key_type().block_len()
@@ -51,11 +58,60 @@ pub(crate) trait KeyOps {
     }
 }
 
-/// Full check block: DES family encrypts 8 zero bytes; AES takes the CMAC of 16 zero bytes.
-pub(crate) fn check_block(key: &dyn KeyOps) -> Result<Vec<u8>> {
+/// Full check block, computed with the key: DES family encrypts 8 zero bytes; AES takes the CMAC
+/// of 16 zero bytes.
+pub(crate) fn computed_check_block<K: KeyOps + ?Sized>(key: &K) -> Result<Vec<u8>> {
     match key.key_type().family() {
         Family::Des => Ok(key.ecb_encrypt(&[0u8; 8])?.to_vec()),
         Family::Aes => key.aes_cmac(&[0u8; 16]),
+    }
+}
+
+/// The key's check block (see [`KeyOps::check_block`]).
+pub(crate) fn check_block(key: &dyn KeyOps) -> Result<Vec<u8>> {
+    key.check_block()
+}
+
+/// AES-CMAC (RFC 4493) built from the key's block encryption: for a token without a CMAC
+/// mechanism. The subkeys derive from `L = E(0)`, which stays in zeroised host memory; the
+/// chaining runs in the token (CBC encryption of the prepared message).
+pub(crate) fn cmac_from_cipher<K: KeyOps + ?Sized>(key: &K, data: &[u8]) -> Result<Vec<u8>> {
+    key.require_family(Family::Aes, "AES-CMAC")?;
+    let dbl = |block: &[u8]| -> Zeroizing<Vec<u8>> {
+        let mut out = Zeroizing::new(vec![0u8; 16]);
+        for i in 0..16 {
+            let next = block.get(i + 1).map_or(0, |b| b >> 7);
+            out[i] = (block[i] << 1) | next;
+        }
+        if block[0] & 0x80 != 0 {
+            out[15] ^= 0x87;
+        }
+        out
+    };
+    let l = key.ecb_encrypt(&[0u8; 16])?;
+    let k1 = dbl(&l);
+    let k2 = dbl(&k1);
+    let complete = !data.is_empty() && data.len() % 16 == 0;
+    let mut message = Zeroizing::new(data.to_vec());
+    if !complete {
+        message.push(0x80);
+        let short = (16 - message.len() % 16) % 16;
+        let padded_len = message.len() + short;
+        message.resize(padded_len, 0);
+    }
+    let last = message.len() - 16;
+    let subkey = if complete { &k1 } else { &k2 };
+    for (m, k) in message[last..].iter_mut().zip(subkey.iter()) {
+        *m ^= k;
+    }
+    key.cbc_last(&[0u8; 16], &message)
+}
+
+/// Sets odd parity on every byte of a DES key, as terminals and some tokens expect.
+pub(crate) fn set_odd_parity(key: &mut [u8]) {
+    for byte in key.iter_mut() {
+        let high = *byte & 0xFE;
+        *byte = high | u8::from(high.count_ones() % 2 == 0);
     }
 }
 
@@ -270,5 +326,32 @@ impl KeyOps for SoftKey {
             }
         };
         Ok(tag)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    #[test]
+    fn cmac_from_the_block_cipher_matches_rfc_4493() {
+        let key = ClearKey::from_hex("2B7E151628AED2A6ABF7158809CF4F3C").unwrap();
+        let soft = SoftKey::new("qr/x", KeyType::Aes128, &key).unwrap();
+        let message = hex::decode(
+            "6bc1bee22e409f96e93d7e117393172aae2d8a571e03ac9c9eb76fac45af8e5130c81c46a35ce411",
+        )
+        .unwrap();
+        for len in [0, 16, 40] {
+            assert_eq!(
+                cmac_from_cipher(&soft, &message[..len]).unwrap(),
+                soft.aes_cmac(&message[..len]).unwrap(),
+                "{len} bytes"
+            );
+        }
+        assert_eq!(
+            hex::encode(cmac_from_cipher(&soft, &[]).unwrap()),
+            "bb1d6929e95937287fa37d129b756746"
+        );
     }
 }

@@ -12,6 +12,7 @@ use crate::mac::{self, MacAlgorithm};
 use crate::module::{SecurityModule, decrypt_and_check, new_key_exported, pvv_equal};
 use crate::ops::{KeyOps, SoftKey, kcv};
 use crate::pin_block::{self, PinBlockFormat};
+use crate::policy::{KeyClass, TokenFeatures, Usages};
 use crate::pvv;
 use crate::secret::{ClearKey, Pan, Pin, PinBlock};
 use rand::RngCore;
@@ -83,7 +84,8 @@ impl KeyFile {
         Self::parse(DEMO_KEYS, "embedded demo keys")
     }
 
-    /// Checks every entry (label, hex, length, check value) and returns the clear keys.
+    /// Checks every entry (label and its key class, hex, length, check value) and returns the
+    /// clear keys.
     pub fn into_keys(self, origin: &str) -> Result<Vec<(String, KeyType, ClearKey)>> {
         let mut out = Vec::with_capacity(self.keys.len());
         for entry in self.keys {
@@ -92,6 +94,7 @@ impl KeyFile {
                 message: format!("key {}: {message}", entry.label),
             };
             check_label(&entry.label).map_err(|e| fail(e.to_string()))?;
+            KeyClass::of_label(&entry.label).map_err(|e| fail(e.to_string()))?;
             let key = ClearKey::from_hex(&entry.value).map_err(|e| fail(e.to_string()))?;
             let soft = SoftKey::new(&entry.label, entry.key_type, &key)
                 .map_err(|e| fail(e.to_string()))?;
@@ -255,6 +258,7 @@ impl SecurityModule for SoftwareModule {
             notes: vec![
                 "software security module: clear keys in host memory, NOT for production".into(),
                 "PIN translation in host memory: not PCI PIN compliant".into(),
+                "key usages: each key's class policy on an ideal token is reported, not enforced (clear keys in process memory)".into(),
             ],
         }
     }
@@ -266,10 +270,15 @@ impl SecurityModule for SoftwareModule {
 
     fn find_key(&self, label: &str) -> Result<KeyInfo> {
         self.with_key(label, |key| {
+            let class = KeyClass::of_label(label).ok();
             Ok(KeyInfo {
                 label: label.to_owned(),
                 key_type: key.key_type(),
                 kcv: kcv(key)?,
+                class,
+                usages: class.map_or(Usages::NONE, |class| {
+                    class.usages(key.key_type().family(), &TokenFeatures::IDEAL)
+                }),
             })
         })
     }
@@ -374,5 +383,29 @@ impl SecurityModule for SoftwareModule {
         })?;
         let computed = self.pin_verification_value(pvk, pan, &pin, pvki)?;
         pvv_equal(&computed, stored_pvv)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+
+    #[test]
+    fn every_demo_key_has_a_class_and_a_value_of_its_own() {
+        let keys = KeyFile::demo().unwrap().into_keys("demo").unwrap();
+        let mut seen: Vec<(Vec<u8>, String)> = Vec::new();
+        for (label, _, key) in &keys {
+            KeyClass::of_label(label).unwrap();
+            // Halves too: a tdes2 key whose half is another key's half shares its single-DES
+            // steps (X9.19 chains with K1 alone).
+            for chunk in key.expose_secret().chunks(8) {
+                if let Some((_, other)) = seen.iter().find(|(bytes, _)| bytes == chunk) {
+                    panic!("{label} shares a value with {other}");
+                }
+                seen.push((chunk.to_vec(), label.clone()));
+            }
+        }
+        assert!(keys.len() >= 10);
     }
 }

@@ -2,7 +2,8 @@
 //! the behaviour the gateway relies on (key import refusing a wrong check value, generated keys
 //! that re-import, PIN translations between formats, PVV verification, errors).
 //!
-//! `software::*` runs each check on the software module, `pkcs11::*` on a fresh SoftHSM2 token.
+//! `software::*` runs each check on the software module, `pkcs11::*` on a fresh SoftHSM2 token,
+//! `opencryptoki::*` on opencryptoki's software token (see `common::with_second_token`).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -22,14 +23,14 @@ fn upper(bytes: &[u8]) -> String {
 }
 
 fn kcv_vector(m: &dyn SecurityModule) {
-    assert_eq!(upper(&m.kcv("vec/x919").unwrap()), "08D7B4");
+    assert_eq!(upper(&m.kcv("zak/x919").unwrap()), "08D7B4");
     let info = m.find_key("tak/single").unwrap();
     assert_eq!(info.key_type, KeyType::Des);
     assert_eq!(upper(&info.kcv), "AB7153");
     // AES check value: CMAC of 16 zero bytes, 5 bytes; must agree with the calculator.
-    let (_, clear) = common::clear_key("vec/cmac");
+    let (_, clear) = common::clear_key("qr/rfc4493");
     assert_eq!(
-        m.kcv("vec/cmac").unwrap(),
+        m.kcv("qr/rfc4493").unwrap(),
         calculator::kcv(Family::Aes, &clear).unwrap()
     );
 }
@@ -37,24 +38,24 @@ fn kcv_vector(m: &dyn SecurityModule) {
 fn x919_vector(m: &dyn SecurityModule) {
     let data = b"Now is the time for all ";
     let mac = m
-        .generate_mac("vec/x919", MacAlgorithm::X919, data)
+        .generate_mac("zak/x919", MacAlgorithm::X919, data)
         .unwrap();
     assert_eq!(upper(&mac), "A1C72E74EA3FA9B6");
-    m.verify_mac("vec/x919", MacAlgorithm::X919, data, &mac)
+    m.verify_mac("zak/x919", MacAlgorithm::X919, data, &mac)
         .unwrap();
-    m.verify_mac("vec/x919", MacAlgorithm::X919, data, &mac[..4])
+    m.verify_mac("zak/x919", MacAlgorithm::X919, data, &mac[..4])
         .unwrap();
     let mut wrong = mac.clone();
     wrong[7] ^= 1;
     assert!(matches!(
-        m.verify_mac("vec/x919", MacAlgorithm::X919, data, &wrong),
+        m.verify_mac("zak/x919", MacAlgorithm::X919, data, &wrong),
         Err(HsmError::MacMismatch)
     ));
     // Single-block and empty messages take the no-chaining path.
-    let (_, clear) = common::clear_key("vec/x919");
+    let (_, clear) = common::clear_key("zak/x919");
     for data in [&b""[..], b"12345678", b"1234567890"] {
         assert_eq!(
-            m.generate_mac("vec/x919", MacAlgorithm::X919, data)
+            m.generate_mac("zak/x919", MacAlgorithm::X919, data)
                 .unwrap(),
             calculator::mac(MacAlgorithm::X919, &clear, data).unwrap()
         );
@@ -66,7 +67,7 @@ fn cups_ecb_vector(m: &dyn SecurityModule) {
     // own XOR.
     let data = unhex("1212B04E1227809C");
     let mac = m
-        .generate_mac("vec/cups-tak", MacAlgorithm::CupsEcb, &data)
+        .generate_mac("tak/cups", MacAlgorithm::CupsEcb, &data)
         .unwrap();
     assert_eq!(mac, b"5FE058DB");
     assert_eq!(upper(&mac), "3546453035384442");
@@ -74,18 +75,18 @@ fn cups_ecb_vector(m: &dyn SecurityModule) {
     let mut split = unhex("0000000000000000FFFFFFFFFFFFFFFF");
     split.extend(unhex("EDED4FB1EDD87F63"));
     assert_eq!(
-        m.generate_mac("vec/cups-tak", MacAlgorithm::CupsEcb, &split)
+        m.generate_mac("tak/cups", MacAlgorithm::CupsEcb, &split)
             .unwrap(),
         b"5FE058DB"
     );
-    m.verify_mac("vec/cups-tak", MacAlgorithm::CupsEcb, &data, b"5FE058DB")
+    m.verify_mac("tak/cups", MacAlgorithm::CupsEcb, &data, b"5FE058DB")
         .unwrap();
 }
 
 fn aes_cmac_vector(m: &dyn SecurityModule) {
     let mac = m
         .generate_mac(
-            "vec/cmac",
+            "qr/rfc4493",
             MacAlgorithm::AesCmac,
             &unhex("6bc1bee22e409f96e93d7e117393172a"),
         )
@@ -94,12 +95,12 @@ fn aes_cmac_vector(m: &dyn SecurityModule) {
 }
 
 fn cbc_mac_matches_calculator(m: &dyn SecurityModule) {
-    let (_, clear) = common::clear_key("zpk/b");
+    let (_, clear) = common::clear_key("tak/tdes3");
     let data = b"0200 message body of some length";
     for padding in [Padding::M1, Padding::M2] {
         let algorithm = MacAlgorithm::Iso9797Alg1 { padding };
         assert_eq!(
-            m.generate_mac("zpk/b", algorithm, data).unwrap(),
+            m.generate_mac("tak/tdes3", algorithm, data).unwrap(),
             calculator::mac(algorithm, &clear, data).unwrap()
         );
     }
@@ -109,7 +110,7 @@ fn cbc_mac_matches_calculator(m: &dyn SecurityModule) {
     };
     assert_eq!(
         upper(
-            &m.generate_mac("vec/x919", algorithm, &unhex("1234567890ABCDEF"))
+            &m.generate_mac("zak/x919", algorithm, &unhex("1234567890ABCDEF"))
                 .unwrap()
         ),
         "925B1737EF681AD3"
@@ -129,7 +130,7 @@ fn pin_format_0_vector(m: &dyn SecurityModule) {
     let pin = Pin::new("1234").unwrap();
     let pan = Pan::new("4321987654321098").unwrap();
     let block = m
-        .encrypt_pin(&pin, &pan, PinBlockFormat::Iso0, "vec/zpk")
+        .encrypt_pin(&pin, &pan, PinBlockFormat::Iso0, "zpk/vec")
         .unwrap();
     assert_eq!(upper(block.expose_secret()), "A1CED0BFE25FDA02");
 }
@@ -142,14 +143,14 @@ fn pin_format_4_vector(m: &dyn SecurityModule) {
     let translated = m
         .translate_pin(
             &block,
-            "vec/pek4",
+            "pek/iso4",
             PinBlockFormat::Iso4,
-            "vec/zpk",
+            "zpk/vec",
             PinBlockFormat::Iso0,
             Some(&pan),
         )
         .unwrap();
-    let (_, zpk) = common::clear_key("vec/zpk");
+    let (_, zpk) = common::clear_key("zpk/vec");
     let pin =
         calculator::decipher_pin_block(PinBlockFormat::Iso0, &translated, &pan, &zpk).unwrap();
     assert_eq!(pin.expose_secret(), "1234");
@@ -158,9 +159,9 @@ fn pin_format_4_vector(m: &dyn SecurityModule) {
     assert!(
         m.translate_pin(
             &block,
-            "vec/pek4",
+            "pek/iso4",
             PinBlockFormat::Iso4,
-            "vec/zpk",
+            "zpk/vec",
             PinBlockFormat::Iso0,
             Some(&other)
         )
@@ -176,9 +177,9 @@ fn translations_round_trip(m: &dyn SecurityModule) {
         ("zpk/b", PinBlockFormat::Iso0),
         ("zpk/a", PinBlockFormat::Iso3),
         ("pek/aes-b", PinBlockFormat::Iso4),
-        ("vec/pek4", PinBlockFormat::Iso4),
+        ("pek/iso4", PinBlockFormat::Iso4),
         ("zpk/b", PinBlockFormat::Iso1),
-        ("vec/zpk", PinBlockFormat::Iso0),
+        ("zpk/vec", PinBlockFormat::Iso0),
     ];
     let (first_key, first_format) = steps[0];
     let mut block = m.encrypt_pin(&pin, &pan, first_format, first_key).unwrap();
@@ -200,7 +201,7 @@ fn cups_sign_on_import(m: &dyn SecurityModule) {
     // Field 62 of the worked example: PIN key under the master key with check value 8D0A74B8.
     let info = m
         .import_key(
-            "vec/tmk",
+            "zmk/cups",
             "tpk/12345678",
             KeyType::Tdes2,
             &unhex("6701EAD6A9AD51E51AA406E2C27FCFA9"),
@@ -221,7 +222,7 @@ fn cups_sign_on_import(m: &dyn SecurityModule) {
     // The single-length MAC key: 8-byte cryptogram, check value AB7153CA.
     let info = m
         .import_key(
-            "vec/tmk",
+            "zmk/cups",
             "tak/12345678",
             KeyType::Des,
             &unhex("B651F9E9BACE9AE1"),
@@ -239,7 +240,7 @@ fn cups_sign_on_import(m: &dyn SecurityModule) {
     );
     // A wrong check value is refused and the key already stored under the label stays.
     let refused = m.import_key(
-        "vec/tmk",
+        "zmk/cups",
         "tpk/12345678",
         KeyType::Tdes2,
         &unhex("B651F9E9BACE9AE1B651F9E9BACE9AE1"),
@@ -253,7 +254,7 @@ fn cups_sign_on_import(m: &dyn SecurityModule) {
     // A refused import of a new label creates nothing.
     assert!(
         m.import_key(
-            "vec/tmk",
+            "zmk/cups",
             "tpk/never",
             KeyType::Tdes2,
             &unhex("6701EAD6A9AD51E51AA406E2C27FCFA9"),
@@ -267,46 +268,172 @@ fn cups_sign_on_import(m: &dyn SecurityModule) {
     ));
 }
 
-fn generated_keys_reimport(m: &dyn SecurityModule) {
-    for (kind, kek) in [
-        (KeyType::Des, "vec/tmk"),
-        (KeyType::Tdes2, "vec/tmk"),
-        (KeyType::Tdes3, "vec/tmk"),
-        (KeyType::Aes128, "kek/aes"),
-        (KeyType::Aes256, "kek/aes"),
-    ] {
-        let exported = m.generate_key("new/key", kind, kek).unwrap();
-        assert_eq!(exported.cryptogram.len(), kind.key_len());
-        let info = m
-            .import_key(kek, "new/copy", kind, &exported.cryptogram, &exported.kcv)
-            .unwrap();
-        assert_eq!(info.key_type, kind);
-        assert_eq!(m.kcv("new/key").unwrap(), info.kcv);
-        let algorithm = if kind.family() == Family::Aes {
-            MacAlgorithm::AesCmac
-        } else {
-            MacAlgorithm::Iso9797Alg1 {
-                padding: Padding::M2,
+/// Decrypts an ECB cryptogram with a fixture KEK in host memory (RustCrypto), to check what the
+/// module exported without trusting the module.
+fn host_ecb(kek_label: &str, data: &[u8], decrypt: bool) -> posbridge_hsm::ClearKey {
+    use cipher::{BlockDecrypt, BlockEncrypt, KeyInit, generic_array::GenericArray};
+    let (kind, kek) = common::clear_key(kek_label);
+    let mut out = data.to_vec();
+    match kind {
+        KeyType::Tdes2 => {
+            let cipher = des::TdesEde2::new_from_slice(kek.expose_secret()).unwrap();
+            for block in out.chunks_mut(8) {
+                let block = GenericArray::from_mut_slice(block);
+                if decrypt {
+                    cipher.decrypt_block(block);
+                } else {
+                    cipher.encrypt_block(block);
+                }
             }
-        };
-        assert_eq!(
-            m.generate_mac("new/key", algorithm, b"abc").unwrap(),
-            m.generate_mac("new/copy", algorithm, b"abc").unwrap()
-        );
+        }
+        KeyType::Aes128 => {
+            let cipher = aes::Aes128::new_from_slice(kek.expose_secret()).unwrap();
+            for block in out.chunks_mut(16) {
+                let block = GenericArray::from_mut_slice(block);
+                if decrypt {
+                    cipher.decrypt_block(block);
+                } else {
+                    cipher.encrypt_block(block);
+                }
+            }
+        }
+        other => panic!("no host cipher for a {other} KEK"),
     }
+    posbridge_hsm::ClearKey::new(out).unwrap()
+}
+
+fn mac_for(kind: KeyType) -> MacAlgorithm {
+    if kind.family() == Family::Aes {
+        MacAlgorithm::AesCmac
+    } else {
+        MacAlgorithm::Iso9797Alg1 {
+            padding: Padding::M2,
+        }
+    }
+}
+
+fn generated_keys_leave_under_the_tmk(m: &dyn SecurityModule) {
+    for (kind, kek, label) in [
+        (KeyType::Des, "tmk/a", "tak/gen-des"),
+        (KeyType::Tdes2, "tmk/a", "tak/gen-tdes2"),
+        (KeyType::Tdes3, "tmk/a", "zpk/gen-tdes3"),
+        (KeyType::Aes128, "tmk/aes", "qr/gen-aes128"),
+        (KeyType::Aes256, "tmk/aes", "pek/gen-aes256"),
+    ] {
+        let exported = m.generate_key(label, kind, kek).unwrap();
+        assert_eq!(exported.cryptogram.len(), kind.key_len());
+        // The cryptogram is the key under the KEK (ECB): decrypt it on the host, and the key, its
+        // check values and its MACs agree with the module's.
+        let clear = host_ecb(kek, &exported.cryptogram, true);
+        let check = calculator::check_block(kind.family(), &clear).unwrap();
+        assert_eq!(exported.kcv, check[..exported.kcv.len()], "{label}");
+        assert_eq!(
+            exported.kcv.len(),
+            if kind.family() == Family::Aes { 5 } else { 4 }
+        );
+        let info = m.find_key(label).unwrap();
+        assert_eq!(info.key_type, kind);
+        assert_eq!(info.kcv, calculator::kcv(kind.family(), &clear).unwrap());
+        let algorithm = mac_for(kind);
+        assert_eq!(
+            m.generate_mac(label, algorithm, b"abc").unwrap(),
+            calculator::mac(algorithm, &clear, b"abc").unwrap(),
+            "{label}"
+        );
+        if kind.family() == Family::Des {
+            assert_eq!(
+                calculator::kcv(Family::Des, &clear).unwrap(),
+                m.kcv(label).unwrap()
+            );
+        }
+    }
+    // X9.19 with a generated double-length MAC key (its K1 companion is made with it).
+    let exported = m.generate_key("zak/gen", KeyType::Tdes2, "tmk/a").unwrap();
+    let clear = host_ecb("tmk/a", &exported.cryptogram, true);
+    assert_eq!(
+        m.generate_mac("zak/gen", MacAlgorithm::X919, b"Now is the time for all ")
+            .unwrap(),
+        calculator::mac(MacAlgorithm::X919, &clear, b"Now is the time for all ").unwrap()
+    );
     // Two generated keys differ.
-    let a = m.generate_key("new/a", KeyType::Tdes2, "vec/tmk").unwrap();
-    let b = m.generate_key("new/b", KeyType::Tdes2, "vec/tmk").unwrap();
+    let a = m.generate_key("tpk/a", KeyType::Tdes2, "tmk/a").unwrap();
+    let b = m.generate_key("tpk/b", KeyType::Tdes2, "tmk/a").unwrap();
     assert_ne!(a.cryptogram, b.cryptogram);
-    // An AES key cannot travel under a single-block DES KEK mismatch: 8-byte DES under AES fails.
-    assert!(m.generate_key("new/c", KeyType::Des, "kek/aes").is_err());
+    // An 8-byte DES key cannot travel under a 16-byte-block AES KEK.
+    assert!(m.generate_key("tak/c", KeyType::Des, "tmk/aes").is_err());
+}
+
+fn keys_import_under_a_zmk(m: &dyn SecurityModule) {
+    let cases = [
+        (
+            KeyType::Des,
+            "zmk/cups",
+            "tak/imported-des",
+            "5BB5C72CD00B7338",
+        ),
+        (
+            KeyType::Tdes2,
+            "zmk/cups",
+            "zak/imported",
+            "C78061862CB0B910F4F475130D98A2A2",
+        ),
+        (
+            KeyType::Tdes3,
+            "zmk/cups",
+            "zpk/imported",
+            "5E8A1C3F7D2B9E4661A3C5E7092B4D6F8A1C3E5F7092B4D6",
+        ),
+        (
+            KeyType::Aes128,
+            "zmk/aes",
+            "qr/imported",
+            "2B7E151628AED2A6ABF7158809CF4F3C",
+        ),
+        (
+            KeyType::Aes256,
+            "zmk/aes",
+            "pek/imported",
+            "603DEB1015CA71BE2B73AEF0857D77811F352C073B6108D72D9810A30914DFF4",
+        ),
+    ];
+    for (kind, zmk, label, value) in cases {
+        let clear = posbridge_hsm::ClearKey::from_hex(value).unwrap();
+        let cryptogram = host_ecb(zmk, clear.expose_secret(), false);
+        let check = calculator::check_block(kind.family(), &clear).unwrap();
+        let info = m
+            .import_key(zmk, label, kind, cryptogram.expose_secret(), &check[..4])
+            .unwrap();
+        assert_eq!(info.kcv, calculator::kcv(kind.family(), &clear).unwrap());
+        let algorithm = mac_for(kind);
+        assert_eq!(
+            m.generate_mac(label, algorithm, b"0800 key change")
+                .unwrap(),
+            calculator::mac(algorithm, &clear, b"0800 key change").unwrap(),
+            "{label}"
+        );
+        // A wrong check value is refused and leaves the imported key as it was.
+        let mut wrong = check[..4].to_vec();
+        wrong[3] ^= 1;
+        assert!(matches!(
+            m.import_key(zmk, label, kind, cryptogram.expose_secret(), &wrong),
+            Err(HsmError::KcvMismatch { .. })
+        ));
+        assert_eq!(m.kcv(label).unwrap(), info.kcv);
+    }
+    // The imported double-length MAC key computes X9.19 (the K1 companion came with it).
+    let clear = posbridge_hsm::ClearKey::from_hex("C78061862CB0B910F4F475130D98A2A2").unwrap();
+    assert_eq!(
+        m.generate_mac("zak/imported", MacAlgorithm::X919, b"0810")
+            .unwrap(),
+        calculator::mac(MacAlgorithm::X919, &clear, b"0810").unwrap()
+    );
 }
 
 fn pvv_enrol_and_verify(m: &dyn SecurityModule) {
     let pan = Pan::new("1122334455667788").unwrap();
     let pin = Pin::new("4524").unwrap();
     assert_eq!(
-        m.pin_verification_value("vec/pvk", &pan, &pin, 3).unwrap(),
+        m.pin_verification_value("pvk/vec", &pan, &pin, 3).unwrap(),
         "4021"
     );
     let block = m
@@ -318,7 +445,7 @@ fn pvv_enrol_and_verify(m: &dyn SecurityModule) {
             "pek/aes-b",
             PinBlockFormat::Iso4,
             &pan,
-            "vec/pvk",
+            "pvk/vec",
             3,
             "4021"
         )
@@ -338,7 +465,7 @@ fn pvv_enrol_and_verify(m: &dyn SecurityModule) {
             "pek/aes-b",
             PinBlockFormat::Iso4,
             &pan,
-            "vec/pvk",
+            "pvk/vec",
             3,
             "4021"
         )
@@ -350,7 +477,7 @@ fn pvv_enrol_and_verify(m: &dyn SecurityModule) {
             "pek/aes-b",
             PinBlockFormat::Iso4,
             &pan,
-            "vec/pvk",
+            "pvk/vec",
             3,
             "40x1"
         )
@@ -364,17 +491,17 @@ fn errors_name_the_fault(m: &dyn SecurityModule) {
         Err(HsmError::KeyNotFound { .. })
     ));
     assert!(matches!(
-        m.generate_mac("vec/x919", MacAlgorithm::AesCmac, b"x"),
+        m.generate_mac("zak/x919", MacAlgorithm::AesCmac, b"x"),
         Err(HsmError::WrongKey { .. })
     ));
     assert!(matches!(
-        m.generate_mac("zpk/b", MacAlgorithm::X919, b"x"),
+        m.generate_mac("tak/tdes3", MacAlgorithm::X919, b"x"),
         Err(HsmError::WrongKey { .. })
     ));
     let pan = Pan::new("4321987654321098").unwrap();
     let pin = Pin::new("1234").unwrap();
     assert!(
-        m.encrypt_pin(&pin, &pan, PinBlockFormat::Iso4, "vec/zpk")
+        m.encrypt_pin(&pin, &pan, PinBlockFormat::Iso4, "zpk/vec")
             .is_err()
     );
     // A block under the wrong key does not decode as format 0 (its control nibble is random);
@@ -384,7 +511,7 @@ fn errors_name_the_fault(m: &dyn SecurityModule) {
         .unwrap();
     let bad = m.translate_pin(
         &block,
-        "vec/zpk",
+        "zpk/vec",
         PinBlockFormat::Iso0,
         "zpk/b",
         PinBlockFormat::Iso3,
@@ -392,33 +519,55 @@ fn errors_name_the_fault(m: &dyn SecurityModule) {
     );
     assert!(matches!(bad, Err(HsmError::BadPinBlock { .. })), "{bad:?}");
     assert!(
-        m.import_key("vec/tmk", "bad label!", KeyType::Tdes2, &[0; 16], &[0; 3])
+        m.import_key("zmk/cups", "bad label!", KeyType::Tdes2, &[0; 16], &[0; 3])
             .is_err()
     );
     assert!(
-        m.import_key("vec/tmk", "x/y", KeyType::Tdes2, &[0; 15], &[0; 3])
+        m.import_key("zmk/cups", "tpk/y", KeyType::Tdes2, &[0; 15], &[0; 3])
             .is_err()
     );
+    // Every key has a class, named by its label: a label without one is refused before anything
+    // is decrypted or generated.
+    let no_class = m.import_key(
+        "zmk/cups",
+        "x/y",
+        KeyType::Tdes2,
+        &unhex("6701EAD6A9AD51E51AA406E2C27FCFA9"),
+        &unhex("8D0A74B8"),
+    );
+    assert!(
+        matches!(&no_class, Err(HsmError::InvalidInput(m)) if m.contains("names no key class")),
+        "{no_class:?}"
+    );
+    assert!(matches!(
+        m.generate_key("x/y", KeyType::Tdes2, "tmk/a"),
+        Err(HsmError::InvalidInput(_))
+    ));
 }
 
 fn key_listing_and_deletion(m: &dyn SecurityModule) {
     let keys = m.list_keys().unwrap();
     let labels: Vec<&str> = keys.iter().map(|k| k.label.as_str()).collect();
-    assert!(labels.contains(&"vec/x919"), "{labels:?}");
+    assert!(labels.contains(&"zak/x919"), "{labels:?}");
     assert!(labels.contains(&"tak/single"));
+    // Every listed key says its class and what it may be used for.
+    for key in &keys {
+        assert!(key.class.is_some(), "{key:?}");
+        assert!(!key.usages.is_empty(), "{key:?}");
+    }
     assert!(labels.iter().all(|l| !l.contains('#')), "{labels:?}");
     let mut sorted = labels.clone();
     sorted.sort();
     assert_eq!(labels, sorted);
-    m.generate_key("tmp/deleted", KeyType::Tdes2, "vec/tmk")
+    m.generate_key("tak/deleted", KeyType::Tdes2, "tmk/a")
         .unwrap();
-    m.delete_key("tmp/deleted").unwrap();
+    m.delete_key("tak/deleted").unwrap();
     assert!(matches!(
-        m.find_key("tmp/deleted"),
+        m.find_key("tak/deleted"),
         Err(HsmError::KeyNotFound { .. })
     ));
     assert!(matches!(
-        m.delete_key("tmp/deleted"),
+        m.delete_key("tak/deleted"),
         Err(HsmError::KeyNotFound { .. })
     ));
 }
@@ -442,7 +591,7 @@ fn concurrent_callers(m: &dyn SecurityModule) {
     let pan = Pan::new("4321987654321098").unwrap();
     let pin = Pin::new("1234").unwrap();
     let expected = m
-        .encrypt_pin(&pin, &pan, PinBlockFormat::Iso0, "vec/zpk")
+        .encrypt_pin(&pin, &pan, PinBlockFormat::Iso0, "zpk/vec")
         .unwrap();
     let source = m
         .encrypt_pin(&pin, &pan, PinBlockFormat::Iso0, "zpk/a")
@@ -456,14 +605,14 @@ fn concurrent_callers(m: &dyn SecurityModule) {
                             &source,
                             "zpk/a",
                             PinBlockFormat::Iso0,
-                            "vec/zpk",
+                            "zpk/vec",
                             PinBlockFormat::Iso0,
                             Some(&pan),
                         )
                         .unwrap();
                     assert_eq!(out, expected);
                     let mac = m
-                        .generate_mac("vec/x919", MacAlgorithm::X919, b"Now is the time for all ")
+                        .generate_mac("zak/x919", MacAlgorithm::X919, b"Now is the time for all ")
                         .unwrap();
                     assert_eq!(upper(&mac), "A1C72E74EA3FA9B6");
                 }
@@ -493,6 +642,15 @@ macro_rules! conformance {
                 }
             )*
         }
+        /// The same suite on a second PKCS#11 implementation: opencryptoki's software token.
+        mod opencryptoki {
+            $(
+                #[test]
+                fn $name() {
+                    super::common::with_second_token(|module| super::$name(module));
+                }
+            )*
+        }
     };
 }
 
@@ -506,7 +664,8 @@ conformance!(
     pin_format_4_vector,
     translations_round_trip,
     cups_sign_on_import,
-    generated_keys_reimport,
+    generated_keys_leave_under_the_tmk,
+    keys_import_under_a_zmk,
     pvv_enrol_and_verify,
     errors_name_the_fault,
     key_listing_and_deletion,
@@ -544,6 +703,7 @@ fn pkcs11_opens_from_config_with_a_pin_file() {
         let config = |token_label: &str, pool_size: usize| posbridge_hsm::HsmConfig::Pkcs11 {
             module: common::pkcs11_library(),
             token_label: token_label.into(),
+            slot: None,
             pin_env: None,
             pin_file: Some(pin_file.clone()),
             pool_size,

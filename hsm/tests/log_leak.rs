@@ -61,7 +61,7 @@ fn sensitive_run(m: &dyn SecurityModule) -> Vec<String> {
     let pan = Pan::new(PAN).unwrap();
     // The UnionPay sign-on import: the clear PIN key must not be logged.
     m.import_key(
-        "vec/tmk",
+        "zmk/cups",
         "tpk/leak",
         KeyType::Tdes2,
         &hex::decode("6701EAD6A9AD51E51AA406E2C27FCFA9").unwrap(),
@@ -91,25 +91,25 @@ fn sensitive_run(m: &dyn SecurityModule) -> Vec<String> {
             Some(&pan),
         )
         .unwrap();
-    let pvv = m.pin_verification_value("vec/pvk", &pan, &pin, 1).unwrap();
+    let pvv = m.pin_verification_value("pvk/vec", &pan, &pin, 1).unwrap();
     assert!(
         m.verify_pin(
             &aes_block,
             "pek/aes-b",
             PinBlockFormat::Iso4,
             &pan,
-            "vec/pvk",
+            "pvk/vec",
             1,
             &pvv
         )
         .unwrap()
     );
     let mac = m
-        .generate_mac("vec/x919", MacAlgorithm::X919, b"0200 message")
+        .generate_mac("zak/x919", MacAlgorithm::X919, b"0200 message")
         .unwrap();
-    m.verify_mac("vec/x919", MacAlgorithm::X919, b"0200 message", &mac)
+    m.verify_mac("zak/x919", MacAlgorithm::X919, b"0200 message", &mac)
         .unwrap();
-    m.generate_mac("vec/cups-tak", MacAlgorithm::CupsEcb, b"0200 message")
+    m.generate_mac("tak/cups", MacAlgorithm::CupsEcb, b"0200 message")
         .unwrap();
     // A failing translation logs its error path too.
     let _ = m.translate_pin(
@@ -135,13 +135,13 @@ fn sensitive_run(m: &dyn SecurityModule) -> Vec<String> {
         "807A23AD32B36D457AE91FDF927570EA".to_owned(),
     ];
     for label in [
-        "vec/tmk",
+        "zmk/cups",
         "zpk/a",
         "zpk/b",
         "pek/aes-b",
-        "vec/x919",
-        "vec/cups-tak",
-        "vec/pvk",
+        "zak/x919",
+        "tak/cups",
+        "pvk/vec",
     ] {
         let (_, key): (KeyType, ClearKey) = common::clear_key(label);
         secrets.push(hex::encode_upper(key.expose_secret()));

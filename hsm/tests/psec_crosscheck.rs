@@ -100,11 +100,14 @@ fn random_key(rng: &mut StdRng, len: usize) -> ClearKey {
 
 fn random_keys(rng: &mut StdRng) -> Keys {
     let mut keys = Vec::new();
+    // The cross-check uses one pool of keys for every algorithm; their classes give each the
+    // usages all its algorithms need on a token: tdes2 keys are MAC keys (X9.19 needs their K1
+    // companion; PIN blocks, PVVs and check values only encrypt), the others PIN keys.
     for (prefix, kind, count) in [
-        ("x/tdes2", KeyType::Tdes2, 6),
-        ("x/tdes3", KeyType::Tdes3, 3),
-        ("x/aes128", KeyType::Aes128, 3),
-        ("x/aes256", KeyType::Aes256, 2),
+        ("zak/x-tdes2", KeyType::Tdes2, 6),
+        ("zpk/x-tdes3", KeyType::Tdes3, 3),
+        ("pek/x-aes128", KeyType::Aes128, 3),
+        ("pek/x-aes256", KeyType::Aes256, 2),
     ] {
         for i in 0..count {
             keys.push((

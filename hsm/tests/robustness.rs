@@ -56,14 +56,14 @@ proptest! {
         label_pick in 0usize..6,
     ) {
         let module = common::software();
-        let labels = ["vec/zpk", "zpk/b", "vec/pek4", "tak/single", "vec/cmac", "no/such"];
+        let labels = ["zpk/vec", "zpk/b", "pek/iso4", "tak/single", "qr/rfc4493", "no/such"];
         let label = labels[label_pick];
         let pan = Pan::new(&pan).unwrap();
         if let Ok(block) = PinBlock::from_slice(&block) {
             for src in FORMATS {
                 for dst in FORMATS {
                     let _ = module.translate_pin(&block, label, src, "zpk/a", dst, Some(&pan));
-                    let _ = module.verify_pin(&block, label, src, &pan, "vec/pvk", 1, "1234");
+                    let _ = module.verify_pin(&block, label, src, &pan, "pvk/vec", 1, "1234");
                 }
             }
         }
@@ -72,7 +72,7 @@ proptest! {
             let _ = module.verify_mac(label, algorithm, &message, &block);
         }
         for kind in KeyType::ALL {
-            let _ = module.import_key(label, "p/imported", kind, &block, &message);
+            let _ = module.import_key(label, "zpk/imported", kind, &block, &message);
         }
     }
 }

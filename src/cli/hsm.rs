@@ -48,6 +48,7 @@ impl ModuleArgs {
             return Ok(HsmConfig::Pkcs11 {
                 module: module.clone(),
                 token_label: self.token_label.clone().unwrap_or_default(),
+                slot: None,
                 pin_env: self.pin_env.clone(),
                 pin_file: self.pin_file.clone(),
                 // One command at a time: one session is enough.
@@ -81,7 +82,7 @@ pub enum HsmCommand {
 /// `posbridge hsm keys` sub-commands.
 #[derive(Debug, Subcommand)]
 pub enum KeysCommand {
-    /// Every key: label, type, check value.
+    /// Every key: label, type, check value, usages.
     List {
         #[command(flatten)]
         module: ModuleArgs,
@@ -228,14 +229,15 @@ fn print_key(info: &KeyInfo, json: bool) {
     if json {
         println!(
             "{}",
-            json!({ "label": info.label, "type": info.key_type.name(), "kcv": hex::encode_upper(&info.kcv) })
+            json!({ "label": info.label, "type": info.key_type.name(), "kcv": hex::encode_upper(&info.kcv), "usages": info.usages })
         );
     } else {
         println!(
-            "{} {} {}",
+            "{} {} {} {}",
             info.label,
             info.key_type,
-            hex::encode_upper(&info.kcv)
+            hex::encode_upper(&info.kcv),
+            info.usages
         );
     }
 }
@@ -256,6 +258,7 @@ fn provision(module: &ModuleArgs, from: &std::path::Path) -> Result<()> {
     let HsmConfig::Pkcs11 {
         module: library,
         token_label,
+        slot,
         pin_env,
         pin_file,
         pool_size,
@@ -269,6 +272,7 @@ fn provision(module: &ModuleArgs, from: &std::path::Path) -> Result<()> {
     let options = Pkcs11Options {
         module: library,
         token_label,
+        slot,
         pool_size,
     };
     let token = Pkcs11Module::open(&options, &pin)?;

@@ -6,7 +6,7 @@
 //! re-runs itself in a child process of the same test binary with `SOFTHSM2_CONF` pointing at a
 //! fresh token. This works the same under nextest (a process per test) and `cargo test` (many
 //! threads in one process), and no test ever touches the system's token directory.
-#![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, dead_code)]
 
 use posbridge_hsm::pkcs11::{Pkcs11Module, Pkcs11Options, UserPin};
 use posbridge_hsm::software::{KeyFile, SoftwareModule};
@@ -84,6 +84,7 @@ pub fn open_test_token(pool_size: usize) -> Pkcs11Module {
     let options = Pkcs11Options {
         module: pkcs11_library(),
         token_label: TOKEN_LABEL.into(),
+        slot: None,
         pool_size,
     };
     let module = Pkcs11Module::open(&options, &UserPin::new(USER_PIN)).unwrap();
@@ -121,4 +122,69 @@ pub fn in_softhsm_child(test_path: &str, body: impl FnOnce()) {
         stdout.contains("1 passed"),
         "child process did not run {test_path}: {stdout}"
     );
+}
+
+/// The second PKCS#11 implementation the suite runs on (opencryptoki's software token, set up by
+/// `./scripts/test`): library, slot, token label and user PIN from
+/// `POSBRIDGE_TEST_PKCS11_MODULE_2`, `_SLOT_2`, `_TOKEN_2` and `_PIN_2`.
+pub struct SecondToken {
+    pub module: PathBuf,
+    pub slot: u64,
+    pub label: String,
+    pub pin: String,
+}
+
+pub fn second_token() -> SecondToken {
+    let var = |name: &str| {
+        std::env::var(name).unwrap_or_else(|_| {
+            panic!(
+                "{name} is not set: ./scripts/test sets up opencryptoki's software token and exports \
+                 POSBRIDGE_TEST_PKCS11_MODULE_2, _SLOT_2, _TOKEN_2 and _PIN_2"
+            )
+        })
+    };
+    let module = PathBuf::from(var("POSBRIDGE_TEST_PKCS11_MODULE_2"));
+    assert!(module.exists(), "{} not found", module.display());
+    SecondToken {
+        module,
+        slot: var("POSBRIDGE_TEST_PKCS11_SLOT_2").parse().unwrap(),
+        label: var("POSBRIDGE_TEST_PKCS11_TOKEN_2"),
+        pin: var("POSBRIDGE_TEST_PKCS11_PIN_2"),
+    }
+}
+
+/// Runs `body` with a module on the second token, emptied of every secret key and loaded with
+/// the fixture keys. opencryptoki keeps one token per slot for the whole machine (its
+/// `PKCS_APP_STORE` relocation is broken in 3.8: it writes the token's files to `/`), so tests
+/// on it take turns under a lock file instead of each getting a fresh token.
+pub fn with_second_token(body: impl FnOnce(&Pkcs11Module)) {
+    let token = second_token();
+    let lock =
+        std::fs::File::create(std::env::temp_dir().join("posbridge-pkcs11-token-2.lock")).unwrap();
+    rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive).unwrap();
+    let options = Pkcs11Options {
+        module: token.module.clone(),
+        token_label: token.label.clone(),
+        slot: Some(token.slot),
+        pool_size: 2,
+    };
+    let module = Pkcs11Module::open(&options, &UserPin::new(&token.pin)).unwrap();
+    {
+        let (context, slot) = module.raw_context();
+        let session = context.open_rw_session(slot).unwrap();
+        let stale = session
+            .find_objects(&[cryptoki::object::Attribute::Class(
+                cryptoki::object::ObjectClass::SECRET_KEY,
+            )])
+            .unwrap();
+        for handle in stale {
+            session.destroy_object(handle).unwrap();
+        }
+    }
+    let file = KeyFile::load(&key_file_path()).unwrap();
+    module.provision_key_file(file, "fixtures").unwrap();
+    body(&module);
+    drop(module);
+    // Closing the file releases the lock.
+    drop(lock);
 }
