@@ -137,6 +137,8 @@ mod tests {
             label: label.to_owned(),
             key_type: KeyType::Tdes2,
             kcv: kcv.to_vec(),
+            class: None,
+            usages: posbridge_hsm::Usages::NONE,
         }
     }
 
