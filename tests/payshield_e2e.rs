@@ -217,6 +217,45 @@ fn serve_on_payshield_pays_a_qr_sale_with_pin_and_leaks_nothing() {
         info_text.contains("pin translation: in-token"),
         "{info_text}"
     );
+    // A key ceremony's output (a ZPK as an LMK cryptogram) goes in with its check value.
+    let ceremony = posbridge_sim::payshield::lmk::encrypt(
+        &ClearKey::from_hex("0123456789ABCDEFFEDCBA9876543210").unwrap(),
+        "001",
+    )
+    .unwrap();
+    let import = |kcv: &str| {
+        std::process::Command::new(posbridge_bin())
+            .args(["hsm", "keys", "import-lmk", "--config"])
+            .arg(&config)
+            .args(["--label", "zpk/ceremony", "--type", "001", "--cryptogram"])
+            .arg(&ceremony)
+            .args(["--kcv", kcv])
+            .output()
+            .unwrap()
+    };
+    let refused = import("08D7B5");
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("check value mismatch"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    let imported = import("08D7B4");
+    assert!(
+        imported.status.success(),
+        "{}",
+        String::from_utf8_lossy(&imported.stderr)
+    );
+    let list = std::process::Command::new(posbridge_bin())
+        .args(["hsm", "keys", "list", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let list = String::from_utf8_lossy(&list.stdout);
+    assert!(list.contains("zpk/ceremony tdes2 08D7B4"), "{list}");
+    assert!(list.contains("tak/demo des AB7153"), "{list}");
+    // The AES data keys are listed from their own module.
+    assert!(list.contains("qr/sign aes128"), "{list}");
     let seed = std::process::Command::new(posbridge_bin())
         .args(["admin", "seed-demo", "--config"])
         .arg(&config)
