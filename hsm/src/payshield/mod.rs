@@ -752,6 +752,21 @@ impl SecurityModule for PayshieldModule {
         let under_kek = out.key("key under ZMK/TMK")?;
         let kcv = out.hex(6, "key check value")?;
         out.end()?;
+        // A key under the ZMK/TMK in another scheme (say Thales' own variant U) would decrypt
+        // to a different key on the terminal: only the X9.17 scheme asked for is accepted.
+        let scheme_ok = match export_scheme {
+            'Z' => under_kek.len() == 16,
+            letter => under_kek.starts_with(letter),
+        };
+        if !scheme_ok {
+            return Err(HsmError::Device {
+                command: "A0".into(),
+                code: "00".into(),
+                meaning: format!(
+                    "the key under the ZMK/TMK is not in scheme {export_scheme} as asked"
+                ),
+            });
+        }
         let cryptogram = hex::decode(if under_kek.len() == 16 {
             &under_kek[..]
         } else {
