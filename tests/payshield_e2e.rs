@@ -9,6 +9,7 @@
 mod common;
 
 use common::{ServeProcess, posbridge_bin};
+use posbridge_hsm::payshield::KeyStore;
 use posbridge_hsm::software::{KeyFile, SoftwareModule};
 use posbridge_hsm::{
     Capabilities, ClearKey, ExportedKey, KeyInfo, KeyType, MacAlgorithm, Pan, Pin, PinBlock,
@@ -156,17 +157,10 @@ fn assert_absent(what: &str, haystack: &[u8], name: &str, secret: &[u8]) {
     );
 }
 
-#[test]
-fn serve_on_payshield_pays_a_qr_sale_with_pin_and_leaks_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let header = "PBHS";
-    let hsm = spawn_background(Simulator {
-        header_len: header.len(),
-        settings: Settings::default(),
-    })
-    .unwrap();
-    // The gateway's keys: DES family as LMK cryptograms, AES in their own module's key file.
-    let store = dir.path().join("payshield-keys.toml");
+/// The gateway's keys: the DES family as LMK cryptograms in a key store, the AES data keys in
+/// their own module's key file. Returns both paths.
+fn gateway_keys(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let store = dir.join("payshield-keys.toml");
     let left_out = keys::provision(demo_keys_with_tdes_pek(), "demo", &[], &store).unwrap();
     let aes = KeyFile {
         keys: KeyFile::demo()
@@ -181,8 +175,28 @@ fn serve_on_payshield_pays_a_qr_sale_with_pin_and_leaks_nothing() {
             .iter()
             .all(|k| k.key_type.family() == posbridge_hsm::keys::Family::Aes)
     );
-    let aes_file = dir.path().join("aes-keys.toml");
+    let aes_file = dir.join("aes-keys.toml");
     std::fs::write(&aes_file, toml::to_string(&aes).unwrap()).unwrap();
+    (store, aes_file)
+}
+
+fn phone() -> Arc<Recording> {
+    Arc::new(Recording {
+        inner: SoftwareModule::from_key_file(demo_keys_with_tdes_pek(), "phone", None).unwrap(),
+        blocks: Mutex::new(Vec::new()),
+    })
+}
+
+#[test]
+fn serve_on_payshield_pays_a_qr_sale_with_pin_and_leaks_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let header = "PBHS";
+    let hsm = spawn_background(Simulator {
+        header_len: header.len(),
+        settings: Settings::default(),
+    })
+    .unwrap();
+    let (store, aes_file) = gateway_keys(dir.path());
     let journal = dir.path().join("journal.sqlite");
     let config = dir.path().join("posbridge.toml");
     std::fs::write(
@@ -269,10 +283,7 @@ fn serve_on_payshield_pays_a_qr_sale_with_pin_and_leaks_nothing() {
     );
 
     let mut server = ServeProcess::start(&config, &[]);
-    let phone = Arc::new(Recording {
-        inner: SoftwareModule::from_key_file(demo_keys_with_tdes_pek(), "phone", None).unwrap(),
-        blocks: Mutex::new(Vec::new()),
-    });
+    let phone = phone();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -391,4 +402,140 @@ fn serve_on_payshield_pays_a_qr_sale_with_pin_and_leaks_nothing() {
         );
     }
     assert!(!Path::new(&store).with_extension("tmp").exists());
+}
+
+/// The five-role deployment on the payShield: the sale goes to the simulated UnionPay host with
+/// the PIN block translated inside the HSM to the host's zone PIN key (CC), MACs both ways on the
+/// zone MAC key (M6/M8, X9.19), and a host key change imported under the zone master key (A6).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_roles_on_payshield_translate_mac_and_change_keys() {
+    use common::{APP_ID, APP_KEY, Backend, TestJournal, start_with, terminal_client};
+    let dir = tempfile::tempdir().unwrap();
+    let header = "0000";
+    let hsm = spawn_background(Simulator {
+        header_len: header.len(),
+        settings: Settings::default(),
+    })
+    .unwrap();
+    let (store, aes_file) = gateway_keys(dir.path());
+    let (host_addr, host) = posbridge_sim::host::SimHost::start(Default::default())
+        .await
+        .unwrap();
+    let journal = TestJournal::new(Backend::Postgres);
+    let running = start_with(&journal, |config| {
+        posbridge_sim::demo::route_to_host(config, host_addr);
+        config.upstream.sale_timeout_ms = 5_000;
+        config.hsm = posbridge_hsm::HsmConfig::Payshield {
+            address: hsm.to_string(),
+            header: header.into(),
+            key_store: store.clone(),
+            pool_size: 2,
+            connect_timeout_ms: 2_000,
+            read_timeout_ms: 5_000,
+            encrypted_pin_length: 13,
+            key_types: Default::default(),
+            aes_keys: Some(Box::new(posbridge_hsm::HsmConfig::Software {
+                key_file: Some(aes_file.clone()),
+                persist: false,
+            })),
+        };
+    })
+    .await;
+    assert_eq!(
+        running
+            .seeded
+            .gateway
+            .orders
+            .security()
+            .module()
+            .capabilities()
+            .backend,
+        "payshield"
+    );
+    for _ in 0..400 {
+        if host.signed_on_connections() > 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    assert!(
+        host.signed_on_connections() > 0,
+        "posbridge never signed on to the host"
+    );
+    let mut terminal = terminal_client(&running).await;
+    assert_eq!(terminal.sign_on().await.unwrap().response_code, "00");
+    let wallet = posbridge_sim::wallet::WalletClient::new(
+        &running.wallet_url,
+        APP_ID,
+        APP_KEY,
+        phone() as Arc<dyn SecurityModule>,
+        "pek/wallet",
+    );
+    let mut sale = async |amount_minor: i64, key: &str| {
+        let order = terminal
+            .request_order(posbridge::money::Money {
+                amount_minor,
+                currency: 156,
+            })
+            .await
+            .unwrap();
+        assert_eq!(order.response_code, "00", "{order:?}");
+        let paid = wallet
+            .pay(
+                order.payload.as_deref().unwrap(),
+                common::PAYER_PAN,
+                Some(common::PAYER_PIN),
+                key,
+                None,
+            )
+            .await
+            .unwrap();
+        let receipt = terminal.query_result(&order.voucher).await.unwrap();
+        (paid.response_code().unwrap_or("none").to_owned(), receipt)
+    };
+    let (code, receipt) = sale(1_000, "five-1").await;
+    assert_eq!(code, "00");
+    assert_eq!(receipt.response_code, "00");
+    let approved = host
+        .ledger()
+        .into_iter()
+        .filter(|e| e.state == posbridge_sim::host::LedgerState::Approved)
+        .count();
+    assert_eq!(
+        approved, 1,
+        "the host approved the forwarded sale (its PIN check passed)"
+    );
+
+    // The host changes the zone keys; posbridge imports them under the ZMK (A6, KCV checked).
+    let zpk_before = KeyStore::open(&store).unwrap().get("zpk/upstream").unwrap();
+    let code = host
+        .key_exchange(false, std::time::Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(code, "00");
+    let after = KeyStore::open(&store).unwrap();
+    let zpk_after = after.get("zpk/upstream").unwrap();
+    assert_ne!(zpk_before.kcv, zpk_after.kcv, "a new zone PIN key");
+    assert!(
+        after
+            .all()
+            .unwrap()
+            .iter()
+            .all(|k| !k.label.ends_with(".staged"))
+    );
+    // A sale under the new keys: PIN translated to the new ZPK, MACs with the new ZAK.
+    let (code, receipt) = sale(2_000, "five-2").await;
+    assert_eq!(code, "00");
+    assert_eq!(receipt.response_code, "00");
+    // A key change whose MAC key check value is wrong is refused; the keys stay.
+    let code = host
+        .key_exchange(true, std::time::Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_ne!(code, "00");
+    assert_eq!(
+        KeyStore::open(&store).unwrap().get("zpk/upstream").unwrap(),
+        zpk_after
+    );
+    running.stop().await;
 }

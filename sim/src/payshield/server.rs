@@ -87,18 +87,23 @@ impl Simulator {
 }
 
 /// Runs a simulator on a loopback port in a thread of its own (tests and the sync callers of
-/// the security module); it stops when the process ends.
+/// the security module; callable from inside a runtime too); it stops when the process ends.
 pub fn spawn_background(simulator: Simulator) -> std::io::Result<SocketAddr> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    listener.set_nonblocking(true)?;
+    let address = listener.local_addr()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let listener = runtime.block_on(TcpListener::bind("127.0.0.1:0"))?;
-    let address = listener.local_addr()?;
     std::thread::Builder::new()
         .name("payshield-sim".into())
         .spawn(move || {
-            let _ = runtime.block_on(simulator.serve(listener, std::future::pending()));
+            runtime.block_on(async move {
+                if let Ok(listener) = TcpListener::from_std(listener) {
+                    let _ = simulator.serve(listener, std::future::pending()).await;
+                }
+            });
         })?;
     Ok(address)
 }
