@@ -378,6 +378,21 @@ mod tests {
         ));
     }
 
+    proptest::proptest! {
+        #[test]
+        fn any_answer_gives_a_value_or_a_typed_error(body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..80)) {
+            if let Ok(response) = parse_response(&body, b"SSSS", b"CA") {
+                let mut fields = Fields::new("CA", &response.fields);
+                let _ = fields.digits(2, "PIN length");
+                let _ = fields.hex(16, "PIN block");
+                let _ = fields.key("key");
+                let _ = fields.end();
+            }
+            let text = String::from_utf8_lossy(&body);
+            let _ = key_type_of_cryptogram(&text);
+        }
+    }
+
     #[test]
     fn account_number_is_the_twelve_digits_before_the_check_digit() {
         let pan = Pan::new("4321987654321098").unwrap();

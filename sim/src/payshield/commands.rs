@@ -383,3 +383,34 @@ fn dg(settings: &Settings, raw: &[u8]) -> Step<Answer> {
     let pvki = pvki.parse::<u8>().map_err(|_| Refused("15"))?;
     Ok(ok(calculator::pvv(&pvk, &pan_of(&account)?, &pin, pvki)?))
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use proptest::prelude::*;
+
+    const COMMANDS: [&[u8; 2]; 14] = [
+        b"NC", b"BU", b"A0", b"A6", b"CA", b"CC", b"DC", b"EC", b"M6", b"M8", b"BA", b"JG", b"DG",
+        b"ZZ",
+    ];
+
+    proptest! {
+        #[test]
+        fn any_command_body_gets_an_answer(pick in 0usize..14, body in proptest::collection::vec(any::<u8>(), 0..120)) {
+            let (code, _) = answer(&Settings::default(), COMMANDS[pick], &body);
+            prop_assert_eq!(code.len(), 2);
+        }
+
+        #[test]
+        fn keys_and_pins_shaped_fields_get_an_answer(pick in 0usize..13, digits in "[0-9A-FUTXYZ;]{0,120}") {
+            let (code, _) = answer(&Settings::default(), COMMANDS[pick], digits.as_bytes());
+            prop_assert_eq!(code.len(), 2);
+        }
+    }
+
+    #[test]
+    fn unknown_commands_are_refused() {
+        assert_eq!(answer(&Settings::default(), b"ZZ", b"").0, "68");
+    }
+}
