@@ -448,3 +448,37 @@ fn a_dead_or_wrong_hsm_gives_typed_errors() {
         server.join().unwrap();
     }
 }
+
+#[test]
+fn health_is_a_round_trip_to_the_hsm() {
+    // A "HSM" that answers the NC of open() and then goes away.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap();
+    let server = std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        let (mut stream, _) = listener.accept().unwrap();
+        let mut prefix = [0u8; 2];
+        stream.read_exact(&mut prefix).unwrap();
+        let mut body = vec![0u8; usize::from(u16::from_be_bytes(prefix))];
+        stream.read_exact(&mut body).unwrap();
+        let simulator = Simulator {
+            header_len: HEADER.len(),
+            settings: Settings::default(),
+        };
+        stream.write_all(&simulator.reply(&body).unwrap()).unwrap();
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = config(&dir.path().join("k.toml"), 1);
+    if let HsmConfig::Payshield { address: a, .. } = &mut settings {
+        *a = address.to_string();
+    }
+    let m = posbridge_hsm::open_payshield(&settings).unwrap();
+    server.join().unwrap();
+    // capabilities() reports what NC said at open, without a round trip.
+    assert!(m.capabilities().description.contains("1000-SIM1"));
+    let error = m.health().unwrap_err();
+    assert!(matches!(error, HsmError::Link(_)), "{error:?}");
+    // Against the simulator, health is NC answering.
+    let dir = tempfile::tempdir().unwrap();
+    module(&dir).health().unwrap();
+}

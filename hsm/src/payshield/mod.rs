@@ -158,8 +158,8 @@ impl PayshieldModule {
         self.link.call(command, fields)
     }
 
-    /// Runs the diagnostics command (NC): the LMK check value and the firmware number. The
-    /// health check of this backend.
+    /// Runs the diagnostics command (NC): the LMK check value and the firmware number (what
+    /// [`SecurityModule::health`] runs).
     pub fn diagnostics(&self) -> Result<Diagnostics> {
         let response = self.call(b"NC", b"")?;
         expect_ok("NC", &response, &[])?;
@@ -480,16 +480,13 @@ impl SecurityModule for PayshieldModule {
             "not supported on a variant LMK (refused, never done in host memory): AES keys, ISO 9564 format 4, AES-CMAC; encrypting a PIN under a TPK".into(),
             "encrypt_pin (simulators) and pin_verification_value (enrolment) send the caller's clear PIN to the HSM (BA) and keep nothing".into(),
         ];
-        let diagnostics = match self.diagnostics() {
-            Ok(now) => now,
-            Err(error) => {
-                notes.push(format!("the HSM did not answer NC now: {error}"));
-                self.at_open
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .clone()
-            }
-        };
+        // What NC said when the module opened or at the last health check: capabilities() is
+        // called for logs and Debug output and must not cost an HSM round trip.
+        let diagnostics = self
+            .at_open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
         let mut production = true;
         if let Some(aes) = &self.aes {
             let theirs = aes.capabilities();
@@ -519,6 +516,27 @@ impl SecurityModule for PayshieldModule {
             key_transport: KeyTransport::InToken,
             notes,
         }
+    }
+
+    fn health(&self) -> Result<()> {
+        let now = self.diagnostics()?;
+        let mut known = self
+            .at_open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if known.lmk_check != now.lmk_check {
+            tracing::warn!(
+                was = known.lmk_check,
+                now = now.lmk_check,
+                "the payShield's LMK check value changed: its keys are not the ones posbridge holds cryptograms for"
+            );
+        }
+        *known = now;
+        drop(known);
+        if let Some(aes) = &self.aes {
+            aes.health()?;
+        }
+        Ok(())
     }
 
     fn list_keys(&self) -> Result<Vec<KeyInfo>> {
