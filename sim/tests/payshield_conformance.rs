@@ -482,3 +482,43 @@ fn health_is_a_round_trip_to_the_hsm() {
     let dir = tempfile::tempdir().unwrap();
     module(&dir).health().unwrap();
 }
+
+#[test]
+fn posbridge_sim_payshield_serves_with_the_header_length_given() {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_posbridge"))
+        .args([
+            "sim",
+            "payshield",
+            "--listen",
+            "127.0.0.1:0",
+            "--header-len",
+            "6",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let address = line
+        .split_whitespace()
+        .find(|word| word.starts_with("127.0.0.1:"))
+        .map(|word| word.trim_end_matches(','))
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
+        .to_owned();
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = config(&dir.path().join("k.toml"), 1);
+    if let HsmConfig::Payshield {
+        address: a, header, ..
+    } = &mut settings
+    {
+        *a = address;
+        *header = "ABCDEF".into();
+    }
+    let outcome = posbridge_hsm::open_payshield(&settings).map(|m| m.diagnostics());
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(outcome.unwrap().unwrap().firmware, "1000-SIM1");
+}

@@ -896,3 +896,41 @@ impl SecurityModule for PayshieldModule {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    /// The promise of this backend, kept checkable: its client code calls nothing that could
+    /// decrypt a PIN block or hold a clear key (the crate's cipher layer, PIN block decoding,
+    /// the calculator).
+    #[test]
+    fn the_client_has_no_code_path_that_decrypts_a_pin_block() {
+        let sources = [
+            include_str!("mod.rs"),
+            include_str!("wire.rs"),
+            include_str!("link.rs"),
+            include_str!("store.rs"),
+        ];
+        for source in sources {
+            let code: String = source
+                .lines()
+                .filter(|line| !line.trim_start().starts_with("//"))
+                .collect::<Vec<_>>()
+                .join("\n");
+            for forbidden in [
+                concat!("decipher", "("),
+                concat!("ecb_", "decrypt"),
+                concat!("Soft", "Key"),
+                concat!("calculator", "::"),
+                concat!("Clear", "Key"),
+                concat!("pin_block::", "de"),
+            ] {
+                assert!(
+                    !code.contains(forbidden),
+                    "{forbidden} in the payshield client"
+                );
+            }
+        }
+    }
+}
