@@ -73,7 +73,7 @@ pub enum HsmConfig {
         /// configured header length (default `0000`, 4 characters).
         #[serde(default = "default_header")]
         header: String,
-        /// The key store file (labels -> LMK cryptograms), created 0600 when missing.
+        /// The key store file (labels -> LMK cryptograms), written 0600 on the first change.
         key_store: PathBuf,
         /// Number of TCP connections shared by all callers (1 to 64, default 4).
         #[serde(default = "default_pool_size")]
