@@ -68,6 +68,7 @@ async fn small_run(served: &Served, count: u64) -> posbridge_sim::bench::report:
             ceiling: false,
             idle_connections: 0,
             five_roles: false,
+            device_keys: None,
         },
         Arc::new(Progress::default()),
     )

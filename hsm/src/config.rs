@@ -12,9 +12,16 @@
 //! # slot = 3                    # find the token by slot ID instead (label still checked)
 //! pin_env = "POSBRIDGE_HSM_PIN"   # or pin_file = "/run/secrets/hsm-pin"
 //! pool_size = 4
+//!
+//! [hsm]
+//! backend = "payshield"
+//! address = "10.1.2.3:1500"
+//! header = "0000"                 # the HSM's message header (its length is the HSM's setting)
+//! key_store = "/var/lib/posbridge/payshield-keys.toml"
 //! ```
 
 use serde::Deserialize;
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 /// The environment variable the PKCS#11 user PIN is read from when neither `pin_env` nor
@@ -62,6 +69,56 @@ pub enum HsmConfig {
         #[serde(default = "default_pool_size")]
         pool_size: usize,
     },
+    /// A Thales payShield (or a compatible payment HSM) speaking host commands over TCP, with a
+    /// variant LMK. posbridge holds its keys only as LMK cryptograms in `key_store`.
+    Payshield {
+        /// `HOST:PORT` of the HSM's host port.
+        address: String,
+        /// The message header the HSM expects and echoes; its length must be the HSM's
+        /// configured header length (default `0000`, 4 characters).
+        #[serde(default = "default_header")]
+        header: String,
+        /// The key store file (labels -> LMK cryptograms), written 0600 on the first change.
+        key_store: PathBuf,
+        /// Number of TCP connections shared by all callers (1 to 64, default 4).
+        #[serde(default = "default_pool_size")]
+        pool_size: usize,
+        /// Connect timeout in milliseconds (default 2000).
+        #[serde(default = "default_connect_timeout_ms")]
+        connect_timeout_ms: u64,
+        /// Timeout of one command's write and read in milliseconds (default 5000).
+        #[serde(default = "default_read_timeout_ms")]
+        read_timeout_ms: u64,
+        /// The HSM's encrypted PIN length L (console CS setting, 5 to 13): the length of the
+        /// LMK-encrypted PIN field of BA, JG and DG. Default 13 (PINs of up to 12 digits).
+        #[serde(default = "default_encrypted_pin_length")]
+        encrypted_pin_length: usize,
+        /// payShield key type code of the keys posbridge generates or imports, by label prefix
+        /// (the longest matching prefix wins), over the defaults of
+        /// [`crate::payshield::DEFAULT_KEY_TYPES`].
+        #[serde(default)]
+        key_types: BTreeMap<String, String>,
+        /// A second module for AES keys, which a variant-LMK payShield cannot hold (the
+        /// gateway's QR signing and PAN hash keys). Without it, AES keys are unsupported.
+        #[serde(default)]
+        aes_keys: Option<Box<HsmConfig>>,
+    },
+}
+
+fn default_header() -> String {
+    "0000".to_owned()
+}
+
+fn default_connect_timeout_ms() -> u64 {
+    2000
+}
+
+fn default_read_timeout_ms() -> u64 {
+    5000
+}
+
+fn default_encrypted_pin_length() -> usize {
+    13
 }
 
 fn default_pool_size() -> usize {
@@ -103,7 +160,7 @@ impl HsmConfig {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
 
     #[test]
@@ -125,6 +182,31 @@ mod tests {
                 pool_size: DEFAULT_POOL_SIZE,
             }
         );
+    }
+
+    #[test]
+    fn payshield_table_parses_with_defaults_and_an_aes_module() {
+        let config = HsmConfig::from_toml_str(
+            "[hsm]\nbackend = \"payshield\"\naddress = \"127.0.0.1:1500\"\nkey_store = \"k.toml\"\n\
+             [hsm.key_types]\n\"tmk/\" = \"002\"\n[hsm.aes_keys]\nbackend = \"software\"\n",
+        )
+        .unwrap();
+        let HsmConfig::Payshield {
+            header,
+            pool_size,
+            key_types,
+            aes_keys,
+            encrypted_pin_length,
+            ..
+        } = config
+        else {
+            panic!("{config:?}")
+        };
+        assert_eq!(header, "0000");
+        assert_eq!(pool_size, DEFAULT_POOL_SIZE);
+        assert_eq!(encrypted_pin_length, 13);
+        assert_eq!(key_types.get("tmk/").map(String::as_str), Some("002"));
+        assert_eq!(aes_keys.as_deref(), Some(&HsmConfig::default()));
     }
 
     #[test]

@@ -60,6 +60,20 @@ pub enum HsmError {
         /// The token's error (return value name), never an argument of the call.
         message: String,
     },
+    /// A payment HSM answered a host command with an error code (or with a response that does
+    /// not parse). Carries the command and the code, never a field of the command.
+    #[error("payShield {command}: error {code} ({meaning})")]
+    Device {
+        /// The host command (`CA`, `M6`, ...).
+        command: String,
+        /// The 2-digit error code (`--` when the response itself was malformed).
+        code: String,
+        /// What the code means, or what was wrong with the response.
+        meaning: String,
+    },
+    /// The link to a payment HSM failed (connect, read, write, timeout).
+    #[error("payShield link: {0}")]
+    Link(String),
     /// A key file could not be read or written.
     #[error("key file {path}: {message}")]
     KeyFile {

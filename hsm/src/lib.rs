@@ -5,7 +5,9 @@
 //!   generation, check values, PIN verification by PVV). Its calls block: run them through
 //!   `tokio::task::spawn_blocking`.
 //! - [`open`] builds one from an [`HsmConfig`]: the `pkcs11` backend (a real token through
-//!   `cryptoki`) or the `software` backend (RustCrypto, **not for production**).
+//!   `cryptoki`), the `payshield` backend (a Thales payShield payment HSM through its host
+//!   commands, keys held only as LMK cryptograms) or the `software` backend (RustCrypto, **not
+//!   for production**).
 //! - [`policy`] gives every key class (label prefix `tmk/`, `tak/`, ...) the least usages it
 //!   needs; the PKCS#11 backend writes them into the key objects, so the token enforces them.
 //! - [`secret`] holds the wrapper types for PANs, PINs, PIN blocks and clear keys.
@@ -18,6 +20,7 @@ pub mod keys;
 pub mod mac;
 mod module;
 mod ops;
+pub mod payshield;
 pub mod pin_block;
 pub mod pkcs11;
 pub mod policy;
@@ -73,5 +76,49 @@ pub fn open(config: &HsmConfig) -> Result<Arc<dyn SecurityModule>> {
             };
             Ok(Arc::new(pkcs11::Pkcs11Module::open(&options, &pin)?))
         }
+        HsmConfig::Payshield { .. } => Ok(Arc::new(open_payshield(config)?)),
     }
+}
+
+/// Opens the `payshield` backend of a configuration (for the provisioning commands that need
+/// more than the [`SecurityModule`] trait, e.g. [`payshield::PayshieldModule::import_lmk_key`]).
+pub fn open_payshield(config: &HsmConfig) -> Result<payshield::PayshieldModule> {
+    let HsmConfig::Payshield {
+        address,
+        header,
+        key_store,
+        pool_size,
+        connect_timeout_ms,
+        read_timeout_ms,
+        encrypted_pin_length,
+        key_types,
+        aes_keys,
+    } = config
+    else {
+        return Err(HsmError::Config(
+            "this command needs [hsm] backend = \"payshield\"".into(),
+        ));
+    };
+    let aes = match aes_keys.as_deref() {
+        None => None,
+        Some(HsmConfig::Payshield { .. }) => {
+            return Err(HsmError::Config(
+                "hsm.aes_keys cannot be another payshield module (it holds no AES keys)".into(),
+            ));
+        }
+        Some(other) => Some(open(other)?),
+    };
+    let options = payshield::PayshieldOptions {
+        link: payshield::LinkOptions {
+            address: address.clone(),
+            header: header.clone().into_bytes(),
+            pool_size: *pool_size,
+            connect_timeout: std::time::Duration::from_millis(*connect_timeout_ms),
+            read_timeout: std::time::Duration::from_millis(*read_timeout_ms),
+        },
+        key_store: key_store.clone(),
+        encrypted_pin_length: *encrypted_pin_length,
+        key_types: key_types.clone(),
+    };
+    payshield::PayshieldModule::open(&options, aes)
 }

@@ -24,6 +24,12 @@ pub trait SecurityModule: Send + Sync {
     /// What the module is and where clear PIN blocks and keys exist while it works.
     fn capabilities(&self) -> Capabilities;
 
+    /// Checks that the module answers, for a readiness probe: a round trip to the HSM or token
+    /// where there is one (the payShield's diagnostics command, NC). The default lists the keys.
+    fn health(&self) -> Result<()> {
+        self.list_keys().map(|_| ())
+    }
+
     /// Every key in the module (label, type, check value), sorted by label.
     fn list_keys(&self) -> Result<Vec<KeyInfo>>;
 

@@ -1,7 +1,8 @@
 //! posbridge-sim: everything that plays the other side of the gateway, kept out of the
 //! production library. A simulated POS terminal ([`terminal`]), a simulated wallet app
 //! ([`wallet`]), a simulated acquirer / UnionPay / issuer host ([`host`]), the one-command demo
-//! ([`demo`]) and the load generator ([`bench`](mod@bench)); and the `posbridge` command line
+//! ([`demo`]), a Thales payShield simulator for the `payshield` security module ([`payshield`])
+//! and the load generator ([`bench`](mod@bench)); and the `posbridge` command line
 //! ([`cli`]), which is the gateway's own (`posbridge::cli`) plus `demo`, `sim`, `bench` and
 //! `admin seed-demo`.
 //!
@@ -13,5 +14,6 @@ pub mod bench;
 pub mod cli;
 pub mod demo;
 pub mod host;
+pub mod payshield;
 pub mod terminal;
 pub mod wallet;

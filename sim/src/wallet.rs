@@ -88,8 +88,10 @@ impl WalletClient {
         Ok(serde_json::from_value(body)?)
     }
 
-    /// S105/S106: pays with the card number and, if given, a PIN (encrypted here as an ISO 9564
-    /// format 4 block under the app's PIN key). `amount` is for static codes only.
+    /// S105/S106: pays with the card number and, if given, a PIN, encrypted here under the
+    /// app's PIN key: an ISO 9564 format 4 block under an AES key, a format 3 block under a TDES
+    /// key (what a variant-LMK payment HSM such as a payShield can verify). `amount` is for
+    /// static codes only.
     pub async fn pay(
         &self,
         payload: &str,
@@ -98,19 +100,28 @@ impl WalletClient {
         idempotency_key: &str,
         amount: Option<(i64, u16)>,
     ) -> anyhow::Result<PayAnswer> {
+        let format = match self.security.find_key(&self.pek_label)?.key_type.family() {
+            posbridge_hsm::keys::Family::Aes => PinBlockFormat::Iso4,
+            posbridge_hsm::keys::Family::Des => PinBlockFormat::Iso3,
+        };
+        let format_code = match format {
+            PinBlockFormat::Iso4 => 4,
+            _ => 3,
+        };
         let pin_block = match pin {
             Some(pin) => {
                 let block = self.security.encrypt_pin(
                     &Pin::new(pin)?,
                     &Pan::new(pan)?,
-                    PinBlockFormat::Iso4,
+                    format,
                     &self.pek_label,
                 )?;
                 Some(hex::encode_upper(block.expose_secret()))
             }
             None => None,
         };
-        let mut body = serde_json::json!({ "payload": payload, "pan": pan, "pin_format": 4 });
+        let mut body =
+            serde_json::json!({ "payload": payload, "pan": pan, "pin_format": format_code });
         if let Some(block) = pin_block {
             body["pin_block"] = serde_json::Value::String(block);
         }

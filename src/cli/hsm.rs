@@ -121,6 +121,24 @@ pub enum KeysCommand {
         #[arg(long)]
         kek: String,
     },
+    /// Store a key the payShield already holds as an LMK cryptogram (a key ceremony's output);
+    /// refused unless the HSM's check value (BU) starts with --kcv. payshield backend only.
+    ImportLmk {
+        #[command(flatten)]
+        module: ModuleArgs,
+        /// Label to store the key under (replaces a key of that label).
+        #[arg(long)]
+        label: String,
+        /// payShield key type code, e.g. 001 (ZPK), 002 (TPK/TMK/PVK), 003 (TAK), 008 (ZAK).
+        #[arg(long = "type")]
+        type_code: String,
+        /// The key under the LMK: 16 H, U + 32 H or T + 48 H.
+        #[arg(long)]
+        cryptogram: String,
+        /// Its check value, hex (2 to 8 bytes).
+        #[arg(long)]
+        kcv: String,
+    },
     /// Load clear keys from a key file into a PKCS#11 token (test and development tokens; a
     /// production key ceremony loads components under dual control instead).
     Provision {
@@ -176,6 +194,24 @@ pub fn run(command: HsmCommand) -> Result<()> {
             Ok(())
         }
         HsmCommand::Keys(KeysCommand::Provision { module, from }) => provision(&module, &from),
+        HsmCommand::Keys(KeysCommand::ImportLmk {
+            module,
+            label,
+            type_code,
+            cryptogram,
+            kcv,
+        }) => {
+            let kcv =
+                hex::decode(kcv.trim()).map_err(|_| anyhow::anyhow!("--kcv: not valid hex"))?;
+            let info = posbridge_hsm::open_payshield(&module.config()?)?.import_lmk_key(
+                &label,
+                &type_code,
+                &cryptogram,
+                &kcv,
+            )?;
+            print_key(&info, module.json);
+            Ok(())
+        }
     }
 }
 

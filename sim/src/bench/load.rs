@@ -55,8 +55,9 @@ pub(crate) async fn run(
     rate: Option<f64>,
     bound: Bound,
     progress: Arc<Progress>,
+    device_keys: Option<&std::path::Path>,
 ) -> anyhow::Result<LoadResult> {
-    let clients = connect(plan).await?;
+    let clients = connect(plan, device_keys).await?;
     let lanes = clients.len();
     let start = Instant::now();
     let shared = Arc::new(Shared {
@@ -75,7 +76,7 @@ pub(crate) async fn run(
             &plan.wallet_url,
             &lane.app_id,
             &lane.app_key,
-            phone_module()?,
+            phone_module(device_keys)?,
             "pek/wallet",
         );
         // Each lane's share of the rate, its first sale offset so the lanes interleave.
@@ -114,15 +115,23 @@ pub(crate) async fn run(
     Ok(total)
 }
 
-fn phone_module() -> anyhow::Result<Arc<dyn SecurityModule>> {
-    posbridge_hsm::open(&posbridge_hsm::HsmConfig::default())
-        .context("opening the simulated terminals' software security module")
+/// The simulated terminals' and phones' software module: the demo keys, or `device_keys` (a
+/// gateway whose wallet PIN key is not the demo's, e.g. a TDES one on a payShield).
+fn phone_module(device_keys: Option<&std::path::Path>) -> anyhow::Result<Arc<dyn SecurityModule>> {
+    posbridge_hsm::open(&posbridge_hsm::HsmConfig::Software {
+        key_file: device_keys.map(std::path::Path::to_path_buf),
+        persist: false,
+    })
+    .context("opening the simulated terminals' software security module")
 }
 
 /// Connects the lanes. Lanes sharing a TID share the terminal's security module and the first
 /// one's sign-on (a second sign-on would replace the working keys under the others), and use
 /// separate ranges of voucher numbers.
-async fn connect(plan: &Plan) -> anyhow::Result<Vec<(TerminalClient, Lane)>> {
+async fn connect(
+    plan: &Plan,
+    device_keys: Option<&std::path::Path>,
+) -> anyhow::Result<Vec<(TerminalClient, Lane)>> {
     let spec = Arc::new(posbridge_codecs::Spec::builtin("cups-pos")?);
     let mut modules: HashMap<String, Arc<dyn SecurityModule>> = HashMap::new();
     let lanes = plan.lanes.len().max(1);
@@ -134,7 +143,7 @@ async fn connect(plan: &Plan) -> anyhow::Result<Vec<(TerminalClient, Lane)>> {
         let module = match modules.get(&tid) {
             Some(module) => Arc::clone(module),
             None => {
-                let module = phone_module()?;
+                let module = phone_module(device_keys)?;
                 modules.insert(tid.clone(), Arc::clone(&module));
                 module
             }

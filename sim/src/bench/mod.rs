@@ -80,6 +80,8 @@ pub struct BenchOptions {
     /// Spawn mode: route the sales through a simulated UnionPay host started in this process
     /// (the five-role deployment) instead of the local ledger.
     pub five_roles: bool,
+    /// Key file of the simulated terminals and phones (default: the demo keys).
+    pub device_keys: Option<std::path::PathBuf>,
 }
 
 /// Counts what the run has done so far, for a progress display.
@@ -192,7 +194,15 @@ async fn measure(
         amount_minor: options.amount_minor,
         currency: 156,
     };
-    let load = load::run(plan, amount, options.rate, options.bound, progress).await?;
+    let load = load::run(
+        plan,
+        amount,
+        options.rate,
+        options.bound,
+        progress,
+        options.device_keys.as_deref(),
+    )
+    .await?;
     let idle = match idle {
         Some(set) => Some(set.finish().await?),
         None => None,

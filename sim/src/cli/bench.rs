@@ -75,6 +75,10 @@ pub struct BenchArgs {
     /// With --spawn: route the sales through a simulated UnionPay host (five roles).
     #[arg(long, requires = "spawn")]
     pub five_roles: bool,
+    /// Key file of the simulated terminals and phones (default: the demo keys); for a gateway
+    /// whose wallet PIN key differs from the demo's (a TDES one on a payShield).
+    #[arg(long)]
+    pub device_keys: Option<PathBuf>,
 }
 
 /// Parses `20s`, `1500ms`, `2m` or a plain number of seconds.
@@ -130,6 +134,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         ceiling: args.ceiling,
         idle_connections: args.idle_connections,
         five_roles: args.five_roles,
+        device_keys: args.device_keys.clone(),
     };
     let show_bar = !args.json && std::io::stderr().is_terminal();
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -12,6 +12,7 @@ mod demo;
 mod seed_demo;
 mod sim;
 mod sim_host;
+mod sim_payshield;
 
 pub use seed_demo::SeedDemoArgs;
 

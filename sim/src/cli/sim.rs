@@ -20,6 +20,10 @@ pub enum SimCommand {
     Wallet(WalletArgs),
     /// An ISO 8583 host (acquirer / UnionPay / issuer) for posbridge's upstream links.
     Host(super::sim_host::HostArgs),
+    /// A Thales payShield HSM (test LMK) for the `payshield` security module.
+    Payshield(super::sim_payshield::PayshieldArgs),
+    /// Write a `payshield` key store of LMK cryptograms (test LMK) from a clear key file.
+    PayshieldKeys(super::sim_payshield::PayshieldKeysArgs),
 }
 
 /// The simulated terminal's identity and keys.
@@ -147,6 +151,8 @@ pub fn run(command: SimCommand) -> anyhow::Result<()> {
             SimCommand::Terminal(args) => terminal(args).await,
             SimCommand::Wallet(args) => wallet(args).await,
             SimCommand::Host(args) => super::sim_host::host(args).await,
+            SimCommand::Payshield(args) => super::sim_payshield::payshield(args).await,
+            SimCommand::PayshieldKeys(args) => super::sim_payshield::payshield_keys(args),
         }
     })
 }
