@@ -40,36 +40,34 @@ use std::net::SocketAddr;
 use std::sync::OnceLock;
 
 /// What each fixture key is to a payShield (key separation: one label, one usage).
+/// By label class (the fixture labels name their class, as every posbridge key label does).
 const FIXTURE_TYPES: &[(&str, &str)] = &[
-    ("vec/x919", "008"),
-    ("vec/zpk", "001"),
-    ("vec/cups-tak", "003"),
-    ("vec/tmk", "000"),
-    ("vec/pvk", "002"),
+    ("zak/", "008"),
     ("zpk/", "001"),
     ("tak/", "003"),
     ("tpk/", "002"),
-    ("new/", "008"),
-    ("tmp/", "008"),
-    ("x/", "008"),
-    ("p/", "008"),
+    ("pvk/", "002"),
+    ("zmk/", "000"),
+    // The sign-on import check imports under a TMK, which on a payShield is the A6 of a key
+    // under a key-encryption key of the ZMK type.
+    ("tmk/", "000"),
 ];
 
 /// The checks the backend cannot pass by design: (check, why, text its failure carries).
 const EXPECTED_UNSUPPORTED: &[(&str, &str, &str)] = &[
     (
         "kcv_vector",
-        "vec/cmac is an AES key: a variant LMK holds none, so the key store has no vec/cmac",
-        "vec/cmac",
+        "qr/rfc4493 is an AES key: a variant LMK holds none, so the key store has no qr/rfc4493",
+        "qr/rfc4493",
     ),
     (
         "aes_cmac_vector",
-        "AES-CMAC needs an AES key (vec/cmac), which a variant LMK cannot hold",
-        "vec/cmac",
+        "AES-CMAC needs an AES key (qr/rfc4493), which a variant LMK cannot hold",
+        "qr/rfc4493",
     ),
     (
-        "cbc_mac_matches_calculator",
-        "zpk/b is a PIN key (ZPK); payShield key separation refuses it for MACs",
+        "keys_import_under_a_zmk",
+        "it MACs with an imported zone PIN key; payShield key separation refuses a ZPK for MACs",
         "key separation",
     ),
     (
@@ -88,9 +86,9 @@ const EXPECTED_UNSUPPORTED: &[(&str, &str, &str)] = &[
         "TPK",
     ),
     (
-        "generated_keys_reimport",
-        "it generates AES-128 and AES-256 keys",
-        "variant-LMK",
+        "generated_keys_leave_under_the_tmk",
+        "it generates AES keys under an AES TMK too",
+        "",
     ),
     (
         "pvv_enrol_and_verify",
@@ -135,11 +133,11 @@ fn module(dir: &tempfile::TempDir) -> PayshieldModule {
     let store = dir.path().join("payshield-keys.toml");
     let file = posbridge_hsm::software::KeyFile::load(&common::key_file_path()).unwrap();
     let left_out = keys::provision(file, "fixtures", FIXTURE_TYPES, &store).unwrap();
+    // The AES keys (a variant LMK holds none) stay out of the key store.
     assert!(
-        left_out.iter().all(|l| l.contains("aes")
-            || l.starts_with("vec/cmac")
-            || l.starts_with("vec/pek4")
-            || l.starts_with("kek/")),
+        left_out
+            .iter()
+            .all(|l| l.contains("aes") || l.starts_with("qr/") || l == "pek/iso4"),
         "{left_out:?}"
     );
     posbridge_hsm::open_payshield(&config(&store, 2)).unwrap()
@@ -206,7 +204,7 @@ fn imports_under_a_zmk_give_the_test_lmk_cryptogram_and_refuse_a_wrong_check_val
     // UnionPay field 62 worked example: the PIN key under the master key, check value 8D0A74B8.
     let info = m
         .import_key(
-            "vec/tmk",
+            "zmk/cups",
             "tpk/12345678",
             KeyType::Tdes2,
             &unhex("6701EAD6A9AD51E51AA406E2C27FCFA9"),
@@ -221,7 +219,7 @@ fn imports_under_a_zmk_give_the_test_lmk_cryptogram_and_refuse_a_wrong_check_val
     assert_eq!(stored.cryptogram, lmk::encrypt(&clear, "002").unwrap());
     // The single-length MAC key: 8-byte cryptogram, check value AB7153CA; MACs as tak/single.
     m.import_key(
-        "vec/tmk",
+        "zmk/cups",
         "tak/12345678",
         KeyType::Des,
         &unhex("B651F9E9BACE9AE1"),
@@ -237,7 +235,7 @@ fn imports_under_a_zmk_give_the_test_lmk_cryptogram_and_refuse_a_wrong_check_val
     );
     // A wrong check value is refused and the stored key stays.
     let refused = m.import_key(
-        "vec/tmk",
+        "zmk/cups",
         "tpk/12345678",
         KeyType::Tdes2,
         &unhex("B651F9E9BACE9AE1B651F9E9BACE9AE1"),
@@ -260,29 +258,29 @@ fn generated_des_keys_reimport_and_travel_as_terminals_expect() {
     let dir = tempfile::tempdir().unwrap();
     let m = module(&dir);
     for kind in [KeyType::Des, KeyType::Tdes2, KeyType::Tdes3] {
-        let exported = m.generate_key("new/key", kind, "vec/tmk").unwrap();
+        let exported = m.generate_key("tak/new", kind, "tmk/a").unwrap();
         assert_eq!(exported.cryptogram.len(), kind.key_len());
         assert_eq!(exported.kcv.len(), 4);
         // The terminal side: the cryptogram is plain ECB under the clear master key.
-        let (_, tmk) = common::clear_key("vec/tmk");
+        let (_, tmk) = common::clear_key("tmk/a");
         let clear = lmk::tdes(tmk.expose_secret(), &exported.cryptogram, false);
         let clear = posbridge_hsm::ClearKey::from_slice(&clear).unwrap();
         assert_eq!(lmk::check_block(&clear)[..4], exported.kcv[..]);
         let info = m
             .import_key(
-                "vec/tmk",
-                "new/copy",
+                "tmk/a",
+                "tak/copy",
                 kind,
                 &exported.cryptogram,
                 &exported.kcv,
             )
             .unwrap();
-        assert_eq!(m.kcv("new/key").unwrap(), info.kcv);
+        assert_eq!(m.kcv("tak/new").unwrap(), info.kcv);
         let algorithm = MacAlgorithm::Iso9797Alg1 {
             padding: posbridge_hsm::Padding::M2,
         };
         assert_eq!(
-            m.generate_mac("new/key", algorithm, b"abc").unwrap(),
+            m.generate_mac("tak/new", algorithm, b"abc").unwrap(),
             calculator::mac(algorithm, &clear, b"abc").unwrap()
         );
     }
@@ -296,7 +294,7 @@ fn pins_are_verified_and_translated_inside_the_hsm_in_des_formats() {
     let pin = Pin::new("4524").unwrap();
     // The psec PVV example, through BA + DG.
     assert_eq!(
-        m.pin_verification_value("vec/pvk", &pan, &pin, 3).unwrap(),
+        m.pin_verification_value("pvk/vec", &pan, &pin, 3).unwrap(),
         "4021"
     );
     for format in [
@@ -304,16 +302,16 @@ fn pins_are_verified_and_translated_inside_the_hsm_in_des_formats() {
         PinBlockFormat::Iso1,
         PinBlockFormat::Iso3,
     ] {
-        let block = m.encrypt_pin(&pin, &pan, format, "vec/zpk").unwrap();
+        let block = m.encrypt_pin(&pin, &pan, format, "zpk/vec").unwrap();
         assert!(
-            m.verify_pin(&block, "vec/zpk", format, &pan, "vec/pvk", 3, "4021")
+            m.verify_pin(&block, "zpk/vec", format, &pan, "pvk/vec", 3, "4021")
                 .unwrap()
         );
         let wrong = m
-            .encrypt_pin(&Pin::new("4525").unwrap(), &pan, format, "vec/zpk")
+            .encrypt_pin(&Pin::new("4525").unwrap(), &pan, format, "zpk/vec")
             .unwrap();
         assert!(
-            !m.verify_pin(&wrong, "vec/zpk", format, &pan, "vec/pvk", 3, "4021")
+            !m.verify_pin(&wrong, "zpk/vec", format, &pan, "pvk/vec", 3, "4021")
                 .unwrap()
         );
     }
@@ -325,7 +323,7 @@ fn pins_are_verified_and_translated_inside_the_hsm_in_des_formats() {
         ("zpk/b", PinBlockFormat::Iso0),
         ("zpk/a", PinBlockFormat::Iso3),
         ("zpk/b", PinBlockFormat::Iso1),
-        ("vec/zpk", PinBlockFormat::Iso0),
+        ("zpk/vec", PinBlockFormat::Iso0),
     ];
     let mut block = m.encrypt_pin(&pin, &pan, steps[0].1, steps[0].0).unwrap();
     for pair in steps.windows(2) {
@@ -341,9 +339,9 @@ fn pins_are_verified_and_translated_inside_the_hsm_in_des_formats() {
     let error = m
         .translate_pin(
             &block,
-            "vec/zpk",
+            "zpk/vec",
             PinBlockFormat::Iso0,
-            "vec/pvk",
+            "pvk/vec",
             PinBlockFormat::Iso0,
             Some(&pan),
         )

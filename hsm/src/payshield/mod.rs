@@ -688,6 +688,8 @@ impl SecurityModule for PayshieldModule {
         expected_kcv: &[u8],
     ) -> Result<KeyInfo> {
         crate::keys::check_label(label)?;
+        // Every key has a class, named by its label, as on every backend.
+        crate::policy::KeyClass::of_label(label)?;
         let lmk_scheme = wire::lmk_scheme(key_type)?;
         let under_kek = wire::kek_field(key_type, cryptogram)?;
         if expected_kcv.len() < 2 || expected_kcv.len() > 8 {
@@ -747,6 +749,7 @@ impl SecurityModule for PayshieldModule {
         export_under: &str,
     ) -> Result<ExportedKey> {
         crate::keys::check_label(label)?;
+        crate::policy::KeyClass::of_label(label)?;
         let lmk_scheme = wire::lmk_scheme(key_type)?;
         let export_scheme = wire::export_scheme(key_type)?;
         let type_code = self.type_code_for(label)?.to_owned();
