@@ -32,6 +32,8 @@ async fn serve(journal: JournalConfig) -> Served {
     config.wallet_api.listen = "127.0.0.1:0".parse().unwrap();
     config.metrics.listen = Some("127.0.0.1:0".parse().unwrap());
     config.gateway.poll_interval_ms = 50;
+    // The run signs the demo terminal on, then this test does again.
+    config.terminal.sign_on_interval_secs = 0;
     let gateway = server::open(config).await.unwrap();
     posbridge_sim::demo::seed(&gateway).await.unwrap();
     let listeners = Listeners::bind(&gateway.config).await.unwrap();

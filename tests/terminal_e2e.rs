@@ -498,3 +498,26 @@ async fn half_sent_and_undecodable_frames_and_too_many_connections_are_closed() 
     assert_eq!(first.sign_on().await.unwrap().response_code, "00");
     running.stop().await;
 }
+
+/// Regression (security issue): 0800 sign-on was unlimited, and TID and MID are printed in the
+/// terminal's own QR codes, so anyone could rotate a terminal's working keys in a loop. Now a
+/// sign-on within `sign_on_interval_secs` of the previous one is refused (65) and changes
+/// nothing: the terminal that signed on keeps working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sign_on_flood_does_not_replace_a_terminals_keys() {
+    let journal = TestJournal::new(Backend::Sqlite);
+    let running = start_with(&journal, |c| c.terminal.sign_on_interval_secs = 3_600).await;
+    let mut terminal = terminal_client(&running).await;
+    assert_eq!(terminal.sign_on().await.unwrap().response_code, "00");
+    for _ in 0..5 {
+        let mut attacker = terminal_client(&running).await;
+        let refused = attacker.sign_on().await.unwrap_err().to_string();
+        assert!(refused.contains("65"), "{refused}");
+    }
+    let order = terminal.request_order(cny(100)).await.unwrap();
+    assert_eq!(
+        order.response_code, "00",
+        "the real terminal's keys still work"
+    );
+    running.stop().await;
+}

@@ -165,4 +165,9 @@ impl Security {
     pub async fn find_key(&self, label: String) -> Result<KeyInfo, SecurityError> {
         self.run(move |m| m.find_key(&label)).await
     }
+
+    /// A round trip to the module (the payShield's diagnostics, a token's key listing).
+    pub async fn health(&self) -> Result<(), SecurityError> {
+        self.run(|m| m.health()).await
+    }
 }

@@ -269,6 +269,27 @@ pub async fn store_working_keys(
     tx.commit().await
 }
 
+/// Claims a sign-on for a terminal: true when its last one is at least `interval_ms` old (or it
+/// never signed on), and the claim is recorded at once. One statement, so the limit holds across
+/// gateway processes sharing the journal.
+pub async fn claim_sign_on(
+    store: &Store,
+    tid: &str,
+    interval_ms: i64,
+) -> Result<bool, JournalError> {
+    let now = now_ms();
+    let mut tx = store.begin().await?;
+    let changed = tx
+        .execute(
+            "UPDATE terminals SET signed_on_at_ms = $2 WHERE tid = $1 \
+             AND (signed_on_at_ms IS NULL OR signed_on_at_ms <= $3)",
+            &[tid.into(), now.into(), (now - interval_ms).into()],
+        )
+        .await?;
+    tx.commit().await?;
+    Ok(changed == 1)
+}
+
 /// The working keys of a terminal's last sign-on, if any.
 pub async fn working_keys(store: &Store, tid: &str) -> Result<Option<WorkingKeys>, JournalError> {
     let row = store

@@ -227,6 +227,24 @@ async fn sign_on(
     message: &Message<'_>,
     terminal: &registry::Terminal,
 ) -> Result<Option<Vec<u8>>, ResponseCode> {
+    // A sign-on replaces the terminal's working keys: at most one per interval, whoever asks
+    // (TID and MID are printed in the terminal's own QR codes).
+    let interval_ms = i64::try_from(
+        gateway
+            .config
+            .terminal
+            .sign_on_interval_secs
+            .saturating_mul(1000),
+    )
+    .unwrap_or(i64::MAX);
+    match registry::claim_sign_on(gateway.orders.store(), &terminal.tid, interval_ms).await {
+        Ok(true) => {}
+        Ok(false) => {
+            tracing::warn!(tid = %terminal.tid, "sign-on refused: the previous one is too recent");
+            return Err(ResponseCode::Other(*b"65"));
+        }
+        Err(_) => return Err(ResponseCode::SystemError),
+    }
     let security = gateway.orders.security();
     let tmk = terminal.master_key_label.clone();
     let pin_key = security

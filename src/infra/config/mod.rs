@@ -188,6 +188,9 @@ pub struct TerminalConfig {
     pub write_timeout_secs: u64,
     /// Most connections from one IP address at once; more are closed at accept.
     pub max_connections_per_address: usize,
+    /// A terminal may sign on (and so replace its working keys) at most once per this many
+    /// seconds, across all gateway processes; an earlier sign-on is answered 65.
+    pub sign_on_interval_secs: u64,
     /// Longest a result query or held sale waits for the phone, seconds.
     pub hold_secs: u64,
     /// How long shutdown waits for in-flight transactions, seconds.
@@ -204,6 +207,7 @@ impl Default for TerminalConfig {
             read_timeout_secs: 30,
             write_timeout_secs: 10,
             max_connections_per_address: 256,
+            sign_on_interval_secs: 10,
             hold_secs: 60,
             shutdown_grace_secs: 30,
         }
