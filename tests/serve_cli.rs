@@ -92,3 +92,40 @@ fn config_check_names_the_bad_key() {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+/// Regression (scale-out issue): nothing stopped two processes from opening one SQLite journal
+/// (the reversal worker then sends each reversal from both). The second `posbridge serve` on the
+/// same file is refused with a clear message while the first runs.
+#[test]
+fn a_second_process_on_one_sqlite_journal_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let serve = || {
+        Command::new(posbridge_bin())
+            .arg("serve")
+            .current_dir(dir.path())
+            .env("POSBRIDGE__JOURNAL__SQLITE_PATH", "shared.sqlite")
+            .env("POSBRIDGE__TERMINAL__LISTEN", "127.0.0.1:0")
+            .env("POSBRIDGE__WALLET_API__LISTEN", "127.0.0.1:0")
+            .env("POSBRIDGE__METRICS__LISTEN", "127.0.0.1:0")
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let mut first = serve();
+    let stderr = first.stderr.take().unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stderr));
+    let serving = lines
+        .by_ref()
+        .take(40)
+        .any(|line| line.unwrap().contains("posbridge serving"));
+    assert!(serving, "the first gateway did not start");
+    let second = serve().wait_with_output().unwrap();
+    let _ = first.kill();
+    let _ = first.wait();
+    assert!(!second.status.success(), "the second gateway started");
+    let text = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        text.contains("in use by another posbridge process"),
+        "{text}"
+    );
+}

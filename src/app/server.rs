@@ -92,6 +92,14 @@ pub async fn run(
     listeners: Listeners,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    // An embedded journal serves one running gateway (held until this function returns).
+    let journal = &gateway.config.journal;
+    let _embedded = match (&journal.url, journal.sqlite_path.as_str()) {
+        (None, path) if path != ":memory:" => {
+            Some(crate::store::journal::db::lock_for_this_process(path)?)
+        }
+        _ => None,
+    };
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
     let gateway = start_upstream(gateway, &mut tasks, &stop_rx)?;

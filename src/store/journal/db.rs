@@ -656,6 +656,33 @@ fn lite_error(error: rusqlite::Error) -> JournalError {
     JournalError::Database(error.to_string())
 }
 
+/// Takes an embedded journal for one running gateway: an exclusive lock on `<path>.lock`, held
+/// while the returned file lives and released when the process ends (however it ends). A second
+/// gateway on the same file is refused: its workers (reversals, webhooks) read queue rows without
+/// row locks, which only one process may do. Short-lived commands (`posbridge admin ...`) do not
+/// take it.
+pub fn lock_for_this_process(path: &str) -> Result<std::fs::File, JournalError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let lock_path = format!("{path}.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&lock_path)
+        .map_err(|e| JournalError::Config(format!("journal.sqlite_path {lock_path:?}: {e}")))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(JournalError::Config(format!(
+            "journal.sqlite_path {path:?} is in use by another posbridge process: an embedded \
+             journal belongs to one process (share a journal between gateways on PostgreSQL)"
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => Err(JournalError::Config(format!(
+            "journal.sqlite_path {lock_path:?}: {e}"
+        ))),
+    }
+}
+
 /// Creates the journal file readable and writable by its owner only (0600), or narrows an
 /// existing one to that: it holds the ledger and the working-key cryptograms. SQLite gives its
 /// `-wal` and `-shm` files the database file's permissions.
