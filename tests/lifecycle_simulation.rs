@@ -244,12 +244,12 @@ impl Sim {
             _ if self.payer < amount => Event::LocalDeclined(ResponseCode::InsufficientFunds),
             _ => Event::LocalApproved,
         };
-        if let Verdict::Move(t) = self.event(i, event) {
-            if t.to == OrderState::Paid {
-                self.payer -= amount;
-                self.merchant += amount;
-                self.orders[i].local_paid = true;
-            }
+        if let Verdict::Move(t) = self.event(i, event)
+            && t.to == OrderState::Paid
+        {
+            self.payer -= amount;
+            self.merchant += amount;
+            self.orders[i].local_paid = true;
         }
     }
 

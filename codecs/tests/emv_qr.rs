@@ -602,10 +602,10 @@ fn additional_data() -> impl Strategy<Value = Field> {
         proptest::option::of((50u8..=99, sub_fields(0..=99, 3))),
     )
         .prop_map(|(mut fields, nested)| {
-            if let Some((n, children)) = nested {
-                if !children.is_empty() {
-                    fields.push(Field::template(id(n), children));
-                }
+            if let Some((n, children)) = nested
+                && !children.is_empty()
+            {
+                fields.push(Field::template(id(n), children));
             }
             if fields.is_empty() {
                 fields.push(Field::text(id(7), "T1"));

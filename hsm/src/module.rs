@@ -158,7 +158,7 @@ pub(crate) fn decrypt_and_check(
             cryptogram.len()
         )));
     }
-    if cryptogram.len() % kek.block_len() != 0 {
+    if !cryptogram.len().is_multiple_of(kek.block_len()) {
         return Err(HsmError::wrong_key(
             kek.label(),
             format!(
@@ -196,7 +196,7 @@ pub(crate) fn new_key_exported(
     if key_type.family() == Family::Des {
         crate::ops::set_odd_parity(&mut random);
     }
-    if random.len() % kek.block_len() != 0 {
+    if !random.len().is_multiple_of(kek.block_len()) {
         return Err(HsmError::wrong_key(
             kek.label(),
             format!(

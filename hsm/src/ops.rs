@@ -91,7 +91,7 @@ pub(crate) fn cmac_from_cipher<K: KeyOps + ?Sized>(key: &K, data: &[u8]) -> Resu
     let l = key.ecb_encrypt(&[0u8; 16])?;
     let k1 = dbl(&l);
     let k2 = dbl(&k1);
-    let complete = !data.is_empty() && data.len() % 16 == 0;
+    let complete = !data.is_empty() && data.len().is_multiple_of(16);
     let mut message = Zeroizing::new(data.to_vec());
     if !complete {
         message.push(0x80);
@@ -141,7 +141,7 @@ pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 fn check_blocks(data: &[u8], block_len: usize) -> Result<()> {
-    if data.len() % block_len == 0 {
+    if data.len().is_multiple_of(block_len) {
         Ok(())
     } else {
         Err(HsmError::invalid(format!(

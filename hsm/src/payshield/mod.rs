@@ -451,10 +451,10 @@ impl PayshieldModule {
                 "ISO 9564 format 4 needs an AES key, which a variant-LMK payShield cannot hold: use format 0, 1 or 3 with a TDES key".into(),
             ));
         }
-        if let Some(block) = block {
-            if block.len() != 8 {
-                return Err(HsmError::invalid("a format 0, 1 or 3 PIN block is 8 bytes"));
-            }
+        if let Some(block) = block
+            && block.len() != 8
+        {
+            return Err(HsmError::invalid("a format 0, 1 or 3 PIN block is 8 bytes"));
         }
         Ok(())
     }

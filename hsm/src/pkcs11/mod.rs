@@ -725,7 +725,7 @@ fn check_cryptogram(kek_type: KeyType, key_type: KeyType, cryptogram: &[u8]) -> 
             cryptogram.len()
         )));
     }
-    if cryptogram.len() % kek_type.block_len() != 0 {
+    if !cryptogram.len().is_multiple_of(kek_type.block_len()) {
         return Err(HsmError::invalid(format!(
             "a {key_type} key cannot be encrypted under a {kek_type} key"
         )));
@@ -993,7 +993,7 @@ impl<'a> TokenKey<'a> {
     ) -> Result<Vec<u8>> {
         self.require(KeyUsage::Encrypt, "CBC chaining")?;
         let block_len = self.block_len();
-        if data.is_empty() || data.len() % block_len != 0 || iv.len() != block_len {
+        if data.is_empty() || !data.len().is_multiple_of(block_len) || iv.len() != block_len {
             return Err(HsmError::invalid(format!(
                 "CBC needs whole {block_len}-byte blocks"
             )));

@@ -76,12 +76,12 @@ where
 {
     let mut command = command();
     let matches = command.try_get_matches_from_mut(args)?;
-    if let Some(("admin", admin)) = matches.subcommand() {
-        if let Some((seed_demo::NAME, seed)) = admin.subcommand() {
-            return SeedDemoArgs::from_arg_matches(seed)
-                .map(Command::SeedDemo)
-                .map_err(|error| error.format(&mut command));
-        }
+    if let Some(("admin", admin)) = matches.subcommand()
+        && let Some((seed_demo::NAME, seed)) = admin.subcommand()
+    {
+        return SeedDemoArgs::from_arg_matches(seed)
+            .map(Command::SeedDemo)
+            .map_err(|error| error.format(&mut command));
     }
     Cli::from_arg_matches(&matches)
         .map(|cli| cli.command)

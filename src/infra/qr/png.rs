@@ -25,7 +25,7 @@ pub fn encode_bilevel(width: u32, height: u32, is_white: impl Fn(u32, u32) -> bo
                 byte = 0;
             }
         }
-        if width % 8 != 0 {
+        if !width.is_multiple_of(8) {
             raw.push(byte);
         }
     }

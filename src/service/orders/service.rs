@@ -570,27 +570,27 @@ impl OrderService {
                 return Ok(Step::Done(Box::new(result), Some(order.order_id.clone())));
             }
         }
-        if let Some(upstream) = &self.upstream {
-            if let Some(link) = upstream.route(request.pan.expose_secret()) {
-                let merchant = crate::registry::merchant(tx, &order.mid)
-                    .await?
-                    .ok_or_else(|| {
-                        OrderError::refused(ResponseCode::InvalidMerchant, "merchant vanished")
-                    })?;
-                let armed = forward::arm(
-                    tx,
-                    upstream,
-                    link,
-                    &order,
-                    request.pan.expose_secret(),
-                    &merchant.mcc,
-                    &merchant.country,
-                )
+        if let Some(upstream) = &self.upstream
+            && let Some(link) = upstream.route(request.pan.expose_secret())
+        {
+            let merchant = crate::registry::merchant(tx, &order.mid)
+                .await?
+                .ok_or_else(|| {
+                    OrderError::refused(ResponseCode::InvalidMerchant, "merchant vanished")
+                })?;
+            let armed = forward::arm(
+                tx,
+                upstream,
+                link,
+                &order,
+                request.pan.expose_secret(),
+                &merchant.mcc,
+                &merchant.country,
+            )
+            .await?;
+            self.decide(tx, &order, Event::Forward, Details::default())
                 .await?;
-                self.decide(tx, &order, Event::Forward, Details::default())
-                    .await?;
-                return Ok(Step::Forward(Box::new(armed)));
-            }
+            return Ok(Step::Forward(Box::new(armed)));
         }
         // An unknown card, and a card enrolled by another app, get the wrong-PIN answer: the
         // answer must not tell a prober which card numbers exist.
@@ -1042,11 +1042,11 @@ impl OrderService {
         note: &str,
     ) -> Result<Order, OrderError> {
         let mut tx = self.store.begin().await?;
-        if let Some(key) = &voucher.request {
-            if let Some(code) = terminal_requests::claim(&mut tx, key).await? {
-                tx.commit().await?;
-                return self.repeated(voucher, code).await;
-            }
+        if let Some(key) = &voucher.request
+            && let Some(code) = terminal_requests::claim(&mut tx, key).await?
+        {
+            tx.commit().await?;
+            return self.repeated(voucher, code).await;
         }
         let order = order_store::load(
             &mut tx,
