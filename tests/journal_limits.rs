@@ -38,3 +38,32 @@ async fn pool_wait_timeout_statement_timeout_and_sslmode() {
         }
     }
 }
+
+/// Regression (scale-out issue): the upstream STAN counter was per process and random at start,
+/// so two gateways (or one after a restart) could send two sales with the same F11. STANs now
+/// come from the journal: two gateways' stores drawing at once, then a third opened later (a
+/// restart), never repeat one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_stans_are_unique_across_gateways_and_restarts() {
+    use posbridge::store::host_queue::next_stan;
+    let journal = TestJournal::new(Backend::Postgres);
+    let a = journal::open(&journal.config).await.unwrap();
+    let b = journal::open(&journal.config).await.unwrap();
+    let draw = |store: posbridge::store::journal::Store| async move {
+        let mut stans = Vec::new();
+        for _ in 0..200 {
+            let mut tx = store.begin().await.unwrap();
+            stans.push(next_stan(&mut tx).await.unwrap());
+            tx.commit().await.unwrap();
+        }
+        stans
+    };
+    let (first, second) = tokio::join!(draw(a), draw(b));
+    let restarted = draw(journal::open(&journal.config).await.unwrap()).await;
+    let mut all: Vec<String> = first.into_iter().chain(second).chain(restarted).collect();
+    let drawn = all.len();
+    assert!(all.iter().all(|s| s.len() == 6 && s != "000000"));
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len(), drawn, "a STAN was handed out twice");
+}

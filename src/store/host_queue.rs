@@ -103,3 +103,24 @@ pub async fn queue_refund(
     .await?;
     Ok(())
 }
+
+/// The next upstream STAN (F11, 000001..=999999, cycling), from the journal: unique among the
+/// gateways sharing it and across restarts (within a cycle of 999,999 sales).
+pub async fn next_stan(tx: &mut Tx) -> Result<String, JournalError> {
+    let row = match tx.dialect() {
+        crate::store::journal::Dialect::Postgres => {
+            tx.query_opt("SELECT nextval('upstream_stan')", &[]).await?
+        }
+        crate::store::journal::Dialect::Sqlite => {
+            tx.query_opt(
+                "UPDATE counters SET value = value % 999999 + 1 WHERE name = 'upstream_stan' RETURNING value",
+                &[],
+            )
+            .await?
+        }
+    };
+    let value = row
+        .ok_or_else(|| JournalError::Schema("no upstream STAN counter".into()))?
+        .i64(0)?;
+    Ok(format!("{value:06}"))
+}

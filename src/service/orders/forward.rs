@@ -165,7 +165,7 @@ pub async fn arm(
     country: &str,
 ) -> Result<Armed, JournalError> {
     let config = &upstream.config;
-    let stan = link.next_stan();
+    let stan = host_queue::next_stan(tx).await?;
     let transmitted = crate::upstream::link::transmission_date_time(std::time::SystemTime::now());
     let rrn = format!("{}{}", &transmitted[4..10], stan);
     let tid = order.tid.clone().unwrap_or_else(|| "QRSTATIC".to_owned());

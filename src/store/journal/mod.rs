@@ -82,6 +82,12 @@ const MIGRATIONS: &[Migration] = &[
         postgres: "",
         sqlite: "",
     },
+    Migration {
+        version: 6,
+        portable: include_str!("migrations/0006_counters.sql"),
+        postgres: include_str!("migrations/0006_counters.postgres.sql"),
+        sqlite: "",
+    },
 ];
 
 /// Applies the migrations not yet recorded in `schema_migrations`. Several gateways starting
