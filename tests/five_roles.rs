@@ -760,6 +760,37 @@ async fn a_route_falls_back_while_its_primary_host_is_down() {
     handle.stop().await;
 }
 
+/// A gateway routing every card to a simulated host (with `faults`), on `backend`, with a
+/// signed-on terminal and a wallet app: the set-up of the regression tests below.
+struct Rig {
+    running: Running,
+    handle: SimHostHandle,
+    terminal: posbridge_sim::terminal::TerminalClient,
+    wallet: posbridge_sim::wallet::WalletClient,
+    _journal: TestJournal,
+}
+
+async fn rig(faults: Vec<FaultRule>, backend: Backend, sale_timeout_ms: u64) -> Rig {
+    let (addr, handle) = host(SimHostConfig {
+        faults,
+        ..SimHostConfig::default()
+    })
+    .await;
+    let journal = TestJournal::new(backend);
+    let running = start_with(&journal, |c| five_roles(c, addr, sale_timeout_ms)).await;
+    signed_on(&handle).await;
+    let mut terminal = terminal_client(&running).await;
+    terminal.sign_on().await.unwrap();
+    let wallet = wallet_client(&running);
+    Rig {
+        running,
+        handle,
+        terminal,
+        wallet,
+        _journal: journal,
+    }
+}
+
 /// Regression (lifecycle issue): a terminal reversal (0400) that arrived while its forwarded
 /// sale was AUTHORIZING was answered 00 and nothing was done, so the host's approval charged
 /// the payer. Now the 0400 cancels the order and queues the host reversal before it is
@@ -767,26 +798,23 @@ async fn a_route_falls_back_while_its_primary_host_is_down() {
 /// sale reversed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_terminal_reversal_while_authorising_reverses_at_the_host() {
-    let (addr, handle) = host(SimHostConfig {
-        faults: vec![FaultRule {
-            when: when_amount_ends("77"),
-            fault: Fault::LateResponse,
-        }],
-        ..SimHostConfig::default()
-    })
-    .await;
-    let journal = TestJournal::new(Backend::Postgres);
-    let running = start_with(&journal, |c| five_roles(c, addr, 10_000)).await;
-    signed_on(&handle).await;
-    let mut terminal = terminal_client(&running).await;
-    terminal.sign_on().await.unwrap();
+    let late = vec![FaultRule {
+        when: when_amount_ends("77"),
+        fault: Fault::LateResponse,
+    }];
+    let Rig {
+        running,
+        handle,
+        mut terminal,
+        wallet,
+        _journal,
+    } = rig(late, Backend::Postgres, 10_000).await;
     let amount = Money {
         amount_minor: 4_277,
         currency: CNY,
     };
     let order = terminal.request_order(amount).await.unwrap();
     let payload = order.payload.clone().unwrap();
-    let wallet = wallet_client(&running);
     let paying = tokio::spawn(async move {
         wallet
             .pay(&payload, PAYER_PAN, Some(PAYER_PIN), "ra-1", None)
@@ -838,13 +866,13 @@ async fn a_terminal_reversal_while_authorising_reverses_at_the_host() {
 /// reached the host is refused (12) and nothing is reversed; the rest can be refunded.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_void_after_a_delivered_refund_advice_is_refused() {
-    let (addr, handle) = host(SimHostConfig::default()).await;
-    let journal = TestJournal::new(Backend::Sqlite);
-    let running = start_with(&journal, |c| five_roles(c, addr, 5_000)).await;
-    signed_on(&handle).await;
-    let mut terminal = terminal_client(&running).await;
-    terminal.sign_on().await.unwrap();
-    let wallet = wallet_client(&running);
+    let Rig {
+        running,
+        handle,
+        mut terminal,
+        wallet,
+        _journal,
+    } = rig(Vec::new(), Backend::Sqlite, 5_000).await;
     let (code, voucher) = sale(&mut terminal, &wallet, 3_000, "va-1").await;
     assert_eq!(code, "00");
     let cny = |amount_minor| Money {
@@ -904,20 +932,17 @@ async fn a_void_after_a_delivered_refund_advice_is_refused() {
 /// phone is told 98 and the sale is reversed at the host.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unmaced_decline_leaves_the_reversal_armed() {
-    let (addr, handle) = host(SimHostConfig {
-        faults: vec![FaultRule {
-            when: when_amount_ends("66"),
-            fault: Fault::UnmacedDecline,
-        }],
-        ..SimHostConfig::default()
-    })
-    .await;
-    let journal = TestJournal::new(Backend::Sqlite);
-    let running = start_with(&journal, |c| five_roles(c, addr, 5_000)).await;
-    signed_on(&handle).await;
-    let mut terminal = terminal_client(&running).await;
-    terminal.sign_on().await.unwrap();
-    let wallet = wallet_client(&running);
+    let forged = vec![FaultRule {
+        when: when_amount_ends("66"),
+        fault: Fault::UnmacedDecline,
+    }];
+    let Rig {
+        running,
+        handle,
+        mut terminal,
+        wallet,
+        _journal,
+    } = rig(forged, Backend::Sqlite, 5_000).await;
     let (code, _) = sale(&mut terminal, &wallet, 5_166, "um-1").await;
     assert_eq!(code, "98", "an unMACed decline is not believed");
     until("the host reversed the approved sale", async || {
@@ -935,13 +960,14 @@ async fn an_unmaced_decline_leaves_the_reversal_armed() {
 /// the next attempt, with the right PIN, is approved.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_hosts_wrong_pin_the_payer_tries_again() {
-    let (addr, handle) = host(SimHostConfig::default()).await;
-    let journal = TestJournal::new(Backend::Sqlite);
-    let running = start_with(&journal, |c| five_roles(c, addr, 5_000)).await;
-    signed_on(&handle).await;
-    let mut terminal = terminal_client(&running).await;
-    terminal.sign_on().await.unwrap();
-    let wallet = wallet_client(&running);
+    // The host's handle is held to the end: dropping it stops the host.
+    let Rig {
+        running,
+        handle: _handle,
+        mut terminal,
+        wallet,
+        _journal,
+    } = rig(Vec::new(), Backend::Sqlite, 5_000).await;
     let order = terminal
         .request_order(Money {
             amount_minor: 1_234,
