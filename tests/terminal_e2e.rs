@@ -521,3 +521,47 @@ async fn a_sign_on_flood_does_not_replace_a_terminals_keys() {
     );
     running.stop().await;
 }
+
+/// Scale-out: a terminal held on gateway A learns of a payment made through gateway B (both on
+/// one PostgreSQL journal) from a PostgreSQL notification, not the periodic re-check: here the
+/// re-check interval and the hold are an hour, so only the notification can answer it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_terminal_on_one_gateway_hears_of_a_payment_through_another() {
+    let journal = TestJournal::new(Backend::Postgres);
+    let slow = |c: &mut posbridge::infra::config::Config| {
+        c.gateway.poll_interval_ms = 3_600_000;
+        c.terminal.hold_secs = 3_600;
+    };
+    let a = start_with(&journal, slow).await;
+    let b = restart(&journal).await;
+    let mut terminal = terminal_client(&a).await;
+    terminal.sign_on().await.unwrap();
+    let order = terminal.request_order(cny(777)).await.unwrap();
+    let payload = order.payload.clone().unwrap();
+    let before = a.seeded.orders.notifier().changes_from_elsewhere();
+    let phone = {
+        let wallet = wallet_client(&b);
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            wallet
+                .pay(&payload, PAYER_PAN, Some(PAYER_PIN), "across-1", None)
+                .await
+                .unwrap()
+        })
+    };
+    let receipt = tokio::time::timeout(
+        Duration::from_secs(120),
+        terminal.query_result(&order.voucher),
+    )
+    .await
+    .expect("the held request was not woken (no notification reached gateway A)")
+    .unwrap();
+    assert_eq!(phone.await.unwrap().response_code(), Some("00"));
+    assert_eq!(receipt.response_code, "00", "{receipt:?}");
+    assert!(
+        a.seeded.orders.notifier().changes_from_elsewhere() > before,
+        "gateway A received the journal's notification"
+    );
+    b.stop().await;
+    a.stop().await;
+}

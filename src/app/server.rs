@@ -104,6 +104,19 @@ pub async fn run(
     let mut tasks = tokio::task::JoinSet::new();
     let gateway = start_upstream(gateway, &mut tasks, &stop_rx)?;
     tasks.spawn(expiry_worker(gateway.clone(), stop_rx.clone()));
+    if gateway.config.journal.url.is_some() {
+        let notifier = std::sync::Arc::clone(gateway.orders.notifier());
+        let settings = gateway.config.journal.clone();
+        let stop = stop_rx.clone();
+        tasks.spawn(async move {
+            crate::store::journal::db::listen_for_orders(
+                &settings,
+                move |order_id| notifier.changed_elsewhere(order_id),
+                stop,
+            )
+            .await;
+        });
+    }
     tasks.spawn(outbox_worker(gateway.clone(), stop_rx.clone()));
     spawn_wallet_api(&gateway, listeners.wallet_api, stop_rx.clone(), &mut tasks)?;
     if let Some(listener) = listeners.metrics {

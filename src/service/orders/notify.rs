@@ -11,6 +11,8 @@ use tokio::sync::Notify;
 #[derive(Debug, Default)]
 pub struct OrderNotifier {
     waiters: Mutex<HashMap<String, Arc<Notify>>>,
+    /// Changes learnt from other gateways (PostgreSQL notifications), for tests and metrics.
+    remote: std::sync::atomic::AtomicU64,
 }
 
 impl OrderNotifier {
@@ -21,6 +23,19 @@ impl OrderNotifier {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         Arc::clone(waiters.entry(order_id.to_owned()).or_default())
+    }
+
+    /// An order changed in the shared journal, as its PostgreSQL notification says (this
+    /// gateway's own changes are announced too, and waking twice is harmless).
+    pub fn changed_elsewhere(&self, order_id: &str) {
+        self.remote
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.changed(order_id);
+    }
+
+    /// How many journal notifications this gateway has received.
+    pub fn changes_from_elsewhere(&self) -> u64 {
+        self.remote.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Wakes everyone waiting on the order.

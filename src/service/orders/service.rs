@@ -304,6 +304,11 @@ impl OrderService {
         self.upstream.as_ref()
     }
 
+    /// Wakes the requests waiting on orders (held terminal requests).
+    pub fn notifier(&self) -> &Arc<OrderNotifier> {
+        &self.notifier
+    }
+
     /// The journal.
     pub fn store(&self) -> &Store {
         &self.store

@@ -701,7 +701,7 @@ fn owner_only(path: &str) -> Result<(), JournalError> {
 
 /// The TLS connector for PostgreSQL (`sslmode=prefer` or `require` in the URL): rustls, trusting
 /// `ca_file` when given, the system's roots otherwise.
-fn tls_connector(
+pub(crate) fn tls_connector(
     ca_file: Option<&std::path::Path>,
 ) -> Result<tokio_postgres_rustls::MakeRustlsConnect, JournalError> {
     use rustls_pki_types::pem::PemObject;
@@ -731,4 +731,100 @@ fn tls_connector(
         .with_root_certificates(roots)
         .with_no_client_auth();
     Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
+}
+
+/// Listens for order changes made by other gateways sharing this PostgreSQL journal (the
+/// `order_events` trigger notifies `posbridge_orders_<schema>` with the order id) and hands each
+/// to `changed`, until `stop`. Notifications can be missed while the connection is down, so it
+/// reconnects with back-off and the waiters keep their periodic re-check as the safety net.
+pub async fn listen_for_orders(
+    settings: &crate::infra::config::JournalConfig,
+    changed: impl Fn(&str) + Send + Sync + 'static,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let Some(url) = settings.url.clone() else {
+        return;
+    };
+    let channel = format!("posbridge_orders_{}", settings.schema);
+    let mut backoff = std::time::Duration::from_millis(200);
+    loop {
+        let outcome = tokio::select! {
+            outcome = listen_once(&url, settings, &channel, &changed) => outcome,
+            _ = stop.changed() => return,
+        };
+        if let Err(error) = outcome {
+            tracing::warn!(%error, "order notifications: connection lost; reconnecting");
+        }
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => {}
+            _ = stop.changed() => return,
+        }
+        backoff = (backoff * 2).min(std::time::Duration::from_secs(10));
+    }
+}
+
+async fn listen_once(
+    url: &str,
+    settings: &crate::infra::config::JournalConfig,
+    channel: &str,
+    changed: &(impl Fn(&str) + Send + Sync),
+) -> Result<(), JournalError> {
+    let config: tokio_postgres::Config = url
+        .parse()
+        .map_err(|e| JournalError::Config(format!("journal.url: {e}")))?;
+    if url.contains("sslmode=") && config.get_ssl_mode() != tokio_postgres::config::SslMode::Disable
+    {
+        let tls = tls_connector(settings.tls_ca_file.as_deref())?;
+        let (client, connection) = config.connect(tls).await.map_err(pg_error)?;
+        pump(client, connection, channel, changed).await
+    } else {
+        let (client, connection) = config
+            .connect(tokio_postgres::NoTls)
+            .await
+            .map_err(pg_error)?;
+        pump(client, connection, channel, changed).await
+    }
+}
+
+async fn pump<S, T>(
+    client: tokio_postgres::Client,
+    mut connection: tokio_postgres::Connection<S, T>,
+    channel: &str,
+    changed: &(impl Fn(&str) + Send + Sync),
+) -> Result<(), JournalError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use futures_util::StreamExt;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+    let driver = async move {
+        while let Some(message) = messages.next().await {
+            match message {
+                Ok(tokio_postgres::AsyncMessage::Notification(n)) => {
+                    let _ = tx.send(n.payload().to_owned());
+                }
+                Ok(_) => {}
+                Err(error) => return Err(pg_error(error)),
+            }
+        }
+        Ok(())
+    };
+    tokio::pin!(driver);
+    let statement = format!("LISTEN {channel}");
+    let listen = client.batch_execute(&statement);
+    tokio::pin!(listen);
+    // Drive the connection while LISTEN is sent, then forever.
+    tokio::select! {
+        done = &mut driver => return done,
+        result = &mut listen => result.map_err(pg_error)?,
+    }
+    tracing::info!(channel, "listening for order changes from other gateways");
+    loop {
+        tokio::select! {
+            done = &mut driver => return done,
+            Some(order_id) = rx.recv() => changed(&order_id),
+        }
+    }
 }
