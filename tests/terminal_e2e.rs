@@ -313,6 +313,8 @@ async fn void_and_refund(backend: Backend) {
     assert_eq!(paid.response_code(), Some("00"));
     let balance = async || balance(&running.seeded.store, "payer-1").await;
     assert_eq!(balance().await, OPENING - 2372);
+    // Settlement counts the sale as a debit.
+    assert_eq!(terminal.settle(1, 2372).await.unwrap().response_code, "00");
     // Partial refund, then one that exceeds what is left.
     assert_eq!(
         terminal
@@ -323,6 +325,18 @@ async fn void_and_refund(backend: Backend) {
         "00"
     );
     assert_eq!(balance().await, OPENING - 1372);
+    // Regression (conformance issue): settlement ignored the credit totals. A partly refunded
+    // sale is a debit at its full amount and its refund a credit; leaving the credit out no
+    // longer balances.
+    assert_eq!(
+        terminal
+            .settle_with_credits((1, 2372), (1, 1000))
+            .await
+            .unwrap()
+            .response_code,
+        "00"
+    );
+    assert_eq!(terminal.settle(1, 2372).await.unwrap().response_code, "95");
     assert_eq!(
         terminal
             .refund(&order.voucher, cny(1500))
@@ -393,6 +407,15 @@ async fn repeated_refund_applies_once_and_second_void_is_refused(backend: Backen
     assert_eq!(balance().await, OPENING);
     let repeated_void = terminal.resend_last().await.unwrap();
     assert_eq!(repeated_void.response_code, "12");
+    // Settlement: the voided sale is no debit; its refund stays a credit.
+    assert_eq!(
+        terminal
+            .settle_with_credits((0, 0), (1, 1000))
+            .await
+            .unwrap()
+            .response_code,
+        "00"
+    );
     assert_eq!(
         assert_ledger_conserved(&running.seeded.store).await,
         OPENING

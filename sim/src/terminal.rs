@@ -516,12 +516,22 @@ impl TerminalClient {
         self.exchange(frame).await
     }
 
-    /// Settlement (0500) with the terminal's own totals of approved sales.
+    /// Settlement (0500) with the terminal's own totals of approved sales (no refunds).
     pub async fn settle(&mut self, count: u32, amount_minor: u64) -> anyhow::Result<Receipt> {
+        self.settle_with_credits((count, amount_minor), (0, 0))
+            .await
+    }
+
+    /// Settlement (0500) with debit (sales) and credit (refunds) totals: (count, amount).
+    pub async fn settle_with_credits(
+        &mut self,
+        (count, amount_minor): (u32, u64),
+        (credit_count, credit_minor): (u32, u64),
+    ) -> anyhow::Result<Receipt> {
         let stan = self.next_stan();
         let spec = Arc::clone(&self.spec);
         let mut b = self.builder(&spec, "0500", &stan)?;
-        let totals = format!("{amount_minor:012}{count:03}{:012}{:03}0", 0, 0);
+        let totals = format!("{amount_minor:012}{count:03}{credit_minor:012}{credit_count:03}0");
         b.set(48, totals.into_bytes())?;
         b.set(49, b"156".to_vec())?;
         b.set(60, format!("00{}201", self.identity.batch).into_bytes())?;

@@ -555,32 +555,30 @@ async fn settlement(
     let tid = &field_text(message, 41).unwrap_or_default();
     let batch = sub_text(message, "60.2").ok_or(ResponseCode::FormatError)?;
     let totals = field_text(message, 48).ok_or(ResponseCode::FormatError)?;
-    let amount: i64 = totals
-        .get(..12)
-        .and_then(|s| s.parse().ok())
-        .ok_or(ResponseCode::FormatError)?;
-    let count: i64 = totals
-        .get(12..15)
-        .and_then(|s| s.parse().ok())
-        .ok_or(ResponseCode::FormatError)?;
-    let (journal_count, journal_total) = gateway
+    // Field 48: debit amount n12, debit count n3, credit amount n12, credit count n3, flag.
+    let number = |range: std::ops::Range<usize>| -> Result<i64, ResponseCode> {
+        totals
+            .get(range)
+            .and_then(|s| s.parse().ok())
+            .ok_or(ResponseCode::FormatError)
+    };
+    let terminal = crate::service::orders::service::BatchTotals {
+        debit_count: number(12..15)?,
+        debit_minor: number(0..12)?,
+        credit_count: number(27..30)?,
+        credit_minor: number(15..27)?,
+    };
+    let journal = gateway
         .orders
         .batch_totals(tid, &batch)
         .await
         .map_err(|_| ResponseCode::SystemError)?;
-    let code = if (count, amount) == (journal_count, journal_total) {
+    let code = if terminal == journal {
         ResponseCode::Approved
     } else {
         ResponseCode::ReconcileError
     };
-    tracing::info!(
-        count,
-        amount,
-        journal_count,
-        journal_total,
-        code = code.as_str(),
-        "settlement"
-    );
+    tracing::info!(?terminal, ?journal, code = code.as_str(), "settlement");
     Ok(respond(gateway, message, code, |_| Ok(())).await)
 }
 

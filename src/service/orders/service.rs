@@ -238,6 +238,19 @@ struct Details<'a> {
     queue_ttl_ms: i64,
 }
 
+/// A batch's settlement totals (field 48 of 0500): debits (sales) and credits (refunds).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BatchTotals {
+    /// Sales still paid.
+    pub debit_count: i64,
+    /// Their amount, minor units.
+    pub debit_minor: i64,
+    /// Refunds of the batch's sales.
+    pub credit_count: i64,
+    /// Their amount, minor units.
+    pub credit_minor: i64,
+}
+
 /// A terminal's voucher: the order a void, refund or reversal is about, and the request's own
 /// identity for repeats (`None` for operator requests).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -1239,19 +1252,34 @@ impl OrderService {
             .collect::<Result<_, _>>()?)
     }
 
-    /// Count and sum of the paid orders of a terminal's batch, for settlement (0500).
-    pub async fn batch_totals(&self, tid: &str, batch: &str) -> Result<(i64, i64), OrderError> {
-        let mut tx = self.store.begin().await?;
-        let row = tx
-            .query_opt(
-                "SELECT COUNT(*), CAST(COALESCE(SUM(amount_minor), 0) AS BIGINT) FROM orders WHERE tid = $1 AND batch = $2 AND state = 'PAID'",
+    /// A terminal batch's totals as settlement (0500) compares them: debits are the sales still
+    /// paid (a voided or reversed sale is out; a partly refunded one counts at its full amount),
+    /// credits are the refunds of the batch's sales (settled with their sale's batch).
+    pub async fn batch_totals(&self, tid: &str, batch: &str) -> Result<BatchTotals, OrderError> {
+        let row = self
+            .store
+            .read_opt(
+                "SELECT COUNT(*), CAST(COALESCE(SUM(o.amount_minor), 0) AS BIGINT), \
+                 (SELECT COUNT(*) FROM transfers t JOIN orders r ON r.order_id = t.order_id \
+                    WHERE r.tid = $1 AND r.batch = $2 AND t.kind = 'refund'), \
+                 (SELECT CAST(COALESCE(SUM(t.amount_minor), 0) AS BIGINT) FROM transfers t JOIN orders r ON r.order_id = t.order_id \
+                    WHERE r.tid = $1 AND r.batch = $2 AND t.kind = 'refund'), \
+                 (SELECT COUNT(*) FROM advices a JOIN forwarded_sales f ON f.forward_id = a.forward_id JOIN orders r ON r.order_id = f.order_id \
+                    WHERE r.tid = $1 AND r.batch = $2 AND a.status IN ('QUEUED', 'SENDING', 'DONE')), \
+                 (SELECT CAST(COALESCE(SUM(a.amount_minor), 0) AS BIGINT) FROM advices a JOIN forwarded_sales f ON f.forward_id = a.forward_id \
+                    JOIN orders r ON r.order_id = f.order_id WHERE r.tid = $1 AND r.batch = $2 AND a.status IN ('QUEUED', 'SENDING', 'DONE')) \
+                 FROM orders o WHERE o.tid = $1 AND o.batch = $2 AND o.state = 'PAID'",
                 &[tid.into(), batch.into()],
             )
             .await?;
-        tx.commit().await?;
         match row {
-            Some(row) => Ok((row.i64(0)?, row.i64(1)?)),
-            None => Ok((0, 0)),
+            Some(row) => Ok(BatchTotals {
+                debit_count: row.i64(0)?,
+                debit_minor: row.i64(1)?,
+                credit_count: row.i64(2)? + row.i64(4)?,
+                credit_minor: row.i64(3)? + row.i64(5)?,
+            }),
+            None => Ok(BatchTotals::default()),
         }
     }
 }
