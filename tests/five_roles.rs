@@ -858,6 +858,21 @@ async fn a_terminal_reversal_while_authorising_reverses_at_the_host() {
         count(&store, "SELECT COUNT(*) FROM orders WHERE state = 'PAID'").await,
         0
     );
+    // Regression (conformance issue): the reversal reused the sale's STAN in field 11. It has
+    // its own (kept for repeats); field 90 carries the sale's.
+    let mut tx = store.begin().await.unwrap();
+    let row = tx
+        .query(
+            "SELECT f.stan, r.message FROM forwarded_sales f JOIN reversals r ON r.forward_id = f.forward_id",
+            &[],
+        )
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let (sale_stan, message) = (row[0].text(0).unwrap(), row[0].text(1).unwrap());
+    let fields: serde_json::Value = serde_json::from_str(&message).unwrap();
+    assert_ne!(fields["fields"]["11"], sale_stan.as_str());
+    assert_eq!(&fields["fields"]["90"].as_str().unwrap()[4..10], sale_stan);
     running.stop().await;
 }
 

@@ -78,10 +78,13 @@ pub async fn queue_refund(
     let (forward_id, host) = (row.text(0)?, row.text(1)?);
     let mut json: serde_json::Value = serde_json::from_str(&row.text(2)?)
         .map_err(|e| JournalError::Schema(format!("reversal message: {e}")))?;
+    // The advice's own STAN, the same on its repeats (0221), like a reversal's.
+    let stan = next_stan(tx).await?;
     if let Some(fields) = json["fields"].as_object_mut() {
-        for number in ["11", "12", "13", "39"] {
+        for number in ["12", "13", "39"] {
             fields.remove(number);
         }
+        fields.insert("11".into(), stan.into());
         fields.insert("3".into(), "200000".into());
         fields.insert("4".into(), amount.iso8583_amount().into());
         fields.insert("37".into(), crate::domain::order::new_rrn().into());

@@ -190,7 +190,10 @@ pub async fn arm(
     if let Some(forwarding) = &config.forwarding_id {
         message.set(33, text(forwarding));
     }
-    let reversal = reversal_message(&message, config);
+    // The reversal has a STAN of its own (ISO 8583: field 11 identifies this message; field 90
+    // names the original), kept for its repeats.
+    let reversal_stan = host_queue::next_stan(tx).await?;
+    let reversal = reversal_message(&message, config, &reversal_stan);
     let forward_id = new_id();
     let now = now_ms();
     tx.execute(
@@ -237,13 +240,14 @@ pub async fn arm(
 
 /// The reversal's fields as JSON: the sale's identity (TID, original STAN, RRN, amount) and
 /// field 90, never the card number.
-fn reversal_message(sale: &IsoMessage, config: &UpstreamConfig) -> String {
+fn reversal_message(sale: &IsoMessage, config: &UpstreamConfig, stan: &str) -> String {
     let mut fields = BTreeMap::new();
-    for number in [3u16, 4, 11, 12, 13, 22, 25, 32, 33, 37, 41, 42, 49] {
+    for number in [3u16, 4, 12, 13, 22, 25, 32, 33, 37, 41, 42, 49] {
         if let Some(value) = sale.text(number) {
             fields.insert(number.to_string(), value.to_owned());
         }
     }
+    fields.insert("11".into(), stan.to_owned());
     fields.insert("39".into(), "98".into());
     let original = format!(
         "0200{}{}{:0>11}{:0>11}",
