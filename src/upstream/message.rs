@@ -18,8 +18,10 @@ pub struct IsoMessage {
     pub fields: BTreeMap<u16, Vec<u8>>,
 }
 
-/// Fields whose value never appears in Debug output: PAN, track data, PIN block, MACs, keys.
-const MASKED: [u16; 8] = [2, 35, 36, 45, 52, 64, 96, 128];
+/// Fields whose value never appears in Debug output: expiry date, extended PAN, track data, PIN
+/// block, ICC data (field 55 carries the track-2 equivalent, tag 57), MACs, keys. Field 2 shows
+/// masked by the one PAN rule.
+const MASKED: [u16; 11] = [14, 34, 35, 36, 45, 48, 52, 55, 64, 96, 128];
 
 impl std::fmt::Debug for IsoMessage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -28,7 +30,7 @@ impl std::fmt::Debug for IsoMessage {
         for (number, value) in &self.fields {
             if *number == 2 {
                 map.entry(number, &mask_pan(value));
-            } else if MASKED.contains(number) || *number == 48 {
+            } else if MASKED.contains(number) {
                 map.entry(number, &format_args!("<{} bytes>", value.len()));
             } else {
                 map.entry(number, &String::from_utf8_lossy(value));
@@ -276,6 +278,21 @@ pub fn mac_value<'m>(spec: &Spec, message: &'m IsoMessage) -> Option<&'m [u8]> {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
+
+    #[test]
+    fn debug_shows_no_card_data() {
+        let mut message = IsoMessage::new("0200");
+        message
+            .set(2, b"6222021234567890123".to_vec())
+            .set(14, b"2912".to_vec())
+            .set(35, b"6222021234567890123=2912".to_vec())
+            .set(55, b"\x57\x136222021234567890123D2912".to_vec())
+            .set(4, b"000000002372".to_vec());
+        let shown = format!("{message:?}");
+        assert!(!shown.contains("6222021234567890123"), "{shown}");
+        assert!(!shown.contains("2912"), "{shown}");
+        assert!(shown.contains("622202*********0123") && shown.contains("000000002372"));
+    }
 
     #[test]
     fn classes_match_requests_to_responses() {
