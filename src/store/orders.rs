@@ -99,6 +99,19 @@ pub async fn reload(tx: &mut Tx, order_id: &str) -> Result<Order, JournalError> 
 /// The facts the lifecycle needs about a locked order: where its money was decided, what was
 /// refunded, whether an advice may have reached the host.
 pub async fn context(tx: &mut Tx, order: &Order) -> Result<Context, JournalError> {
+    let mut context = Context {
+        amount_minor: order.amount.amount_minor,
+        refunded_minor: 0,
+        settlement: None,
+        advice_sent: false,
+        expired: now_ms() >= order.expires_at_ms,
+        notify_merchant: order.origin() == Some(Origin::Static),
+    };
+    // Settlement, refunds and advices exist only for a paid sale: the payment path (an order
+    // still CREATED or AUTHORIZING) needs no query.
+    if !matches!(order.state, OrderState::Paid | OrderState::Reversed) {
+        return Ok(context);
+    }
     let row = tx
         .query_opt(
             "SELECT o.payer_account_id, \
@@ -114,21 +127,14 @@ pub async fn context(tx: &mut Tx, order: &Order) -> Result<Context, JournalError
         .await?
         .ok_or_else(|| JournalError::Internal(format!("order {} vanished", order.order_id)))?;
     let local = row.opt_text(0)?.is_some();
-    let upstream = row.i64(2)? > 0;
-    let settlement = match (order.state, local, upstream) {
-        (OrderState::Paid | OrderState::Reversed, true, _) => Some(Settlement::Local),
-        (OrderState::Paid | OrderState::Reversed, false, true) => Some(Settlement::Upstream),
-        _ => None,
+    context.settlement = match (local, row.i64(2)? > 0) {
+        (true, _) => Some(Settlement::Local),
+        (false, true) => Some(Settlement::Upstream),
+        (false, false) => None,
     };
-    let refunded_minor = if local { row.i64(1)? } else { row.i64(3)? };
-    Ok(Context {
-        amount_minor: order.amount.amount_minor,
-        refunded_minor,
-        settlement,
-        advice_sent: row.i64(4)? > 0,
-        expired: now_ms() >= order.expires_at_ms,
-        notify_merchant: order.origin() == Some(Origin::Static),
-    })
+    context.refunded_minor = if local { row.i64(1)? } else { row.i64(3)? };
+    context.advice_sent = row.i64(4)? > 0;
+    Ok(context)
 }
 
 /// What a transition to PAID records besides the state.

@@ -15,7 +15,7 @@
 //! Reversals carry no card number (the journal never holds a full PAN): the host matches them by
 //! TID + original STAN and by the original data elements in field 90.
 
-use super::service::Order;
+use super::service::{Decided, Details, Order, OrderError, decide};
 use crate::domain::lifecycle;
 use crate::domain::order::OrderState;
 use crate::infra::config::{Config, RouteConfig, UpstreamConfig};
@@ -349,18 +349,15 @@ pub async fn recover_standby(store: &Store, config: &UpstreamConfig) -> Result<u
         else {
             continue;
         };
-        let context = orders::context(&mut tx, &order).await?;
-        match lifecycle::next(order.state, lifecycle::Event::Recovery, &context) {
-            lifecycle::Verdict::Move(transition) => {
-                let mut apply = orders::Apply::new(&order, &transition, &context);
-                apply.forward_id = Some(&forward_id);
-                orders::apply(&mut tx, apply)
-                    .await
-                    .map_err(|e| JournalError::Internal(e.to_string()))?;
-            }
+        let details = Details {
+            forward_id: Some(&forward_id),
+            ..Details::default()
+        };
+        match decide(&mut tx, &order, lifecycle::Event::Recovery, details).await {
+            Ok(Decided::Moved(_)) => {}
             // The order moved on (a reversal decided by the terminal): the sale still may
             // have reached the host, so its reversal is queued all the same.
-            _ => {
+            Ok(_) | Err(OrderError::Refused { .. }) => {
                 host_queue::queue_reversal(
                     &mut tx,
                     &order_id,
@@ -369,6 +366,7 @@ pub async fn recover_standby(store: &Store, config: &UpstreamConfig) -> Result<u
                 )
                 .await?;
             }
+            Err(error) => return Err(internal(error)),
         }
         tx.execute(
             "UPDATE forwarded_sales SET state = 'AMBIGUOUS', updated_at_ms = $2 WHERE forward_id = $1 AND state = 'SENDING'",
@@ -678,17 +676,17 @@ async fn acknowledge_reversal(tx: &mut Tx, reversal_id: &str) -> Result<(), Jour
     else {
         return Ok(());
     };
-    let context = orders::context(tx, &order).await?;
-    if let lifecycle::Verdict::Move(transition) = lifecycle::next(
-        order.state,
+    match decide(
+        tx,
+        &order,
         lifecycle::Event::ReversalAcknowledged,
-        &context,
-    ) {
-        orders::apply(tx, orders::Apply::new(&order, &transition, &context))
-            .await
-            .map_err(|e| JournalError::Internal(e.to_string()))?;
+        Details::default(),
+    )
+    .await
+    {
+        Ok(_) | Err(OrderError::Refused { .. }) => Ok(()),
+        Err(error) => Err(internal(error)),
     }
-    Ok(())
 }
 
 /// Rebuilds a queued message from its stored fields.
@@ -726,27 +724,36 @@ async fn late_approval(tx: &mut Tx, host: &str, stan: &str) -> Result<(), Journa
     else {
         return Ok(());
     };
-    let context = orders::context(tx, &order).await?;
-    if let lifecycle::Verdict::Move(transition) =
-        lifecycle::next(order.state, lifecycle::Event::HostApproved, &context)
-    {
-        // Only the re-queue of a decided reversal applies here: an order still AUTHORIZING gets
-        // its answer through its own request or through recovery.
-        if transition.from != OrderState::Authorizing {
-            let mut apply = orders::Apply::new(&order, &transition, &context);
-            apply.forward_id = Some(&forward_id);
-            orders::apply(tx, apply)
-                .await
-                .map_err(|e| JournalError::Internal(e.to_string()))?;
+    // Only the re-queue of a decided reversal applies here: an order still AUTHORIZING gets its
+    // answer through its own request or through recovery.
+    if order.state == OrderState::Authorizing {
+        return Ok(());
+    }
+    let details = Details {
+        forward_id: Some(&forward_id),
+        ..Details::default()
+    };
+    match decide(tx, &order, lifecycle::Event::HostApproved, details).await {
+        Ok(Decided::Moved(_)) => {
             tracing::warn!(
                 order_id,
                 host,
                 stan,
                 "late approval: the sale's reversal is queued again"
             );
+            Ok(())
         }
+        Ok(_) | Err(OrderError::Refused { .. }) => Ok(()),
+        Err(error) => Err(internal(error)),
     }
-    Ok(())
+}
+
+/// A failure of the order writer inside a worker's transaction, as a journal error.
+fn internal(error: OrderError) -> JournalError {
+    match error {
+        OrderError::Journal(error) => error,
+        other => JournalError::Internal(other.to_string()),
+    }
 }
 
 /// Journals every answer a host link could not match (late, duplicate, unexpected).

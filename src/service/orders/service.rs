@@ -218,9 +218,43 @@ enum Step {
     Forward(Box<Armed>),
 }
 
-/// What [`OrderService::decide`] did.
+/// Decides `event` for a locked order with the lifecycle and applies the transition: the one
+/// path by which the order services (the order service and the forwarder's workers) change an
+/// order.
+pub(super) async fn decide(
+    tx: &mut Tx,
+    order: &Order,
+    event: Event,
+    details: Details<'_>,
+) -> Result<Decided, OrderError> {
+    let context = order_store::context(tx, order).await?;
+    match lifecycle::next(order.state, event, &context) {
+        Verdict::Move(transition) => {
+            let code = transition.code;
+            order_store::apply(
+                tx,
+                Apply {
+                    order,
+                    transition: &transition,
+                    context: &context,
+                    paid: details.paid,
+                    forward_id: details.forward_id,
+                    note: details.note,
+                    queue_ttl_ms: details.queue_ttl_ms,
+                },
+            )
+            .await?;
+            Ok(Decided::Moved(code))
+        }
+        Verdict::Proceed => Ok(Decided::Proceed),
+        Verdict::Unchanged(code) => Ok(Decided::Unchanged(code)),
+        Verdict::Refuse(refusal) => Err(refusal.into()),
+    }
+}
+
+/// What [`decide`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Decided {
+pub(super) enum Decided {
     /// A transition was applied; its code.
     Moved(ResponseCode),
     /// Allowed, nothing written yet.
@@ -231,11 +265,11 @@ enum Decided {
 
 /// What a transition's work needs besides the order (see [`Apply`]).
 #[derive(Debug, Clone, Copy, Default)]
-struct Details<'a> {
-    paid: Option<Paid<'a>>,
-    forward_id: Option<&'a str>,
-    note: Option<&'a str>,
-    queue_ttl_ms: i64,
+pub(super) struct Details<'a> {
+    pub(super) paid: Option<Paid<'a>>,
+    pub(super) forward_id: Option<&'a str>,
+    pub(super) note: Option<&'a str>,
+    pub(super) queue_ttl_ms: i64,
 }
 
 /// A batch's settlement totals (field 48 of 0500): debits (sales) and credits (refunds).
@@ -576,10 +610,7 @@ impl OrderService {
             Some(reference) => self.lock_dynamic_order(tx, reference, request).await?,
             None => self.static_order(tx, &scanned, request).await?,
         };
-        match self
-            .decide(tx, &order, Event::PayAttempt, Details::default())
-            .await?
-        {
+        match decide(tx, &order, Event::PayAttempt, Details::default()).await? {
             Decided::Proceed => {}
             Decided::Moved(code) | Decided::Unchanged(code) => {
                 let result = self
@@ -606,8 +637,7 @@ impl OrderService {
                 &merchant.country,
             )
             .await?;
-            self.decide(tx, &order, Event::Forward, Details::default())
-                .await?;
+            decide(tx, &order, Event::Forward, Details::default()).await?;
             return Ok(Step::Forward(Box::new(armed)));
         }
         // An unknown card, and a card enrolled by another app, get the wrong-PIN answer: the
@@ -664,8 +694,7 @@ impl OrderService {
             paid: Some(paid),
             ..Details::default()
         };
-        self.decide(tx, &order, Event::LocalApproved, details)
-            .await?;
+        decide(tx, &order, Event::LocalApproved, details).await?;
         let created_at_ms = order.created_at_ms;
         tx.after_commit(move || crate::infra::metrics::record_sale_since_ms(created_at_ms));
         let result = self
@@ -842,7 +871,7 @@ impl OrderService {
             forward_id: Some(&armed.forward_id),
             ..Details::default()
         };
-        let code = match self.decide(&mut tx, &order, event, details).await {
+        let code = match decide(&mut tx, &order, event, details).await {
             Ok(Decided::Moved(code) | Decided::Unchanged(code)) => code,
             Ok(Decided::Proceed) => ResponseCode::SystemError,
             Err(OrderError::Refused { code, .. }) => code,
@@ -1011,7 +1040,7 @@ impl OrderService {
             ..Details::default()
         };
         // Anything but CREATED stays as it is: cancelling is not a refusal here.
-        self.decide(&mut tx, &order, Event::Cancel, details).await?;
+        decide(&mut tx, &order, Event::Cancel, details).await?;
         let order = order_store::reload(&mut tx, order_id).await?;
         tx.commit().await?;
         self.notifier.changed(order_id);
@@ -1087,7 +1116,7 @@ impl OrderService {
             queue_ttl_ms: upstream_ttl_ms,
             ..Details::default()
         };
-        let code = match self.decide(&mut tx, &order, event, details).await? {
+        let code = match decide(&mut tx, &order, event, details).await? {
             Decided::Moved(_) | Decided::Proceed => ResponseCode::Approved,
             Decided::Unchanged(code) => code,
         };
@@ -1131,9 +1160,8 @@ impl OrderService {
         for row in rows {
             let order_id = row.text(0)?;
             let order = order_store::reload(&mut tx, &order_id).await?;
-            if let Decided::Moved(_) = self
-                .decide(&mut tx, &order, Event::Expire, Details::default())
-                .await?
+            if let Decided::Moved(_) =
+                decide(&mut tx, &order, Event::Expire, Details::default()).await?
             {
                 expired.push(order_id);
             }
@@ -1143,40 +1171,6 @@ impl OrderService {
             self.notifier.changed(order_id);
         }
         Ok(expired)
-    }
-
-    /// Decides `event` for a locked order with the lifecycle and applies the transition: the
-    /// one path by which the order service changes an order.
-    async fn decide(
-        &self,
-        tx: &mut Tx,
-        order: &Order,
-        event: Event,
-        details: Details<'_>,
-    ) -> Result<Decided, OrderError> {
-        let context = order_store::context(tx, order).await?;
-        match lifecycle::next(order.state, event, &context) {
-            Verdict::Move(transition) => {
-                let code = transition.code;
-                order_store::apply(
-                    tx,
-                    Apply {
-                        order,
-                        transition: &transition,
-                        context: &context,
-                        paid: details.paid,
-                        forward_id: details.forward_id,
-                        note: details.note,
-                        queue_ttl_ms: details.queue_ttl_ms,
-                    },
-                )
-                .await?;
-                Ok(Decided::Moved(code))
-            }
-            Verdict::Proceed => Ok(Decided::Proceed),
-            Verdict::Unchanged(code) => Ok(Decided::Unchanged(code)),
-            Verdict::Refuse(refusal) => Err(refusal.into()),
-        }
     }
 
     /// A payment the lifecycle declines (51, 75) or leaves open (55): the decision applied,
@@ -1189,7 +1183,7 @@ impl OrderService {
         pan_hash: &[u8],
         event: Event,
     ) -> Result<Step, OrderError> {
-        let (code, reason) = match self.decide(tx, order, event, Details::default()).await {
+        let (code, reason) = match decide(tx, order, event, Details::default()).await {
             Ok(Decided::Moved(code)) => (code, "declined"),
             Err(OrderError::Refused { code, .. }) => (code, CARD_OR_PIN),
             Ok(Decided::Proceed | Decided::Unchanged(_)) => {
