@@ -45,7 +45,7 @@ async fn pool_wait_timeout_statement_timeout_and_sslmode() {
 /// restart), never repeat one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_stans_are_unique_across_gateways_and_restarts() {
-    use posbridge::store::host_queue::next_stan;
+    use posbridge::store::counters::next_stan;
     let journal = TestJournal::new(Backend::Postgres);
     let a = journal::open(&journal.config).await.unwrap();
     let b = journal::open(&journal.config).await.unwrap();
@@ -66,4 +66,45 @@ async fn upstream_stans_are_unique_across_gateways_and_restarts() {
     all.sort();
     all.dedup();
     assert_eq!(all.len(), drawn, "a STAN was handed out twice");
+}
+
+/// Regression (scale-out issue): RRNs were twelve random digits, refused by the unique index
+/// when two met (at a million sales the odds of one meeting are about 40%). They now come from
+/// the journal: two gateways drawing at once and a third opened later never repeat one, on
+/// both journals.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rrns_are_unique_across_gateways_and_restarts() {
+    use posbridge::store::counters::next_rrn;
+    for backend in [Backend::Postgres, Backend::Sqlite] {
+        let journal = TestJournal::new(backend);
+        let draw = |store: posbridge::store::journal::Store| async move {
+            let mut rrns = Vec::new();
+            for _ in 0..200 {
+                let mut tx = store.begin().await.unwrap();
+                rrns.push(next_rrn(&mut tx).await.unwrap());
+                tx.commit().await.unwrap();
+            }
+            rrns
+        };
+        let a = journal::open(&journal.config).await.unwrap();
+        let first = draw(a).await;
+        // SQLite belongs to one process: its "second gateway" is the same file opened again.
+        let (second, third) = if backend == Backend::Postgres {
+            let b = journal::open(&journal.config).await.unwrap();
+            let c = journal::open(&journal.config).await.unwrap();
+            tokio::join!(draw(b), draw(c))
+        } else {
+            let again = journal::open(&journal.config).await.unwrap();
+            (draw(again.clone()).await, draw(again).await)
+        };
+        let mut all: Vec<String> = first.into_iter().chain(second).chain(third).collect();
+        let drawn = all.len();
+        assert!(
+            all.iter()
+                .all(|r| r.len() == 12 && r.bytes().all(|b| b.is_ascii_digit()))
+        );
+        all.sort();
+        all.dedup();
+        assert_eq!(all.len(), drawn, "{backend:?}: an RRN was handed out twice");
+    }
 }

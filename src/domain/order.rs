@@ -166,13 +166,6 @@ impl Order {
     }
 }
 
-/// A fresh retrieval reference number (F37, an12): twelve random digits. The one generator of
-/// RRNs; the journal's unique index per acquirer refuses a collision rather than letting two
-/// orders share one.
-pub fn new_rrn() -> String {
-    random_digits(12)
-}
-
 /// A fresh authorisation code (F38): six random digits.
 pub fn new_auth_code() -> String {
     random_digits(6)

@@ -7,6 +7,7 @@
 //! the merchant's webhook secret. Retries back off exponentially up to [`MAX_ATTEMPTS`].
 
 use crate::store::journal::{JournalError, Store, now_ms};
+use crate::store::queue::{self, Claim, Queue};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use std::time::Duration;
@@ -30,29 +31,42 @@ pub fn signature(secret: &str, timestamp_ms: i64, body: &str) -> String {
     )
 }
 
-/// How long a claimed event is left to the process that claimed it before another may take it.
-const CLAIM_LEASE_MS: i64 = 60_000;
+/// Events one claim takes, and the longest one delivery may take.
+const CLAIM_BATCH: i64 = 5;
+const POST_TIMEOUT_MS: i64 = 5_000;
 
-/// Delivers the due events once; returns how many were delivered. The due rows are claimed in
-/// a short transaction (on PostgreSQL `SKIP LOCKED`, so several gateways share the outbox) by
-/// pushing their next attempt out by a lease; the webhooks are then called outside any
-/// transaction, and each result recorded in its own. A process that dies mid-way leaves its
-/// claims to expire: delivery is at least once, and receivers de-duplicate by event id.
+/// The outbox over the one queue engine: the event, and its merchant's secret.
+const OUTBOX: Queue = Queue {
+    table: "outbox",
+    id: "event_id",
+    columns: "q.url, q.body, m.webhook_secret",
+    join: "JOIN merchants m ON m.mid = q.mid",
+    filter: "",
+};
+
+/// Delivers the due events once; returns how many were delivered. A batch is claimed for as
+/// long as its deliveries may take and a margin (on PostgreSQL `SKIP LOCKED`, so several
+/// gateways share the outbox); the webhooks are then called outside any transaction, and each
+/// result recorded in its own. A process that dies mid-way leaves its claims to expire:
+/// delivery is at least once, and receivers de-duplicate by event id.
 pub async fn deliver_due(store: &Store, client: &reqwest::Client) -> Result<usize, JournalError> {
-    let due = claim_due(store).await?;
+    let lease_ms = CLAIM_BATCH * POST_TIMEOUT_MS + 30_000;
+    let due = queue::claim(store, &OUTBOX, CLAIM_BATCH, lease_ms, None).await?;
     let mut delivered = 0;
     for event in due {
+        let (url, body) = (event.row.text(0)?, event.row.text(1)?);
+        let secret = event.row.opt_text(2)?.unwrap_or_default();
         let timestamp = now_ms();
         let outcome = client
-            .post(&event.url)
+            .post(&url)
             .header("content-type", "application/json")
-            .header("x-posbridge-event-id", &event.event_id)
+            .header("x-posbridge-event-id", &event.id)
             .header(
                 "x-posbridge-signature",
-                signature(&event.secret, timestamp, &event.body),
+                signature(&secret, timestamp, &body),
             )
-            .body(event.body.clone())
-            .timeout(Duration::from_secs(5))
+            .body(body)
+            .timeout(Duration::from_millis(POST_TIMEOUT_MS.unsigned_abs()))
             .send()
             .await;
         let error = match outcome {
@@ -66,84 +80,40 @@ pub async fn deliver_due(store: &Store, client: &reqwest::Client) -> Result<usiz
     Ok(delivered)
 }
 
-/// A claimed outbox row.
-struct Claimed {
-    event_id: String,
-    url: String,
-    body: String,
-    attempts: i64,
-    secret: String,
-}
-
-async fn claim_due(store: &Store) -> Result<Vec<Claimed>, JournalError> {
-    let mut tx = store.begin().await?;
-    let sql = format!(
-        "SELECT o.event_id, o.url, o.body, o.attempts, m.webhook_secret FROM outbox o JOIN merchants m ON m.mid = o.mid \
-         WHERE o.delivered_at_ms IS NULL AND o.attempts < $1 AND o.next_attempt_at_ms <= $2 \
-         ORDER BY o.next_attempt_at_ms LIMIT 20{}",
-        match tx.dialect() {
-            crate::store::journal::Dialect::Postgres => " FOR UPDATE OF o SKIP LOCKED",
-            crate::store::journal::Dialect::Sqlite => "",
-        }
-    );
-    let now = now_ms();
-    let rows = tx.query(&sql, &[MAX_ATTEMPTS.into(), now.into()]).await?;
-    let mut claimed = Vec::with_capacity(rows.len());
-    for row in rows {
-        let event = Claimed {
-            event_id: row.text(0)?,
-            url: row.text(1)?,
-            body: row.text(2)?,
-            attempts: row.i64(3)? + 1,
-            secret: row.opt_text(4)?.unwrap_or_default(),
-        };
-        tx.execute(
-            "UPDATE outbox SET next_attempt_at_ms = $2 WHERE event_id = $1",
-            &[
-                event.event_id.as_str().into(),
-                (now + CLAIM_LEASE_MS).into(),
-            ],
-        )
-        .await?;
-        claimed.push(event);
-    }
-    tx.commit().await?;
-    Ok(claimed)
-}
-
 async fn record_delivery(
     store: &Store,
-    event: &Claimed,
+    event: &Claim,
     error: Option<String>,
 ) -> Result<(), JournalError> {
     let mut tx = store.begin().await?;
-    match error {
-        None => {
-            tx.execute(
-                "UPDATE outbox SET attempts = $2, delivered_at_ms = $3, last_error = NULL WHERE event_id = $1",
-                &[event.event_id.as_str().into(), event.attempts.into(), now_ms().into()],
-            )
-            .await?;
+    let outcome = match error {
+        None => queue::Outcome::done(),
+        Some(error) if event.attempt >= MAX_ATTEMPTS => {
+            tracing::error!(
+                event_id = event.id,
+                attempts = event.attempt,
+                error,
+                "merchant notification failed for the last time; left for the operator"
+            );
+            queue::Outcome::ended("FAILED", error, true)
         }
         Some(error) => {
             tracing::warn!(
-                event_id = event.event_id,
-                attempts = event.attempts,
+                event_id = event.id,
+                attempts = event.attempt,
                 error,
                 "merchant notification failed; will retry"
             );
-            let backoff_ms = 1_000_i64.saturating_mul(1 << event.attempts.min(10));
-            tx.execute(
-                "UPDATE outbox SET attempts = $2, next_attempt_at_ms = $3, last_error = $4 WHERE event_id = $1",
-                &[
-                    event.event_id.as_str().into(),
-                    event.attempts.into(),
-                    (now_ms() + backoff_ms).into(),
-                    error.into(),
-                ],
-            )
-            .await?;
+            let backoff_ms = 1_000_i64.saturating_mul(1 << event.attempt.min(10));
+            queue::Outcome::retry(now_ms() + backoff_ms, error, true)
         }
+    };
+    if queue::finish(&mut tx, &OUTBOX, event, &outcome).await? && outcome.status == queue::DONE {
+        tx.execute(
+            "UPDATE outbox SET delivered_at_ms = $2 WHERE event_id = $1",
+            &[event.id.as_str().into(), now_ms().into()],
+        )
+        .await?;
     }
     tx.commit().await
 }

@@ -3,6 +3,7 @@
 //! refund advices. Delivery lives in [`crate::service::orders::forward`].
 
 use crate::domain::money::Money;
+use crate::store::counters;
 use crate::store::journal::{JournalError, Tx, new_id, now_ms};
 
 /// Queues the reversal of an order's forwarded sale: `forward_id` when the event is about one
@@ -79,7 +80,7 @@ pub async fn queue_refund(
     let mut json: serde_json::Value = serde_json::from_str(&row.text(2)?)
         .map_err(|e| JournalError::Schema(format!("reversal message: {e}")))?;
     // The advice's own STAN, the same on its repeats (0221), like a reversal's.
-    let stan = next_stan(tx).await?;
+    let stan = counters::next_stan(tx).await?;
     if let Some(fields) = json["fields"].as_object_mut() {
         for number in ["12", "13", "39"] {
             fields.remove(number);
@@ -87,7 +88,7 @@ pub async fn queue_refund(
         fields.insert("11".into(), stan.into());
         fields.insert("3".into(), "200000".into());
         fields.insert("4".into(), amount.iso8583_amount().into());
-        fields.insert("37".into(), crate::domain::order::new_rrn().into());
+        fields.insert("37".into(), counters::next_rrn(tx).await?.into());
     }
     let now = now_ms();
     tx.execute(
@@ -105,25 +106,4 @@ pub async fn queue_refund(
     )
     .await?;
     Ok(())
-}
-
-/// The next upstream STAN (F11, 000001..=999999, cycling), from the journal: unique among the
-/// gateways sharing it and across restarts (within a cycle of 999,999 sales).
-pub async fn next_stan(tx: &mut Tx) -> Result<String, JournalError> {
-    let row = match tx.dialect() {
-        crate::store::journal::Dialect::Postgres => {
-            tx.query_opt("SELECT nextval('upstream_stan')", &[]).await?
-        }
-        crate::store::journal::Dialect::Sqlite => {
-            tx.query_opt(
-                "UPDATE counters SET value = value % 999999 + 1 WHERE name = 'upstream_stan' RETURNING value",
-                &[],
-            )
-            .await?
-        }
-    };
-    let value = row
-        .ok_or_else(|| JournalError::Schema("no upstream STAN counter".into()))?
-        .i64(0)?;
-    Ok(format!("{value:06}"))
 }

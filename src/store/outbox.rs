@@ -34,7 +34,8 @@ pub async fn enqueue_payment(tx: &mut Tx, order_id: &str) -> Result<(), JournalE
     .to_string();
     let now = now_ms();
     tx.execute(
-        "INSERT INTO outbox (event_id, mid, url, body, attempts, next_attempt_at_ms, created_at_ms) VALUES ($1, $2, $3, $4, 0, $5, $5)",
+        "INSERT INTO outbox (event_id, mid, url, body, status, attempts, next_attempt_at_ms, created_at_ms, updated_at_ms) \
+         VALUES ($1, $2, $3, $4, 'QUEUED', 0, $5, $5, $5)",
         &[event_id.into(), row.text(0)?.into(), url.into(), body.into(), now.into()],
     )
     .await?;

@@ -348,7 +348,7 @@ async fn sale(store: &Store, slot: usize, payload_len: usize) -> anyhow::Result<
         &[
             order_id.as_str().into(),
             // RRNs are unique per acquirer, as the gateway's are.
-            posbridge::domain::order::new_rrn().into(),
+            format!("{:012}", rand::random::<u64>() % 1_000_000_000_000).into(),
             "123456".into(),
             payer_account(slot).into(),
             "622202*********0123".into(),

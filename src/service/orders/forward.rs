@@ -9,7 +9,7 @@
 //! fails, a lost connection, a crash of posbridge), the reversal is QUEUED and the reversal
 //! worker sends it (0400, repeats 0401; or 0420/0421 as advices) with back-off until the host
 //! acknowledges it or it expires. Several posbridge processes may share the journal: a queued
-//! reversal is taken by one of them (`FOR UPDATE SKIP LOCKED`). A late approval can never turn
+//! reversal is claimed by one of them for a lease (the one queue engine, `store::queue`). A late approval can never turn
 //! the order PAID: the answer is recorded only while the reversal is still STANDBY.
 //!
 //! Reversals carry no card number (the journal never holds a full PAN): the host matches them by
@@ -20,8 +20,9 @@ use crate::domain::lifecycle;
 use crate::domain::order::OrderState;
 use crate::infra::config::{Config, RouteConfig, UpstreamConfig};
 use crate::infra::security::Security;
-use crate::store::journal::{JournalError, Row, Store, Tx, new_id, now_ms};
-use crate::store::{host_queue, orders};
+use crate::store::journal::{JournalError, Store, Tx, new_id, now_ms};
+use crate::store::queue::{self, Claim, Queue};
+use crate::store::{counters, host_queue, orders};
 use crate::upstream::{HostLink, IsoMessage, LinkError, Unmatched};
 use posbridge_hsm::PinBlockFormat;
 use std::collections::{BTreeMap, HashMap};
@@ -165,7 +166,7 @@ pub async fn arm(
     country: &str,
 ) -> Result<Armed, JournalError> {
     let config = &upstream.config;
-    let stan = host_queue::next_stan(tx).await?;
+    let stan = counters::next_stan(tx).await?;
     let transmitted = crate::upstream::link::transmission_date_time(std::time::SystemTime::now());
     let rrn = format!("{}{}", &transmitted[4..10], stan);
     let tid = order.tid.clone().unwrap_or_else(|| "QRSTATIC".to_owned());
@@ -192,7 +193,7 @@ pub async fn arm(
     }
     // The reversal has a STAN of its own (ISO 8583: field 11 identifies this message; field 90
     // names the original), kept for its repeats.
-    let reversal_stan = host_queue::next_stan(tx).await?;
+    let reversal_stan = counters::next_stan(tx).await?;
     let reversal = reversal_message(&message, config, &reversal_stan);
     let forward_id = new_id();
     let now = now_ms();
@@ -385,11 +386,11 @@ pub async fn recover_standby(store: &Store, config: &UpstreamConfig) -> Result<u
     Ok(recovered)
 }
 
-/// A store-and-forward queue of messages to hosts: reversals, and refund advices.
-struct Queue {
-    /// Table (`reversals` or `advices`) and its id column.
-    table: &'static str,
-    id: &'static str,
+/// A store-and-forward queue of messages to hosts: reversals, and refund advices, over the one
+/// queue engine ([`queue`]).
+struct HostQueue {
+    /// The engine's view of the table.
+    rows: Queue,
     /// MTI of the first send and of the repeats.
     mtis: (&'static str, &'static str),
     /// Answers that end the message as delivered.
@@ -400,10 +401,21 @@ struct Queue {
     acknowledges_order: bool,
 }
 
-fn reversal_queue(config: &UpstreamConfig) -> Queue {
-    Queue {
-        table: "reversals",
-        id: "reversal_id",
+/// What a claim of a host queue reads: host, message, expiry.
+const HOST_COLUMNS: &str = "q.host, q.message, q.expires_at_ms";
+
+fn reversal_queue(config: &UpstreamConfig) -> HostQueue {
+    HostQueue {
+        rows: Queue {
+            table: "reversals",
+            id: "reversal_id",
+            columns: HOST_COLUMNS,
+            // A reversal waits while its sale is still in flight (answer not recorded, deadline
+            // not passed): sent earlier it could overtake the sale, be answered 25, and leave
+            // the sale's approval unreversed.
+            join: "JOIN forwarded_sales f ON f.forward_id = q.forward_id",
+            filter: "AND (f.state <> 'SENDING' OR f.created_at_ms < $3)",
+        },
         mtis: if config.reversal_as_advice {
             ("0420", "0421")
         } else {
@@ -416,9 +428,14 @@ fn reversal_queue(config: &UpstreamConfig) -> Queue {
     }
 }
 
-const ADVICE_QUEUE: Queue = Queue {
-    table: "advices",
-    id: "advice_id",
+const ADVICE_QUEUE: HostQueue = HostQueue {
+    rows: Queue {
+        table: "advices",
+        id: "advice_id",
+        columns: HOST_COLUMNS,
+        join: "",
+        filter: "",
+    },
     mtis: ("0220", "0221"),
     done: &["00"],
     refused: &["12", "13", "25", "30"],
@@ -435,59 +452,35 @@ pub async fn deliver_advices(store: &Store, upstream: &Upstream) -> Result<usize
     deliver(store, upstream, &ADVICE_QUEUE).await
 }
 
-/// Sends up to ten due messages of a queue, each in its own transaction: on PostgreSQL the row
-/// is taken `FOR UPDATE SKIP LOCKED` (so gateways sharing the journal send each one once) and
-/// its lock held only across that one exchange. An embedded SQLite journal belongs to one
-/// process, whose single worker reads the row without a lock: holding SQLite's database-wide
-/// write lock across a network call would stall every payment.
-async fn deliver(store: &Store, upstream: &Upstream, queue: &Queue) -> Result<usize, JournalError> {
-    // A reversal waits while its sale is still in flight (answer not recorded, deadline not
-    // passed): sent earlier it could overtake the sale, be answered 25, and leave the sale's
-    // approval unreversed.
-    let in_flight_cutoff =
-        now_ms() - i64::try_from(upstream.config.sale_timeout_ms).unwrap_or(i64::MAX / 4);
-    let sql = |lock: &str| {
-        format!(
-            "SELECT q.{id}, q.host, q.message, q.attempts, q.expires_at_ms FROM {table} q \
-             JOIN forwarded_sales f ON f.forward_id = q.forward_id WHERE q.status = 'QUEUED' \
-             AND q.next_attempt_at_ms <= $1 AND (f.state <> 'SENDING' OR f.created_at_ms < $2) \
-             ORDER BY q.next_attempt_at_ms LIMIT 1{lock}",
-            id = queue.id,
-            table = queue.table
-        )
-    };
+/// Sends up to ten due messages of a queue, one at a time: each is claimed for one exchange
+/// and a margin (so another gateway takes it over only after this one must have given up),
+/// sent with no transaction open, and its outcome recorded in a transaction of its own.
+async fn deliver(
+    store: &Store,
+    upstream: &Upstream,
+    queue: &HostQueue,
+) -> Result<usize, JournalError> {
+    let timeout = i64::try_from(upstream.config.sale_timeout_ms).unwrap_or(i64::MAX / 4);
+    let lease_ms = timeout.saturating_add(LEASE_MARGIN_MS);
     let mut acknowledged = 0;
     for _ in 0..10 {
-        let now = [now_ms().into(), in_flight_cutoff.into()];
-        let delivered = match store.dialect() {
-            crate::store::journal::Dialect::Postgres => {
-                let mut tx = store.begin().await?;
-                let Some(row) = tx
-                    .query_opt(&sql(" FOR UPDATE OF q SKIP LOCKED"), &now)
-                    .await?
-                else {
-                    break;
-                };
-                let outcome = send(upstream, queue, &row).await?;
-                let done = record(&mut tx, queue, &upstream.config, &row, outcome).await?;
-                tx.commit().await?;
-                done
-            }
-            crate::store::journal::Dialect::Sqlite => {
-                let Some(row) = store.read_opt(&sql(""), &now).await? else {
-                    break;
-                };
-                let outcome = send(upstream, queue, &row).await?;
-                let mut tx = store.begin().await?;
-                let done = record(&mut tx, queue, &upstream.config, &row, outcome).await?;
-                tx.commit().await?;
-                done
-            }
+        let in_flight_cutoff = now_ms() - timeout;
+        let extra = (!queue.rows.filter.is_empty()).then(|| in_flight_cutoff.into());
+        let claims = queue::claim(store, &queue.rows, 1, lease_ms, extra).await?;
+        let Some(claim) = claims.into_iter().next() else {
+            break;
         };
-        acknowledged += usize::from(delivered);
+        let sent = send(upstream, queue, &claim).await?;
+        let mut tx = store.begin().await?;
+        let done = record(&mut tx, queue, &upstream.config, &claim, sent).await?;
+        tx.commit().await?;
+        acknowledged += usize::from(done);
     }
     Ok(acknowledged)
 }
+
+/// How much longer than one exchange a claim of a host message is held.
+const LEASE_MARGIN_MS: i64 = 10_000;
 
 /// What became of one queued message.
 enum Sent {
@@ -499,19 +492,20 @@ enum Sent {
     Answer(Result<IsoMessage, LinkError>),
 }
 
-async fn send(upstream: &Upstream, queue: &Queue, row: &Row) -> Result<Sent, JournalError> {
-    if now_ms() >= row.i64(4)? {
+async fn send(upstream: &Upstream, queue: &HostQueue, claim: &Claim) -> Result<Sent, JournalError> {
+    let row = &claim.row;
+    if now_ms() >= row.i64(2)? {
         return Ok(Sent::Expired);
     }
-    let Some(link) = upstream.link(&row.text(1)?) else {
+    let Some(link) = upstream.link(&row.text(0)?) else {
         return Ok(Sent::NoHost);
     };
-    let mti = if row.i64(3)? > 0 {
+    let mti = if claim.attempt > 1 {
         queue.mtis.1
     } else {
         queue.mtis.0
     };
-    let message = stored_request(&row.text(2)?, mti)?;
+    let message = stored_request(&row.text(1)?, mti)?;
     let deadline = Duration::from_millis(upstream.config.sale_timeout_ms);
     Ok(Sent::Answer(link.request(message, deadline).await))
 }
@@ -519,44 +513,30 @@ async fn send(upstream: &Upstream, queue: &Queue, row: &Row) -> Result<Sent, Jou
 /// Records what happened to one queued message; true when the host acknowledged it.
 async fn record(
     tx: &mut Tx,
-    queue: &Queue,
+    queue: &HostQueue,
     config: &UpstreamConfig,
-    row: &Row,
+    claim: &Claim,
     sent: Sent,
 ) -> Result<bool, JournalError> {
-    let (id, host, attempts) = (row.text(0)?, row.text(1)?, row.i64(3)?);
+    let (table, id, host) = (queue.rows.table, &claim.id, claim.row.text(0)?);
+    let attempts = claim.attempt;
     let answer = match sent {
         Sent::Expired => {
             tracing::error!(
-                table = queue.table,
+                table,
                 id,
                 host,
                 attempts,
                 "EXPIRED without acknowledgement: reconcile by hand"
             );
-            set_row(
-                tx,
-                queue,
-                &id,
-                status::EXPIRED,
-                attempts,
-                now_ms(),
-                Some("expired"),
-            )
-            .await?;
+            let outcome = queue::Outcome::ended(status::EXPIRED, "expired".into(), false);
+            queue::finish(tx, &queue.rows, claim, &outcome).await?;
             return Ok(false);
         }
         Sent::NoHost => {
-            set_row(
-                tx,
-                queue,
-                &id,
-                status::QUEUED,
-                attempts,
-                now_ms() + 60_000,
-                Some("host not configured"),
-            )
-            .await?;
+            let outcome =
+                queue::Outcome::retry(now_ms() + 60_000, "host not configured".into(), false);
+            queue::finish(tx, &queue.rows, claim, &outcome).await?;
             return Ok(false);
         }
         Sent::Answer(answer) => answer,
@@ -567,30 +547,22 @@ async fn record(
         .and_then(|a| a.response_code().map(str::to_owned));
     match code.as_deref() {
         Some(code) if queue.done.contains(&code) => {
-            set_row(tx, queue, &id, status::DONE, attempts + 1, now_ms(), None).await?;
-            if queue.acknowledges_order {
-                acknowledge_reversal(tx, &id).await?;
+            let recorded = queue::finish(tx, &queue.rows, claim, &queue::Outcome::done()).await?;
+            if recorded && queue.acknowledges_order {
+                acknowledge_reversal(tx, id).await?;
             }
-            Ok(true)
+            Ok(recorded)
         }
         Some(code) if queue.refused.contains(&code) => {
             tracing::error!(
-                table = queue.table,
+                table,
                 id,
                 host,
                 code,
                 "refused by the host: reconcile by hand"
             );
-            set_row(
-                tx,
-                queue,
-                &id,
-                "REFUSED",
-                attempts + 1,
-                now_ms(),
-                Some(&format!("answered {code}")),
-            )
-            .await?;
+            let outcome = queue::Outcome::ended("REFUSED", format!("answered {code}"), true);
+            queue::finish(tx, &queue.rows, claim, &outcome).await?;
             Ok(false)
         }
         _ => {
@@ -600,22 +572,19 @@ async fn record(
                 (Ok(_), None) => "answer without response code".to_owned(),
             };
             tracing::warn!(
-                table = queue.table,
+                table,
                 id,
                 host,
-                attempts = attempts + 1,
+                attempts,
                 error,
                 "not acknowledged; will retry"
             );
-            let next = now_ms() + backoff_ms(config, attempts);
-            set_row(
+            let next = now_ms() + backoff_ms(config, attempts - 1);
+            queue::finish(
                 tx,
-                queue,
-                &id,
-                status::QUEUED,
-                attempts + 1,
-                next,
-                Some(&error),
+                &queue.rows,
+                claim,
+                &queue::Outcome::retry(next, error, true),
             )
             .await?;
             Ok(false)
@@ -628,34 +597,6 @@ fn backoff_ms(config: &UpstreamConfig, attempts: i64) -> i64 {
         .reversal_retry_initial_ms
         .saturating_mul(1u64 << attempts.clamp(0, 20));
     i64::try_from(doubled.min(config.reversal_retry_max_ms)).unwrap_or(i64::MAX / 4)
-}
-
-async fn set_row(
-    tx: &mut Tx,
-    queue: &Queue,
-    id: &str,
-    status: &str,
-    attempts: i64,
-    next_at: i64,
-    error: Option<&str>,
-) -> Result<(), JournalError> {
-    let sql = format!(
-        "UPDATE {} SET status = $2, attempts = $3, next_attempt_at_ms = $4, last_error = $5, updated_at_ms = $6 WHERE {} = $1",
-        queue.table, queue.id
-    );
-    tx.execute(
-        &sql,
-        &[
-            id.into(),
-            status.into(),
-            attempts.into(),
-            next_at.into(),
-            error.map(str::to_owned).into(),
-            now_ms().into(),
-        ],
-    )
-    .await?;
-    Ok(())
 }
 
 /// The order's side of an acknowledged reversal, through the lifecycle (a PAID order becomes

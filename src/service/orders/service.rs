@@ -10,7 +10,7 @@ use super::{OrderState, Origin, ResponseCode};
 use crate::domain::lifecycle::{self, Event, Verdict};
 use crate::domain::money::Money;
 pub use crate::domain::order::Order;
-use crate::domain::order::{new_auth_code, new_rrn};
+use crate::domain::order::new_auth_code;
 use crate::infra::security::Security;
 use crate::store::journal::{JournalError, Store, Tx, new_id, now_ms};
 use crate::store::ledger::{self, TransferOutcome};
@@ -683,7 +683,8 @@ impl OrderService {
                     .await;
             }
         }
-        let (rrn, auth_code, masked) = (new_rrn(), new_auth_code(), request.pan.masked());
+        let rrn = crate::store::counters::next_rrn(tx).await?;
+        let (auth_code, masked) = (new_auth_code(), request.pan.masked());
         let paid = Paid {
             rrn: &rrn,
             auth_code: Some(&auth_code),

@@ -58,6 +58,12 @@ impl<T: Into<Value>> From<Option<T>> for Value {
 pub struct Row(Vec<Value>);
 
 impl Row {
+    /// The row without its first `count` columns.
+    pub fn skip(mut self, count: usize) -> Row {
+        self.0.drain(..count.min(self.0.len()));
+        self
+    }
+
     fn column(&self, index: usize) -> Result<&Value, JournalError> {
         self.0
             .get(index)

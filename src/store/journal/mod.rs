@@ -88,6 +88,12 @@ const MIGRATIONS: &[Migration] = &[
         postgres: include_str!("migrations/0006_counters.postgres.sql"),
         sqlite: "",
     },
+    Migration {
+        version: 7,
+        portable: include_str!("migrations/0007_leases.sql"),
+        postgres: include_str!("migrations/0007_leases.postgres.sql"),
+        sqlite: "",
+    },
 ];
 
 /// Applies the migrations not yet recorded in `schema_migrations`. Several gateways starting

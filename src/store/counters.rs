@@ -1,0 +1,39 @@
+//! Numbers that must never repeat among the gateways sharing a journal, nor across their
+//! restarts: the upstream STAN (F11) and the retrieval reference number (F37). On PostgreSQL each
+//! is a sequence (no row lock between concurrent sales, nothing handed out twice even by a
+//! transaction that rolls back); on SQLite a counter row (one process holds the write lock).
+
+use crate::store::journal::{Dialect, JournalError, Tx};
+
+/// The next upstream STAN (F11, 000001..=999999, cycling): unique among the gateways sharing the
+/// journal and across restarts, within a cycle of 999,999 messages.
+pub async fn next_stan(tx: &mut Tx) -> Result<String, JournalError> {
+    let value = next(tx, "upstream_stan", 999_999).await?;
+    Ok(format!("{value:06}"))
+}
+
+/// The next retrieval reference number (F37, twelve digits, cycling after 10^12 - 1): unique per
+/// journal, so per acquirer; the journal's unique index per acquirer stays as the backstop.
+pub async fn next_rrn(tx: &mut Tx) -> Result<String, JournalError> {
+    let value = next(tx, "rrn", 999_999_999_999).await?;
+    Ok(format!("{value:012}"))
+}
+
+async fn next(tx: &mut Tx, name: &str, max: i64) -> Result<i64, JournalError> {
+    let row = match tx.dialect() {
+        // The sequence of the same name, created by the migrations with this maximum.
+        Dialect::Postgres => {
+            tx.query_opt(&format!("SELECT nextval('{name}')"), &[])
+                .await?
+        }
+        Dialect::Sqlite => {
+            tx.query_opt(
+                "UPDATE counters SET value = value % $2 + 1 WHERE name = $1 RETURNING value",
+                &[name.into(), max.into()],
+            )
+            .await?
+        }
+    };
+    row.ok_or_else(|| JournalError::Schema(format!("no counter {name}")))?
+        .i64(0)
+}
