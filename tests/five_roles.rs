@@ -1003,3 +1003,74 @@ async fn after_a_hosts_wrong_pin_the_payer_tries_again() {
     assert_eq!(right.response_code(), Some("00"), "the payer may try again");
     running.stop().await;
 }
+
+/// Scale-out: a reversal claimed by a gateway that is then killed (SIGKILL at the
+/// `queue.claimed` failpoint: the claim committed, nothing sent yet) is taken over by another
+/// gateway when the claim's lease ends, sent as a repeat, and reversed once at the host. The
+/// gateway that took the sale has its reversal worker asleep, so the kill lands on the claim.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reversal_claimed_by_a_killed_gateway_is_delivered_once_by_another() {
+    let (addr, handle) = host(SimHostConfig {
+        faults: vec![FaultRule {
+            when: when_amount_ends("91"),
+            fault: Fault::NoResponse,
+        }],
+        ..SimHostConfig::default()
+    })
+    .await;
+    let journal = TestJournal::new(Backend::Postgres);
+    let first = start_with(&journal, |c| {
+        five_roles(c, addr, 500);
+        c.upstream.reversal_poll_ms = 3_600_000;
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_file(dir.path(), &journal, addr, 500);
+    let mut doomed =
+        ServeProcess::start(&config, &[("POSBRIDGE_FAILPOINTS", "queue.claimed=pause")]);
+    signed_on(&handle).await;
+    let mut terminal = terminal_client(&first).await;
+    terminal.sign_on().await.unwrap();
+    let (code, _) = sale(&mut terminal, &wallet_client(&first), 10_091, "doomed-1").await;
+    assert_eq!(code, "98");
+    until("the doomed gateway claimed the reversal", async || {
+        doomed.log().contains("failpoint reached")
+    })
+    .await;
+    doomed.signal("KILL");
+    let store = first.seeded.store.clone();
+    assert_eq!(
+        count(
+            &store,
+            "SELECT COUNT(*) FROM reversals WHERE status = 'QUEUED' AND lease_token IS NOT NULL"
+        )
+        .await,
+        1,
+        "the dead gateway's claim is held"
+    );
+    let survivor = ServeProcess::start(&config, &[]);
+    until("the survivor delivered the reversal", async || {
+        count(
+            &store,
+            "SELECT COUNT(*) FROM reversals WHERE status = 'DONE'",
+        )
+        .await
+            == 1
+    })
+    .await;
+    assert_eq!(
+        count(&store, "SELECT attempts FROM reversals").await,
+        2,
+        "the dead claim counted: the survivor's send is a repeat"
+    );
+    let ledger = handle.ledger();
+    assert_eq!(ledger.len(), 1);
+    assert_eq!(
+        ledger[0].state,
+        LedgerState::Reversed,
+        "reversed once at the host"
+    );
+    drop(survivor);
+    first.stop().await;
+    handle.stop().await;
+}

@@ -588,3 +588,111 @@ async fn a_held_terminal_on_one_gateway_hears_of_a_payment_through_another() {
     b.stop().await;
     a.stop().await;
 }
+
+/// A TCP relay to PostgreSQL the test can cut: while cut, every relayed connection is closed
+/// and new ones are refused.
+struct CuttableRelay {
+    addr: std::net::SocketAddr,
+    open: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    relays: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+}
+
+impl CuttableRelay {
+    async fn start(target: String) -> CuttableRelay {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let open = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let relays = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (accept_open, accept_relays) = (open.clone(), relays.clone());
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if !accept_open.load(std::sync::atomic::Ordering::SeqCst) {
+                    continue; // dropped: refused
+                }
+                let target = target.clone();
+                let relay = tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                accept_relays.lock().unwrap().push(relay);
+            }
+        });
+        CuttableRelay { addr, open, relays }
+    }
+
+    fn cut(&self) {
+        self.open.store(false, std::sync::atomic::Ordering::SeqCst);
+        for relay in self.relays.lock().unwrap().drain(..) {
+            relay.abort();
+        }
+    }
+
+    fn heal(&self) {
+        self.open.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+async fn eventually(what: &str, check: impl Fn() -> bool) {
+    for _ in 0..600 {
+        if check() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("gave up waiting until {what}");
+}
+
+/// Scale-out: gateway A's connections to PostgreSQL (its LISTEN connection among them) are cut
+/// while a terminal is held on it, and the payment made through gateway B in the meantime: its
+/// notification never reaches A. When A listens again, every waiter re-reads its order, so the
+/// held request is answered, with the re-check interval and the hold at an hour.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payment_made_while_the_listen_connection_is_cut_is_seen_when_it_resumes() {
+    let journal = TestJournal::new(Backend::Postgres);
+    let url = journal.config.url.clone().unwrap();
+    let (head, rest) = url.split_once('@').unwrap();
+    let (server, database) = rest.split_once('/').unwrap();
+    let relay = CuttableRelay::start(server.to_owned()).await;
+    let relayed = format!("{head}@{}/{database}", relay.addr);
+    let a = start_with(&journal, |c| {
+        c.gateway.poll_interval_ms = 3_600_000;
+        c.terminal.hold_secs = 3_600;
+        c.journal.url = Some(relayed);
+    })
+    .await;
+    let b = restart(&journal).await;
+    let notifier = a.seeded.orders.notifier().clone();
+    eventually("gateway A listens", || notifier.resumptions() >= 1).await;
+
+    let mut terminal = terminal_client(&a).await;
+    terminal.sign_on().await.unwrap();
+    let order = terminal.request_order(cny(555)).await.unwrap();
+    let payload = order.payload.clone().unwrap();
+    let held = tokio::spawn(async move { terminal.query_result(&order.voucher).await });
+    eventually("the terminal's request is held", || notifier.waiting() >= 1).await;
+
+    relay.cut();
+    let (heard, resumed) = (notifier.changes_from_elsewhere(), notifier.resumptions());
+    let paid = wallet_client(&b)
+        .pay(&payload, PAYER_PAN, Some(PAYER_PIN), "cut-1", None)
+        .await
+        .unwrap();
+    assert_eq!(paid.response_code(), Some("00"));
+    relay.heal();
+
+    let receipt = tokio::time::timeout(Duration::from_secs(120), held)
+        .await
+        .expect("the held request was not answered after A listened again")
+        .unwrap()
+        .unwrap();
+    assert_eq!(receipt.response_code, "00", "{receipt:?}");
+    assert!(notifier.resumptions() > resumed, "A listened again");
+    assert_eq!(
+        notifier.changes_from_elsewhere(),
+        heard,
+        "the payment's notification was sent while A was cut off, and never reached it"
+    );
+    b.stop().await;
+    a.stop().await;
+}

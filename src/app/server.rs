@@ -106,12 +106,14 @@ pub async fn run(
     tasks.spawn(expiry_worker(gateway.clone(), stop_rx.clone()));
     if gateway.config.journal.url.is_some() {
         let notifier = std::sync::Arc::clone(gateway.orders.notifier());
+        let resumed = std::sync::Arc::clone(&notifier);
         let settings = gateway.config.journal.clone();
         let stop = stop_rx.clone();
         tasks.spawn(async move {
             crate::store::journal::db::listen_for_orders(
                 &settings,
                 move |order_id| notifier.changed_elsewhere(order_id),
+                move || resumed.resumed(),
                 stop,
             )
             .await;

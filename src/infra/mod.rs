@@ -4,6 +4,7 @@
 
 pub mod clock;
 pub mod config;
+pub mod failpoint;
 pub mod framing;
 pub mod metrics;
 pub mod posture;

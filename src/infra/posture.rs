@@ -62,6 +62,12 @@ pub fn assess(
             ));
         }
     }
+    if crate::infra::failpoint::any_armed() {
+        findings.push(format!(
+            "{}: failpoints are armed (fault tests only)",
+            crate::infra::failpoint::ENV
+        ));
+    }
     let pin_in_host = capabilities.pin_translation == PinTranslation::HostMemory;
     let allowed = config.gateway.allow_pin_in_host_memory;
     if pin_in_host && !allowed {

@@ -111,6 +111,9 @@ pub async fn claim(
     let mut tx = store.begin().await?;
     let claims = claim_in(&mut tx, queue, limit, lease_ms, extra).await?;
     tx.commit().await?;
+    if !claims.is_empty() {
+        crate::infra::failpoint::hit("queue.claimed").await;
+    }
     Ok(claims)
 }
 

@@ -163,6 +163,7 @@ class Host:
         self.refunds: Dict[str, dict] = {}
         self.decline: Dict[str, str] = {}
         self.silent: set = set()
+        self.drop: set = set()           # amount suffixes neither processed nor answered ("lost on the way")
         self.reversal_silent_count = 0
         self.wrong_mac: set = set()      # amount suffixes answered with a corrupted MAC
         self.no_mac: set = set()         # amount suffixes answered without any MAC
@@ -279,6 +280,9 @@ class Host:
                 self.ledger.setdefault(key, {"state": "approved", "amount": int(amount), "pan": dec.get("2"),
                                              "rrn": self.next_rrn(), "silent": True})
                 return
+        if any(amount.endswith(x) for x in self.drop):
+            self.log("host: dropping sale %s" % dec.get("11"))
+            return
         ans = self._echo_fields(dec)
         ans["t"] = "0210"
         key = (dec.get("32"), dec.get("41"), dec.get("11"))
@@ -374,6 +378,23 @@ class Host:
             self.refunds[rrn] = {"amount": int(dec["4"]), "key": key}
             ans["39"] = "00"
         conn.send_msg(ans, header, mac=True)
+
+    def echo(self, timeout: float = 10.0) -> Optional[dict]:
+        """Host-initiated echo (0800 F70=301, no MAC); the link must answer 0810 00."""
+        conns = [c for c in self.conns if c.alive and c.signed_on]
+        if not conns:
+            return None
+        stan = "%06d" % random.randint(1, 999999)
+        conns[0].send_msg({"t": "0800", "7": time.strftime("%m%d%H%M%S", time.gmtime()), "11": stan, "70": "301"},
+                          None, mac=False)
+        end = time.time() + timeout
+        with self.pending_cv:
+            while time.time() < end:
+                a = self.pending.pop("0810:" + stan, None)
+                if a is not None:
+                    return a
+                self.pending_cv.wait(0.2)
+        return None
 
     # ------------------------------------------------------------------ host-initiated key change
     def key_change(self, new_zpk: Optional[bytes], new_zak: Optional[bytes], *, mac: bool = True,

@@ -343,6 +343,7 @@ async fn pay(
             amount,
         })
         .await?;
+    crate::infra::failpoint::hit("wallet.pay.committed").await;
     let code = result.code();
     let view = PaymentView {
         status: if code.is_approved() {

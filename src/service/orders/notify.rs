@@ -1,7 +1,10 @@
 //! Wakes the requests a terminal holds open (result query, held sale) when their order changes.
 //!
-//! In-process only: a waiter also re-reads the journal on a short interval, so a change made by
-//! another posbridge process on the same database is seen too, just later.
+//! Changes made by this gateway wake its waiters directly; changes made by another gateway on the
+//! same PostgreSQL journal arrive as notifications (`changed_elsewhere`). Notifications sent while
+//! the listening connection was down are lost, so when it is listening again every waiter
+//! re-reads its order at once (`resumed`); a waiter also re-reads on its periodic interval, the
+//! last safety net.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -13,6 +16,8 @@ pub struct OrderNotifier {
     waiters: Mutex<HashMap<String, Arc<Notify>>>,
     /// Changes learnt from other gateways (PostgreSQL notifications), for tests and metrics.
     remote: std::sync::atomic::AtomicU64,
+    /// Times the listening connection (re)started, for tests and metrics.
+    resumptions: std::sync::atomic::AtomicU64,
 }
 
 impl OrderNotifier {
@@ -36,6 +41,33 @@ impl OrderNotifier {
     /// How many journal notifications this gateway has received.
     pub fn changes_from_elsewhere(&self) -> u64 {
         self.remote.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The journal's notifications flow again (first connection, or a reconnection after a
+    /// loss during which some may have been missed): every waiter re-reads its order now.
+    pub fn resumed(&self) {
+        self.resumptions
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let waiters = self
+            .waiters
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        for notify in waiters.values() {
+            notify.notify_waiters();
+        }
+    }
+
+    /// How many times the journal's notifications started flowing.
+    pub fn resumptions(&self) -> u64 {
+        self.resumptions.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Orders someone is waiting on.
+    pub fn waiting(&self) -> usize {
+        self.waiters
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .len()
     }
 
     /// Wakes everyone waiting on the order.

@@ -742,10 +742,12 @@ pub(crate) fn tls_connector(
 /// Listens for order changes made by other gateways sharing this PostgreSQL journal (the
 /// `order_events` trigger notifies `posbridge_orders_<schema>` with the order id) and hands each
 /// to `changed`, until `stop`. Notifications can be missed while the connection is down, so it
-/// reconnects with back-off and the waiters keep their periodic re-check as the safety net.
+/// reconnects with back-off and calls `resumed` each time it listens again (the waiters re-read
+/// then; their periodic re-check stays as the last safety net).
 pub async fn listen_for_orders(
     settings: &crate::infra::config::JournalConfig,
     changed: impl Fn(&str) + Send + Sync + 'static,
+    resumed: impl Fn() + Send + Sync + 'static,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let Some(url) = settings.url.clone() else {
@@ -755,7 +757,7 @@ pub async fn listen_for_orders(
     let mut backoff = std::time::Duration::from_millis(200);
     loop {
         let outcome = tokio::select! {
-            outcome = listen_once(&url, settings, &channel, &changed) => outcome,
+            outcome = listen_once(&url, settings, &channel, &changed, &resumed) => outcome,
             _ = stop.changed() => return,
         };
         if let Err(error) = outcome {
@@ -774,6 +776,7 @@ async fn listen_once(
     settings: &crate::infra::config::JournalConfig,
     channel: &str,
     changed: &(impl Fn(&str) + Send + Sync),
+    resumed: &(impl Fn() + Send + Sync),
 ) -> Result<(), JournalError> {
     let config: tokio_postgres::Config = url
         .parse()
@@ -782,13 +785,13 @@ async fn listen_once(
     {
         let tls = tls_connector(settings.tls_ca_file.as_deref())?;
         let (client, connection) = config.connect(tls).await.map_err(pg_error)?;
-        pump(client, connection, channel, changed).await
+        pump(client, connection, channel, changed, resumed).await
     } else {
         let (client, connection) = config
             .connect(tokio_postgres::NoTls)
             .await
             .map_err(pg_error)?;
-        pump(client, connection, channel, changed).await
+        pump(client, connection, channel, changed, resumed).await
     }
 }
 
@@ -797,6 +800,7 @@ async fn pump<S, T>(
     mut connection: tokio_postgres::Connection<S, T>,
     channel: &str,
     changed: &(impl Fn(&str) + Send + Sync),
+    resumed: &(impl Fn() + Send + Sync),
 ) -> Result<(), JournalError>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
@@ -827,6 +831,7 @@ where
         result = &mut listen => result.map_err(pg_error)?,
     }
     tracing::info!(channel, "listening for order changes from other gateways");
+    resumed();
     loop {
         tokio::select! {
             done = &mut driver => return done,
