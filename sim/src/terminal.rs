@@ -210,6 +210,21 @@ impl TerminalClient {
         self.read_answer().await
     }
 
+    /// The last request sent, as written (empty before the first).
+    pub fn last_frame(&self) -> &[u8] {
+        &self.last
+    }
+
+    /// The trace counter (the last STAN used).
+    pub fn stan(&self) -> u32 {
+        self.stan
+    }
+
+    /// Sends `frame`, a request written before (on another connection, say), byte for byte.
+    pub async fn resend(&mut self, frame: Vec<u8>) -> anyhow::Result<Receipt> {
+        self.exchange(frame).await
+    }
+
     /// Sends the last request again, byte for byte (a terminal that got no answer repeats its
     /// request with the same STAN).
     pub async fn resend_last(&mut self) -> anyhow::Result<Receipt> {

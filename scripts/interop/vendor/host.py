@@ -163,7 +163,9 @@ class Host:
         self.refunds: Dict[str, dict] = {}
         self.decline: Dict[str, str] = {}
         self.silent: set = set()
-        self.drop: set = set()           # amount suffixes neither processed nor answered ("lost on the way")
+        self.drop: set = set()
+        self.late: Dict[str, float] = {}  # amount suffix -> seconds: processed at once, answered late
+        self.late_sent: List[float] = []           # amount suffixes neither processed nor answered ("lost on the way")
         self.reversal_silent_count = 0
         self.wrong_mac: set = set()      # amount suffixes answered with a corrupted MAC
         self.no_mac: set = set()         # amount suffixes answered without any MAC
@@ -322,6 +324,13 @@ class Host:
         ans["39"] = code
         corrupt = any(amount.endswith(x) for x in self.wrong_mac)
         nomac = any(amount.endswith(x) for x in self.no_mac)
+        for suf, delay in self.late.items():
+            if amount.endswith(suf):
+                def later(ans=ans):
+                    self.late_sent.append(time.time())
+                    conn.send_msg(ans, header, mac=True)
+                threading.Timer(delay, later).start()
+                return
         conn.send_msg(ans, header, mac=not nomac, corrupt_mac=corrupt)
 
     def _reversal(self, conn, header, dec):

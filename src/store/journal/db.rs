@@ -262,9 +262,18 @@ impl Tx {
             engine,
             after_commit,
         } = self;
+        if crate::infra::failpoint::fails("journal.commit.refused") {
+            // Dropped unfinished: rolled back.
+            return Err(JournalError::Internal("injected: COMMIT refused".into()));
+        }
         match engine {
             TxEngine::Pg(tx) => (*tx).commit().await?,
             TxEngine::Sqlite(tx) => tx.commit()?,
+        }
+        if crate::infra::failpoint::fails("journal.commit.lost") {
+            return Err(JournalError::Internal(
+                "injected: COMMIT acknowledgement lost (it committed)".into(),
+            ));
         }
         for action in after_commit {
             action();
