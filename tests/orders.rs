@@ -793,3 +793,26 @@ on_both_journals!(
     an_order_in_another_currency_is_refused_at_once,
     super::an_order_in_another_currency_is_refused_at_once
 );
+
+/// Expiry on tokio's paused clock, which the journal's times follow: an order is payable until
+/// its time to live has passed, to the millisecond, and expired by the sweep right after.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn an_order_expires_when_the_runtime_clock_reaches_its_deadline() {
+    posbridge::infra::clock::follow_runtime_clock();
+    let journal = TestJournal::new(Backend::Sqlite);
+    let s = seeded(&journal).await;
+    let first = s.orders.create(new_order("000031", 100)).await.unwrap();
+    let second = s.orders.create(new_order("000032", 100)).await.unwrap();
+    tokio::time::advance(Duration::from_millis(119_990)).await;
+    assert!(s.orders.expire_due().await.unwrap().is_empty(), "10 ms left");
+    let paid = pay(&s.orders, &first.payload, Some(PAYER_PIN), "x1").await;
+    assert_eq!(paid.code(), ResponseCode::Approved, "payable 10 ms before its deadline");
+    tokio::time::advance(Duration::from_millis(20)).await;
+    assert_eq!(
+        s.orders.expire_due().await.unwrap(),
+        vec![second.order_id.clone()]
+    );
+    let late = pay(&s.orders, &second.payload, Some(PAYER_PIN), "x2").await;
+    assert_eq!(late.code(), ResponseCode::Expired);
+    assert_ledger_conserved(&s.store).await;
+}

@@ -183,3 +183,24 @@ async fn concurrent_claims_take_each_row_once() {
     all.dedup();
     assert_eq!(all.len(), 120);
 }
+
+/// The same lease on tokio's paused clock, which the journal's times follow
+/// (`clock::follow_runtime_clock`): the row stays leased until the clock reaches the lease's
+/// end, to the millisecond, and is taken over right after.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_lease_ends_when_the_runtime_clock_says_so() {
+    posbridge::infra::clock::follow_runtime_clock();
+    let journal = TestJournal::new(Backend::Sqlite);
+    let store = store_with_events(&journal, 1).await;
+    let first = queue::claim(&store, &OUTBOX, 1, 60_000, None).await.unwrap();
+    assert_eq!(first.len(), 1);
+    tokio::time::advance(std::time::Duration::from_millis(59_990)).await;
+    assert!(
+        queue::claim(&store, &OUTBOX, 1, 60_000, None).await.unwrap().is_empty(),
+        "still leased 10 ms before its end"
+    );
+    tokio::time::advance(std::time::Duration::from_millis(20)).await;
+    let taken = queue::claim(&store, &OUTBOX, 1, 60_000, None).await.unwrap();
+    assert_eq!(taken.len(), 1, "taken over once the lease ended");
+    assert_eq!(taken[0].attempt, 2);
+}
