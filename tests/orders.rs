@@ -804,9 +804,16 @@ async fn an_order_expires_when_the_runtime_clock_reaches_its_deadline() {
     let first = s.orders.create(new_order("000031", 100)).await.unwrap();
     let second = s.orders.create(new_order("000032", 100)).await.unwrap();
     tokio::time::advance(Duration::from_millis(119_990)).await;
-    assert!(s.orders.expire_due().await.unwrap().is_empty(), "10 ms left");
+    assert!(
+        s.orders.expire_due().await.unwrap().is_empty(),
+        "10 ms left"
+    );
     let paid = pay(&s.orders, &first.payload, Some(PAYER_PIN), "x1").await;
-    assert_eq!(paid.code(), ResponseCode::Approved, "payable 10 ms before its deadline");
+    assert_eq!(
+        paid.code(),
+        ResponseCode::Approved,
+        "payable 10 ms before its deadline"
+    );
     tokio::time::advance(Duration::from_millis(20)).await;
     assert_eq!(
         s.orders.expire_due().await.unwrap(),

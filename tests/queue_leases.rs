@@ -192,15 +192,22 @@ async fn a_lease_ends_when_the_runtime_clock_says_so() {
     posbridge::infra::clock::follow_runtime_clock();
     let journal = TestJournal::new(Backend::Sqlite);
     let store = store_with_events(&journal, 1).await;
-    let first = queue::claim(&store, &OUTBOX, 1, 60_000, None).await.unwrap();
+    let first = queue::claim(&store, &OUTBOX, 1, 60_000, None)
+        .await
+        .unwrap();
     assert_eq!(first.len(), 1);
     tokio::time::advance(std::time::Duration::from_millis(59_990)).await;
     assert!(
-        queue::claim(&store, &OUTBOX, 1, 60_000, None).await.unwrap().is_empty(),
+        queue::claim(&store, &OUTBOX, 1, 60_000, None)
+            .await
+            .unwrap()
+            .is_empty(),
         "still leased 10 ms before its end"
     );
     tokio::time::advance(std::time::Duration::from_millis(20)).await;
-    let taken = queue::claim(&store, &OUTBOX, 1, 60_000, None).await.unwrap();
+    let taken = queue::claim(&store, &OUTBOX, 1, 60_000, None)
+        .await
+        .unwrap();
     assert_eq!(taken.len(), 1, "taken over once the lease ended");
     assert_eq!(taken[0].attempt, 2);
 }

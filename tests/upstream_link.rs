@@ -705,3 +705,128 @@ async fn unmaced_and_replayed_key_changes_are_refused_and_the_keys_stay() {
     let answer = rig.link.request(request, LONG).await.unwrap();
     assert_eq!(answer.response_code(), Some("00"));
 }
+
+/// Regression (lifecycle issue): a request that timed out while still in the link's send queue
+/// was written afterwards, so its reversal could reach the host first. Over a real socket: the
+/// host signs the link on, then stops reading, so the link's writes stall and later requests
+/// wait in its send queue past their deadline. Those are withdrawn (`NotSent`), and when the
+/// host reads again, none of them was ever written; every request answered `Timeout` (the
+/// ambiguous outcome, which is reversed) was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_timed_out_in_the_send_queue_are_never_written() {
+    use futures_util::{SinkExt, StreamExt};
+    let spec = Arc::new(posbridge_codecs::Spec::builtin("iso87ascii").unwrap());
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(1024).unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = socket.local_addr().unwrap();
+    let listener = socket.listen(4).unwrap();
+    let (stall_tx, stall_rx) = tokio::sync::oneshot::channel::<()>();
+    let (resume_tx, resume_rx) = tokio::sync::oneshot::channel::<()>();
+    let host_spec = spec.clone();
+    let host = tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.unwrap();
+        let codec = posbridge::infra::framing::frame_codec(&host_spec).unwrap();
+        let mut framed = tokio_util::codec::Framed::new(stream, codec);
+        // Sign the link on: answer its 0800 with 00, then read nothing until told.
+        let frame = framed.next().await.unwrap().unwrap();
+        let sign_on = posbridge_codecs::decode(&host_spec, &frame).unwrap();
+        let mut answer = host_spec.builder("0810").unwrap();
+        for number in [7, 11, 70] {
+            if let Some(value) = sign_on.raw(number) {
+                answer.set(number, value.to_vec()).unwrap();
+            }
+        }
+        answer.set(39, b"00".to_vec()).unwrap();
+        let mut out = Vec::new();
+        answer.encode_into(&mut out).unwrap();
+        framed.send(out.as_slice()).await.unwrap();
+        let _ = stall_tx.send(());
+        resume_rx.await.unwrap();
+        let mut written = Vec::new();
+        while let Ok(Some(Ok(frame))) =
+            tokio::time::timeout(Duration::from_secs(2), framed.next()).await
+        {
+            let message = posbridge_codecs::decode(&host_spec, &frame).unwrap();
+            if message.mti() == "0200" {
+                written.push(message.str(11).unwrap().to_owned());
+            }
+        }
+        written
+    });
+    let mut config = HostConfig::new("stalled", vec![addr.to_string()], "iso87ascii");
+    config.connections = 1;
+    config.max_in_flight = 4_096;
+    config.request_timeout_ms = 60_000;
+    config.echo_idle_secs = 0;
+    let (link, _unmatched) = HostLink::start(config, security()).unwrap();
+    assert!(link.wait_signed_on(1, LONG).await, "link never signed on");
+    stall_rx.await.unwrap();
+
+    // Big requests (3 KB), all at once (7.5 MB, more than the kernel buffers of a loopback
+    // socket hold), each with a short deadline: the buffers fill, the writer stalls, the rest
+    // wait in the send queue.
+    let filler = "X".repeat(999);
+    let requests = (1..=2_500u32).map(|n| {
+        let link = link.clone();
+        let message = sale(u64::from(n))
+            .with(11, format!("{n:06}"))
+            .with(48, filler.clone())
+            .with(62, filler.clone())
+            .with(63, filler.clone());
+        async move {
+            (
+                format!("{n:06}"),
+                link.request(message, Duration::from_millis(500)).await,
+            )
+        }
+    });
+    let outcomes = futures_util::future::join_all(requests).await;
+    let withdrawn: Vec<&String> = outcomes
+        .iter()
+        .filter(|(_, r)| matches!(r, Err(LinkError::NotSent(_))))
+        .map(|(stan, _)| stan)
+        .collect();
+    let timed_out: Vec<&String> = outcomes
+        .iter()
+        .filter(|(_, r)| matches!(r, Err(LinkError::Timeout)))
+        .map(|(stan, _)| stan)
+        .collect();
+    let mut kinds = std::collections::BTreeMap::<String, usize>::new();
+    for (_, outcome) in &outcomes {
+        let kind = match outcome {
+            Ok(answer) => format!("answer {:?}", answer.response_code()),
+            Err(error) => error.to_string(),
+        };
+        *kinds.entry(kind).or_default() += 1;
+    }
+    assert!(
+        !withdrawn.is_empty(),
+        "no request waited in the send queue past its deadline: {kinds:?}"
+    );
+    assert_eq!(
+        withdrawn.len() + timed_out.len(),
+        outcomes.len(),
+        "every request either withdrawn or timed out"
+    );
+    let _ = resume_tx.send(());
+    let written = host.await.unwrap();
+    for stan in &withdrawn {
+        assert!(
+            !written.contains(stan),
+            "withdrawn request {stan} was written"
+        );
+    }
+    for stan in &timed_out {
+        assert!(
+            written.contains(stan),
+            "timed-out request {stan} never reached the host"
+        );
+    }
+    println!(
+        "{} withdrawn unsent, {} written and timed out",
+        withdrawn.len(),
+        timed_out.len()
+    );
+    link.shutdown().await;
+}
