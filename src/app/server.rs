@@ -46,6 +46,7 @@ pub async fn open(config: Config) -> anyhow::Result<Gateway> {
             gui: config.gateway.gui.clone(),
             country: config.gateway.country.clone(),
             poll_interval: Duration::from_millis(config.gateway.poll_interval_ms),
+            host_queue_ttl: Duration::from_secs(config.upstream.reversal_expiry_secs),
         },
     );
     Ok(Gateway {

@@ -23,7 +23,8 @@ pub enum AdminCommand {
     StaticCode(StaticCodeArgs),
     /// Void a paid sale (money back; a sale approved upstream gets its reversal queued).
     Void(SaleArgs),
-    /// Refund part or all of a paid sale of the local ledger.
+    /// Refund part or all of a paid sale: on the local ledger at once; for a sale a host
+    /// approved, as a refund advice (0220) the running gateway sends to the host.
     Refund(RefundArgs),
     /// Lift a payer's PIN lock (after its tries ran out) once the holder is identified.
     PinUnlock(PinUnlockArgs),

@@ -9,7 +9,8 @@ use crate::store::journal::{JournalError, Tx, new_id, now_ms};
 /// Queues the reversal of an order's forwarded sale: `forward_id` when the event is about one
 /// sale, else every sale of the order that may have reached its host. A reversal that was
 /// standing by, cancelled by a clean answer, or acknowledged already (a late approval after a
-/// reversal the host answered 25) is queued again from its first send.
+/// reversal the host answered 25) is queued again; one that was sent before goes again as a
+/// repeat (0401 / 0421, same STAN), since the host may have seen it.
 pub async fn queue_reversal(
     tx: &mut Tx,
     order_id: &str,
@@ -20,8 +21,8 @@ pub async fn queue_reversal(
     let changed = match forward_id {
         Some(forward_id) => {
             tx.execute(
-                "UPDATE reversals SET status = 'QUEUED', reason = $2, attempts = CASE WHEN status = 'DONE' THEN 0 ELSE attempts END, \
-                 next_attempt_at_ms = $3, updated_at_ms = $3 WHERE forward_id = $1 AND status IN ('STANDBY', 'CANCELLED', 'DONE')",
+                "UPDATE reversals SET status = 'QUEUED', reason = $2, next_attempt_at_ms = $3, updated_at_ms = $3 \
+                 WHERE forward_id = $1 AND status IN ('STANDBY', 'CANCELLED', 'DONE')",
                 &[forward_id.into(), reason.into(), now.into()],
             )
             .await?

@@ -198,6 +198,10 @@ pub struct OrderSettings {
     pub country: String,
     /// How often a waiting terminal re-reads the journal (changes by other processes).
     pub poll_interval: Duration,
+    /// How long a queued reversal or refund advice is tried before it needs an operator
+    /// (`upstream.reversal_expiry_secs`). Set whether or not this process runs the host links:
+    /// an operator's refund (`posbridge admin refund`) queues its advice for the gateway that does.
+    pub host_queue_ttl: Duration,
 }
 
 /// The order service, shared by the terminal server, the wallet API and the admin commands.
@@ -1108,10 +1112,8 @@ impl OrderService {
         )
         .await?
         .ok_or_else(|| OrderError::refused(ResponseCode::NotFound, "no order for this voucher"))?;
-        let upstream_ttl_ms = self.upstream.as_ref().map_or(0, |u| {
-            i64::try_from(u.config.reversal_expiry_secs.saturating_mul(1000))
-                .unwrap_or(i64::MAX / 2)
-        });
+        let upstream_ttl_ms =
+            i64::try_from(self.settings.host_queue_ttl.as_millis()).unwrap_or(i64::MAX / 2);
         let details = Details {
             note: Some(note),
             queue_ttl_ms: upstream_ttl_ms,
