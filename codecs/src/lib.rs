@@ -47,6 +47,7 @@
 
 pub mod bitmap;
 pub mod calendar;
+pub mod describe;
 pub mod ebcdic;
 pub mod emv_qr;
 pub mod error;

@@ -19,6 +19,27 @@ pub enum Iso8583Command {
     Decode(DecodeArgs),
     /// Encode a message from the inspector's JSON and print it as uppercase hex.
     Encode(EncodeArgs),
+    /// Dialect definitions.
+    #[command(subcommand)]
+    Spec(SpecCommand),
+}
+
+/// `posbridge iso8583 spec` sub-commands.
+#[derive(Debug, Subcommand)]
+pub enum SpecCommand {
+    /// Print a dialect's layout and complete field table (Markdown with --markdown, the form
+    /// the interface docs hold).
+    Describe(DescribeArgs),
+}
+
+/// Arguments of `posbridge iso8583 spec describe`.
+#[derive(Debug, Args)]
+pub struct DescribeArgs {
+    /// Dialect: a built-in name (iso87ascii, iso87binary, cups-pos, cups-host) or a spec file path.
+    pub dialect: String,
+    /// Markdown (the only format; accepted for clarity in scripts and docs).
+    #[arg(long)]
+    pub markdown: bool,
 }
 
 /// Arguments of `posbridge iso8583 decode`.
@@ -69,6 +90,13 @@ pub fn run(command: Iso8583Command) -> anyhow::Result<()> {
         Iso8583Command::Encode(args) => {
             let out = encode_command(&args)?;
             println!("{out}");
+            Ok(())
+        }
+        Iso8583Command::Spec(SpecCommand::Describe(args)) => {
+            print!(
+                "{}",
+                posbridge_codecs::describe::markdown(&load_spec(&args.dialect)?)
+            );
             Ok(())
         }
     }
