@@ -2,7 +2,8 @@
 """Vendor interop driver: starts `posbridge serve` (local, then five-role with host.py), runs the
 scenarios the docs promise, prints one JSON line per check and a summary; exit 0 only if all pass.
 
-  /work/vendor-venv/bin/python scripts/interop/vendor/run.py --posbridge /work/main/target/debug/posbridge
+  .venv-test/bin/python scripts/interop/vendor/run.py --posbridge target/debug/posbridge
+  (run by tests/vendor_kit.rs in the test command)
 """
 from __future__ import annotations
 
@@ -977,8 +978,11 @@ def five_scenarios(gw: Gateway, host: Host):
         R.check(P + ".silent.reversal_f90_acquirer_part", f90[20:31] in (ACQ.rjust(11, "0"), ACQ.ljust(11, "0")),
                 "F90[20:31]=%r (doc does not say how the 8-digit id is padded to 11)" % f90[20:31])
         R.check(P + ".silent.reversal_own_stan", d1.get("11") != d0.get("11"), "sale F11 %s reversal F11 %s" % (d0.get("11"), d1.get("11")))
-        R.check(P + ".silent.reversal_fields_as_sale", all(d1.get(f) == d0.get(f) for f in ("2", "4", "32", "41", "42", "49")),
-                short({f: (d0.get(f), d1.get(f)) for f in ("2", "4", "32", "41", "42", "49")}))
+        # host-interface.md: a reversal carries F4, F32, F41, F42, F49 as in the sale, and no F2
+        # (the gateway never keeps a full card number).
+        R.check(P + ".silent.reversal_fields_as_sale", all(d1.get(f) == d0.get(f) for f in ("4", "32", "41", "42", "49")),
+                short({f: (d0.get(f), d1.get(f)) for f in ("4", "32", "41", "42", "49")}))
+        R.check(P + ".silent.reversal_has_no_pan", "2" not in d1, "reversal F2 %r" % d1.get("2"))
         R.check(P + ".silent.repeat_0401_same_stan", bool(rv401) and rv401[0]["dec"].get("11") == d1.get("11"),
                 "0401 %s" % (short(rv401[0]["dec"]) if rv401 else "not seen within 15 s"))
     else:
@@ -1151,7 +1155,7 @@ def five_scenarios(gw: Gateway, host: Host):
 # ------------------------------------------------------------------------------------ main
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--posbridge", default="/work/main/target/debug/posbridge")
+    ap.add_argument("--posbridge", default="target/debug/posbridge")
     ap.add_argument("--keep", action="store_true", help="keep the temp directory (logs)")
     ap.add_argument("--only", choices=["local", "five"], default=None)
     a = ap.parse_args()
