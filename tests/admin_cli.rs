@@ -108,6 +108,36 @@ async fn refund_and_void_by_rrn() {
     assert_eq!(balance().await, 100_000 - 4_000);
     assert!(admin(&config, &["void", "--rrn", &rrn]).contains("REVERSED"));
     assert_eq!(balance().await, 100_000);
+    // The statement explains the balance: opening, sale, refund, and the void of what was left.
+    let shown = admin(&config, &["account-show", "--account", "demo-payer"]);
+    assert!(shown.contains("balance 1000.00 CNY"), "{shown}");
+    assert!(shown.contains("postings, newest first (4)"), "{shown}");
+    for (kind, amount) in [
+        ("reversal", "40.00"),
+        ("refund", "10.00"),
+        ("sale", "-50.00"),
+        ("funding", "1000.00"),
+    ] {
+        assert!(
+            shown
+                .lines()
+                .any(|l| l.contains(kind) && l.contains(amount)),
+            "{kind} {amount} missing:\n{shown}"
+        );
+    }
+    assert!(
+        !shown.contains(posbridge_sim::demo::PAN),
+        "no full card number"
+    );
+    let merchant = admin(
+        &config,
+        &["merchant-show", "--mid", posbridge_sim::demo::MID],
+    );
+    assert!(merchant.contains("balance 0.00 CNY"), "{merchant}");
+    assert!(
+        merchant.contains("postings, newest first (3)"),
+        "{merchant}"
+    );
     let refused = Command::new(posbridge_bin())
         .args(["admin", "void", "--rrn", "000000000000", "--config"])
         .arg(&config)

@@ -28,6 +28,93 @@ pub enum AdminCommand {
     Refund(RefundArgs),
     /// Lift a payer's PIN lock (after its tries ran out) once the holder is identified.
     PinUnlock(PinUnlockArgs),
+    /// Show an account: balance, PIN state and its recent postings (newest first).
+    AccountShow(AccountShowArgs),
+    /// Show a merchant and its settlement account: balance and recent postings.
+    MerchantShow(MerchantShowArgs),
+}
+
+/// `admin account-show`.
+#[derive(Debug, Args)]
+pub struct AccountShowArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// Account id.
+    #[arg(long)]
+    account: String,
+    /// Postings to list.
+    #[arg(long, default_value_t = 20)]
+    limit: i64,
+}
+
+/// `admin merchant-show`.
+#[derive(Debug, Args)]
+pub struct MerchantShowArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// Merchant number (MID).
+    #[arg(long)]
+    mid: String,
+    /// Postings to list.
+    #[arg(long, default_value_t = 20)]
+    limit: i64,
+}
+
+/// An account and its recent postings, as the operator reads them.
+async fn print_account(
+    store: &crate::store::journal::Store,
+    account_id: &str,
+    limit: i64,
+) -> anyhow::Result<()> {
+    let account = crate::store::ledger::read_account(store, account_id)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("no account {account_id}"))?;
+    println!(
+        "account {} ({}, {}{})",
+        account.account_id,
+        account.kind,
+        account.holder,
+        account
+            .pan_truncated
+            .as_deref()
+            .map(|pan| format!(", card {pan}"))
+            .unwrap_or_default()
+    );
+    println!("balance {}", account.balance);
+    if account.kind == "payer" {
+        println!(
+            "PIN tries {}{}",
+            account.pin_tries,
+            if account.pin_locked_at_ms.is_some() {
+                " (locked)"
+            } else {
+                ""
+            }
+        );
+    }
+    let lines = crate::store::ledger::statement(store, account_id, limit).await?;
+    println!("postings, newest first ({}):", lines.len());
+    for line in lines {
+        let at = posbridge_codecs::calendar::Civil::from_unix_seconds(line.at_ms.div_euclid(1000))
+            .map(|c| {
+                format!(
+                    "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+                    c.year, c.month, c.day, c.hour, c.minute, c.second
+                )
+            })
+            .unwrap_or_default();
+        let amount = Money {
+            amount_minor: line.amount_minor,
+            currency: account.balance.currency,
+        };
+        println!(
+            "  {at}  {:<9} {:>14}  order {}",
+            line.kind,
+            amount.to_string(),
+            line.order_id
+        );
+    }
+    Ok(())
 }
 
 /// `admin pin-unlock`.
@@ -346,6 +433,27 @@ async fn run_async(command: AdminCommand) -> anyhow::Result<()> {
             anyhow::ensure!(unlocked, "no payer account {}", a.account);
             tracing::warn!(account = %a.account, "PIN lock lifted by an operator");
             println!("PIN lock of {} lifted", a.account);
+        }
+        AdminCommand::AccountShow(a) => {
+            let gateway = open(&a.config).await?;
+            print_account(gateway.orders.store(), &a.account, a.limit).await?;
+        }
+        AdminCommand::MerchantShow(a) => {
+            let gateway = open(&a.config).await?;
+            let store = gateway.orders.store();
+            let merchant = registry::read_merchant(store, &a.mid)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("no merchant {}", a.mid))?;
+            println!(
+                "merchant {} {} ({}, {}, MCC {}, currency {})",
+                merchant.mid,
+                merchant.name,
+                merchant.city,
+                merchant.country,
+                merchant.mcc,
+                merchant.currency
+            );
+            print_account(store, &merchant.account_id, a.limit).await?;
         }
         AdminCommand::Void(a) => {
             let gateway = open(&a.config).await?;

@@ -381,3 +381,55 @@ pub async fn unlock_pin(tx: &mut Tx, account_id: &str) -> Result<bool, JournalEr
         .await?;
     Ok(changed == 1)
 }
+
+/// One line of an account's statement: a posting.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct StatementLine {
+    /// When it was posted (Unix ms).
+    pub at_ms: i64,
+    /// The order it belongs to.
+    pub order_id: String,
+    /// `funding`, `sale`, `refund` or `reversal`.
+    pub kind: String,
+    /// Signed amount in minor units: negative leaves the account, positive enters it.
+    pub amount_minor: i64,
+}
+
+/// An account's recent postings, newest first (at most `limit`), read without a lock.
+pub async fn statement(
+    store: &crate::store::journal::Store,
+    account_id: &str,
+    limit: i64,
+) -> Result<Vec<StatementLine>, JournalError> {
+    let rows = store
+        .read(
+            "SELECT created_at_ms, order_id, kind, amount_minor FROM postings WHERE account_id = $1 \
+             ORDER BY created_at_ms DESC, posting_id DESC LIMIT $2",
+            &[account_id.into(), limit.clamp(1, 1_000).into()],
+        )
+        .await?;
+    rows.iter()
+        .map(|row| {
+            Ok(StatementLine {
+                at_ms: row.i64(0)?,
+                order_id: row.text(1)?,
+                kind: row.text(2)?,
+                amount_minor: row.i64(3)?,
+            })
+        })
+        .collect()
+}
+
+/// Reads an account by identifier, outside any transaction.
+pub async fn read_account(
+    store: &crate::store::journal::Store,
+    account_id: &str,
+) -> Result<Option<Account>, JournalError> {
+    let sql = format!("SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE account_id = $1");
+    store
+        .read_opt(&sql, &[account_id.into()])
+        .await?
+        .as_ref()
+        .map(account_from_row)
+        .transpose()
+}

@@ -28,6 +28,7 @@ pub fn router(orders: OrderService) -> Router {
         .route("/v1/orders/resolve", post(resolve))
         .route("/v1/orders/{order_id}", get(order_status))
         .route("/v1/payments", post(pay))
+        .route("/v1/accounts/statement", post(statement))
         .route("/v1/merchants/{mid}/payments", get(merchant_payments))
         .with_state(orders)
 }
@@ -219,6 +220,64 @@ async fn json_body<T: serde::de::DeserializeOwned>(body: axum::body::Body) -> Re
         .await
         .map_err(|_| ApiError::too_large())?;
     serde_json::from_slice(&bytes).map_err(|e| ApiError::bad_request(format!("body: {e}")))
+}
+
+/// `POST /v1/accounts/statement`: a card the calling app enrolled, its balance and recent
+/// postings. The card number travels in the body (never in a URL, which logs and proxies keep).
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StatementRequest {
+    pan: String,
+    #[serde(default = "default_statement_limit")]
+    limit: i64,
+}
+
+fn default_statement_limit() -> i64 {
+    20
+}
+
+#[derive(Serialize)]
+struct StatementView {
+    masked_pan: Option<String>,
+    currency: u16,
+    balance_minor: i64,
+    pin_locked: bool,
+    postings: Vec<crate::store::ledger::StatementLine>,
+}
+
+async fn statement(
+    State(orders): State<OrderService>,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> Result<Json<StatementView>, ApiError> {
+    let app = authenticate(&orders, &headers).await?;
+    let request: StatementRequest = json_body(body).await?;
+    if !(1..=100).contains(&request.limit) {
+        return Err(ApiError::bad_request("limit: 1 to 100"));
+    }
+    let pan = Pan::new(&request.pan).map_err(|_| ApiError::bad_request("pan: 12-19 digits"))?;
+    let hash = orders.pan_hash(&pan).await?;
+    // A card of another app and an unknown card get the same answer: an app cannot learn which
+    // card numbers exist.
+    let account = crate::store::ledger::payer_by_pan_hash(orders.store(), &hash)
+        .await?
+        .filter(|account| account.app_id.as_deref() == Some(app.app_id.as_str()))
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "unknown_account",
+                "no card of this app with this number",
+            )
+        })?;
+    let postings =
+        crate::store::ledger::statement(orders.store(), &account.account_id, request.limit).await?;
+    Ok(Json(StatementView {
+        masked_pan: Some(pan.masked()),
+        currency: account.balance.currency,
+        balance_minor: account.balance.amount_minor,
+        pin_locked: account.pin_locked_at_ms.is_some(),
+        postings,
+    }))
 }
 
 async fn resolve(
