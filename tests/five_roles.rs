@@ -1074,3 +1074,52 @@ async fn a_reversal_claimed_by_a_killed_gateway_is_delivered_once_by_another() {
     first.stop().await;
     handle.stop().await;
 }
+
+/// Regression (conformance review): a reversal's expiry was set when its sale was armed, so a
+/// void more than `reversal_expiry_secs` (a day) after the sale expired at once and was never
+/// sent: the payer stayed charged at the host. The sale's arm-time expiry is moved into the past
+/// here, as a day's passing would; the void's reversal still reaches the host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_void_a_day_after_the_sale_still_reverses_at_the_host() {
+    let Rig {
+        running,
+        handle,
+        mut terminal,
+        wallet,
+        _journal,
+    } = rig(Vec::new(), Backend::Sqlite, 5_000).await;
+    let (code, voucher) = sale(&mut terminal, &wallet, 3_300, "day-1").await;
+    assert_eq!(code, "00");
+    let store = running.seeded.store.clone();
+    let mut tx = store.begin().await.unwrap();
+    tx.execute(
+        "UPDATE reversals SET expires_at_ms = $1",
+        &[(posbridge::store::journal::now_ms() - 1).into()],
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    let void = terminal
+        .void(
+            &voucher,
+            Money {
+                amount_minor: 3_300,
+                currency: CNY,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(void.response_code, "00");
+    until("the void's reversal is acknowledged", async || {
+        count(
+            &store,
+            "SELECT COUNT(*) FROM reversals WHERE status = 'DONE'",
+        )
+        .await
+            == 1
+    })
+    .await;
+    assert_eq!(handle.ledger()[0].state, LedgerState::Reversed);
+    running.stop().await;
+    handle.stop().await;
+}

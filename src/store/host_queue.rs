@@ -10,29 +10,34 @@ use crate::store::journal::{JournalError, Tx, new_id, now_ms};
 /// sale, else every sale of the order that may have reached its host. A reversal that was
 /// standing by, cancelled by a clean answer, or acknowledged already (a late approval after a
 /// reversal the host answered 25) is queued again; one that was sent before goes again as a
-/// repeat (0401 / 0421, same STAN), since the host may have seen it.
+/// repeat (0401 / 0421, same STAN), since the host may have seen it. Its expiry is pushed out to
+/// `ttl_ms` from now when that is later (a void a day after the sale must not expire at once).
 pub async fn queue_reversal(
     tx: &mut Tx,
     order_id: &str,
     forward_id: Option<&str>,
     reason: &str,
+    ttl_ms: i64,
 ) -> Result<u64, JournalError> {
     let now = now_ms();
+    let expires = now.saturating_add(ttl_ms);
     let changed = match forward_id {
         Some(forward_id) => {
             tx.execute(
-                "UPDATE reversals SET status = 'QUEUED', reason = $2, next_attempt_at_ms = $3, updated_at_ms = $3 \
+                "UPDATE reversals SET status = 'QUEUED', reason = $2, next_attempt_at_ms = $3, updated_at_ms = $3, \
+                 expires_at_ms = CASE WHEN expires_at_ms < $4 THEN $4 ELSE expires_at_ms END \
                  WHERE forward_id = $1 AND status IN ('STANDBY', 'CANCELLED', 'DONE')",
-                &[forward_id.into(), reason.into(), now.into()],
+                &[forward_id.into(), reason.into(), now.into(), expires.into()],
             )
             .await?
         }
         None => {
             tx.execute(
-                "UPDATE reversals SET status = 'QUEUED', reason = $2, next_attempt_at_ms = $3, updated_at_ms = $3 \
+                "UPDATE reversals SET status = 'QUEUED', reason = $2, next_attempt_at_ms = $3, updated_at_ms = $3, \
+                 expires_at_ms = CASE WHEN expires_at_ms < $4 THEN $4 ELSE expires_at_ms END \
                  WHERE forward_id IN (SELECT forward_id FROM forwarded_sales WHERE order_id = $1 \
                  AND state IN ('SENDING', 'APPROVED', 'AMBIGUOUS')) AND status IN ('STANDBY', 'CANCELLED')",
-                &[order_id.into(), reason.into(), now.into()],
+                &[order_id.into(), reason.into(), now.into(), expires.into()],
             )
             .await?
         }

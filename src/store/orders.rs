@@ -307,6 +307,7 @@ async fn do_work(tx: &mut Tx, apply: &Apply<'_>, work: Work) -> Result<(), Apply
                 order_id,
                 apply.forward_id,
                 apply.transition.detail,
+                apply.queue_ttl_ms,
             )
             .await?;
         }

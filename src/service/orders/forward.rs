@@ -168,7 +168,9 @@ pub async fn arm(
     let config = &upstream.config;
     let stan = counters::next_stan(tx).await?;
     let transmitted = crate::upstream::link::transmission_date_time(std::time::SystemTime::now());
-    let rrn = format!("{}{}", &transmitted[4..10], stan);
+    // The journal's RRN (never repeated among the gateways sharing it); a host that assigns its
+    // own answers with it in F37, and that one is the order's.
+    let rrn = counters::next_rrn(tx).await?;
     let tid = order.tid.clone().unwrap_or_else(|| "QRSTATIC".to_owned());
     let mut message = IsoMessage::new("0200");
     message
@@ -364,6 +366,7 @@ pub async fn recover_standby(store: &Store, config: &UpstreamConfig) -> Result<u
                     &order_id,
                     Some(&forward_id),
                     "no answer recorded",
+                    0,
                 )
                 .await?;
             }
