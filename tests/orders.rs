@@ -823,3 +823,45 @@ async fn an_order_expires_when_the_runtime_clock_reaches_its_deadline() {
     assert_eq!(late.code(), ResponseCode::Expired);
     assert_ledger_conserved(&s.store).await;
 }
+
+/// Regression (security review): three wrong PINs locked a card for ever (only an operator
+/// could lift it), so anyone with an app key and a victim's card number could block the card.
+/// The lock now runs out after `gateway.pin_lock_secs` (a day by default), on tokio's paused
+/// clock here: locked a millisecond before, payable right after, with a fresh count.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_pin_lock_runs_out_after_its_time() {
+    posbridge::infra::clock::follow_runtime_clock();
+    let journal = TestJournal::new(Backend::Sqlite);
+    let s = seeded(&journal).await;
+    let order = s.orders.create(new_order("000041", 100)).await.unwrap();
+    for (n, expected) in [
+        ResponseCode::WrongPin,
+        ResponseCode::WrongPin,
+        ResponseCode::PinTriesExceeded,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let wrong = pay(&s.orders, &order.payload, Some("9999"), &format!("w{n}")).await;
+        assert_eq!(wrong.code(), expected, "wrong PIN {}", n + 1);
+    }
+    tokio::time::advance(Duration::from_secs(86_399)).await;
+    let early = s.orders.create(new_order("000042", 100)).await.unwrap();
+    let refused = pay(&s.orders, &early.payload, Some(PAYER_PIN), "early").await;
+    assert_eq!(
+        refused.code(),
+        ResponseCode::PinTriesExceeded,
+        "still locked"
+    );
+    tokio::time::advance(Duration::from_secs(2)).await;
+    let later = s.orders.create(new_order("000043", 100)).await.unwrap();
+    let one_wrong = pay(&s.orders, &later.payload, Some("9999"), "later-w").await;
+    assert_eq!(
+        one_wrong.code(),
+        ResponseCode::WrongPin,
+        "a fresh count after the lock"
+    );
+    let paid = pay(&s.orders, &later.payload, Some(PAYER_PIN), "later").await;
+    assert_eq!(paid.code(), ResponseCode::Approved);
+    assert_ledger_conserved(&s.store).await;
+}

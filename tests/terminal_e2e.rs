@@ -696,3 +696,38 @@ async fn a_payment_made_while_the_listen_connection_is_cut_is_seen_when_it_resum
     b.stop().await;
     a.stop().await;
 }
+
+/// Scale-out: the one thing a gateway keeps in memory that another gateway can change is a
+/// terminal's working keys in its security module. A terminal signed on through gateway A, then
+/// used gateway B (which loaded those keys from the journal), signs on again through A and comes
+/// back to B: B's keys are stale, and B, seeing the journal's keys differ, loads the new ones
+/// instead of answering A0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_holding_stale_working_keys_loads_the_newer_ones_from_the_journal() {
+    let journal = TestJournal::new(Backend::Postgres);
+    let a = start_with(&journal, |c| c.terminal.sign_on_interval_secs = 0).await;
+    let b = restart(&journal).await;
+    let spec = std::sync::Arc::new(posbridge_codecs::Spec::builtin("cups-pos").unwrap());
+    let mut terminal = terminal_client(&a).await;
+    assert_eq!(terminal.sign_on().await.unwrap().response_code, "00");
+    let mut terminal = terminal.reconnect(b.terminal, spec.clone()).await.unwrap();
+    assert_eq!(
+        terminal
+            .request_order(cny(101))
+            .await
+            .unwrap()
+            .response_code,
+        "00"
+    );
+    let mut terminal = terminal.reconnect(a.terminal, spec.clone()).await.unwrap();
+    assert_eq!(
+        terminal.sign_on().await.unwrap().response_code,
+        "00",
+        "new keys"
+    );
+    let mut terminal = terminal.reconnect(b.terminal, spec).await.unwrap();
+    let order = terminal.request_order(cny(102)).await.unwrap();
+    assert_eq!(order.response_code, "00", "B took the new keys: {order:?}");
+    b.stop().await;
+    a.stop().await;
+}

@@ -172,15 +172,32 @@ async fn static_code_webhook(backend: Backend) {
         &posbridge::service::webhooks::signature("stall-secret", timestamp, body)
     );
     assert!(!body.contains(PAYER_PAN));
-    // The merchant can query its payments with its secret, not without.
+    // The merchant queries its payments with its own API key; its webhook secret (which only
+    // signs webhooks) and a wrong key are refused.
     let http = reqwest::Client::new();
     let url = format!(
         "{}/v1/merchants/898310048169999/payments",
         running.wallet_url
     );
+    let api_key =
+        posbridge::registry::issue_merchant_api_key(&running.seeded.store, "898310048169999")
+            .await
+            .unwrap()
+            .unwrap();
+    assert_eq!(
+        http.get(&url)
+            .bearer_auth("stall-secret")
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16(),
+        401,
+        "the webhook secret is not a bearer token"
+    );
     let listed: serde_json::Value = http
         .get(&url)
-        .bearer_auth("stall-secret")
+        .bearer_auth(&api_key)
         .send()
         .await
         .unwrap()

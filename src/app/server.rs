@@ -47,6 +47,8 @@ pub async fn open(config: Config) -> anyhow::Result<Gateway> {
             country: config.gateway.country.clone(),
             poll_interval: Duration::from_millis(config.gateway.poll_interval_ms),
             host_queue_ttl: Duration::from_secs(config.upstream.reversal_expiry_secs),
+            pin_lock: (config.gateway.pin_lock_secs > 0)
+                .then(|| Duration::from_secs(config.gateway.pin_lock_secs)),
         },
     );
     Ok(Gateway {

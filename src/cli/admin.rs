@@ -28,10 +28,22 @@ pub enum AdminCommand {
     Refund(RefundArgs),
     /// Lift a payer's PIN lock (after its tries ran out) once the holder is identified.
     PinUnlock(PinUnlockArgs),
+    /// Issue (or replace) a merchant's API key for its payments list; prints it once.
+    MerchantApiKey(MerchantKeyArgs),
     /// Show an account: balance, PIN state and its recent postings (newest first).
     AccountShow(AccountShowArgs),
     /// Show a merchant and its settlement account: balance and recent postings.
     MerchantShow(MerchantShowArgs),
+}
+
+/// `admin merchant-api-key`.
+#[derive(Debug, Args)]
+pub struct MerchantKeyArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// Merchant number (MID).
+    #[arg(long)]
+    mid: String,
 }
 
 /// `admin account-show`.
@@ -433,6 +445,16 @@ async fn run_async(command: AdminCommand) -> anyhow::Result<()> {
             anyhow::ensure!(unlocked, "no payer account {}", a.account);
             tracing::warn!(account = %a.account, "PIN lock lifted by an operator");
             println!("PIN lock of {} lifted", a.account);
+        }
+        AdminCommand::MerchantApiKey(a) => {
+            let gateway = open(&a.config).await?;
+            let key = registry::issue_merchant_api_key(gateway.orders.store(), &a.mid)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("no merchant {}", a.mid))?;
+            println!(
+                "merchant {} API key (shown once; replaces any earlier one): {key}",
+                a.mid
+            );
         }
         AdminCommand::AccountShow(a) => {
             let gateway = open(&a.config).await?;

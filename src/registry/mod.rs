@@ -228,6 +228,43 @@ pub async fn wallet_app_by_key(
     }))
 }
 
+/// Issues a merchant's API key for its payments list, replacing any earlier one; returns it
+/// (it is kept only as a hash), or `None` when there is no such merchant.
+pub async fn issue_merchant_api_key(
+    store: &Store,
+    mid: &str,
+) -> Result<Option<String>, JournalError> {
+    let api_key = format!("pbm_{}", new_id());
+    let mut tx = store.begin().await?;
+    let changed = tx
+        .execute(
+            "UPDATE merchants SET api_key_hash = $2 WHERE mid = $1",
+            &[mid.into(), key_hash(&api_key).into()],
+        )
+        .await?;
+    tx.commit().await?;
+    Ok((changed == 1).then_some(api_key))
+}
+
+/// True when `api_key` is the merchant's current API key.
+pub async fn merchant_api_key_valid(
+    store: &Store,
+    mid: &str,
+    api_key: &str,
+) -> Result<bool, JournalError> {
+    let row = store
+        .read_opt(
+            "SELECT api_key_hash FROM merchants WHERE mid = $1",
+            &[mid.into()],
+        )
+        .await?;
+    let stored = match row {
+        Some(row) => row.opt_bytes(0)?,
+        None => None,
+    };
+    Ok(stored.is_some_and(|hash| constant_time_eq(&hash, &key_hash(api_key))))
+}
+
 fn key_hash(api_key: &str) -> Vec<u8> {
     Sha256::digest(api_key.as_bytes()).to_vec()
 }

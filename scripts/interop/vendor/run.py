@@ -821,8 +821,13 @@ def local_scenarios(gw: Gateway):
                     "sig %s; body %s" % (sig, hk["body"][:400].decode("utf-8", "replace")))
         else:
             R.check(P + ".webhook.signed_and_shaped", False, "no webhook within 15 s")
-        st, body = gw.http_get("wallet", "/v1/merchants/%s/payments" % MID, {"Authorization": "Bearer " + WEBHOOK_SECRET})
+        # wallet-api.md: the merchant's own API key (`admin merchant-api-key`), not its webhook secret.
+        rck, ok = gw.admin(["merchant-api-key", "--mid", MID])
+        mkey = ok.strip().rsplit(" ", 1)[-1] if rck == 0 else ""
+        st, body = gw.http_get("wallet", "/v1/merchants/%s/payments" % MID, {"Authorization": "Bearer " + mkey})
         R.check(P + ".merchant_payments_query", st == 200 and "1250" in body, "%s %s" % (st, body[:300]))
+        st2, _ = gw.http_get("wallet", "/v1/merchants/%s/payments" % MID, {"Authorization": "Bearer " + WEBHOOK_SECRET})
+        R.check(P + ".merchant_payments_not_with_webhook_secret", st2 == 401, "status %s" % st2)
 
     # ---- operator refund / void by RRN while the gateway runs
     v, p, (st, j), r = pay_and_query(gw, t6, 900)

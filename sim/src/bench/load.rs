@@ -72,8 +72,9 @@ pub(crate) async fn run(
     });
     let mut tasks = tokio::task::JoinSet::new();
     for (i, (terminal, lane)) in clients.into_iter().enumerate() {
+        let gateways = plan.wallet_urls.len().max(1);
         let wallet = WalletClient::new(
-            &plan.wallet_url,
+            &plan.wallet_urls[(i + usize::from(gateways > 1)) % gateways],
             &lane.app_id,
             &lane.app_key,
             phone_module(device_keys)?,
@@ -150,7 +151,7 @@ async fn connect(
         };
         let first_stan = u32::try_from(i).unwrap_or(0).saturating_mul(stride);
         let mut client = TerminalClient::connect(
-            plan.terminal,
+            plan.terminals[i % plan.terminals.len().max(1)],
             Arc::clone(&spec),
             lane.identity.clone(),
             module,

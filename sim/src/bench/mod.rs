@@ -16,6 +16,7 @@
 pub mod ceiling;
 pub mod idle;
 mod load;
+pub mod pgbench;
 pub mod report;
 pub mod seed;
 
@@ -49,6 +50,17 @@ pub enum Target {
     /// replaced by loopback port 0), seeded with one merchant, terminal and payer per simulated
     /// terminal.
     Spawn(Box<Config>),
+    /// Several `posbridge serve` processes on the journal of this configuration file
+    /// (PostgreSQL), seeded as [`Target::Spawn`]: lane `i`'s terminal on process `i % n`, its
+    /// phone paying through the next process.
+    Processes {
+        /// The configuration.
+        config: Box<Config>,
+        /// Its file, given to each process.
+        path: std::path::PathBuf,
+        /// How many processes.
+        count: usize,
+    },
 }
 
 /// How long the load runs.
@@ -103,11 +115,12 @@ pub(crate) struct Lane {
     pub app_key: String,
 }
 
-/// Where the sales go and who makes them.
+/// Where the sales go and who makes them. With several gateways, lane `i`'s terminal is held on
+/// gateway `i % n` and its phone pays through the next one (as a load balancer would send it).
 #[derive(Debug, Clone)]
 pub(crate) struct Plan {
-    pub terminal: SocketAddr,
-    pub wallet_url: String,
+    pub terminals: Vec<SocketAddr>,
+    pub wallet_urls: Vec<String>,
     pub lanes: Vec<Lane>,
     /// Distinct payer accounts (and merchant accounts) the lanes use, mirrored by the ceiling.
     pub accounts: usize,
@@ -163,6 +176,31 @@ pub async fn run(options: BenchOptions, progress: Arc<Progress>) -> anyhow::Resu
             report.security_module = Some(backend.backend.to_string());
             Ok(report)
         }
+        Target::Processes {
+            config,
+            path,
+            count,
+        } => {
+            anyhow::ensure!(*count >= 1, "--processes must be at least 1");
+            anyhow::ensure!(!options.five_roles, "--processes runs the local deployment");
+            let journal = config.journal.clone();
+            let processes =
+                seed::spawn_processes((**config).clone(), path, *count, options.terminals, &batch)
+                    .await?;
+            let outcome = measure_with(
+                &options,
+                &processes.plan,
+                processes.pids.first().copied(),
+                &processes.pids,
+                Some(&journal),
+                progress,
+            )
+            .await;
+            processes.stop();
+            let mut report = outcome?;
+            report.mode = format!("processes-{count}");
+            Ok(report)
+        }
         Target::Running {
             terminal,
             wallet_url,
@@ -170,8 +208,16 @@ pub async fn run(options: BenchOptions, progress: Arc<Progress>) -> anyhow::Resu
             journal,
         } => {
             let plan = seed::demo_plan(*terminal, wallet_url, options.terminals, &batch);
-            let mut report =
-                measure(&options, &plan, *gateway_pid, journal.as_ref(), progress).await?;
+            let pids: Vec<u32> = gateway_pid.iter().copied().collect();
+            let mut report = measure_with(
+                &options,
+                &plan,
+                *gateway_pid,
+                &pids,
+                journal.as_ref(),
+                progress,
+            )
+            .await?;
             report.mode = "running".into();
             Ok(report)
         }
@@ -185,8 +231,58 @@ async fn measure(
     journal: Option<&JournalConfig>,
     progress: Arc<Progress>,
 ) -> anyhow::Result<Report> {
+    measure_with(options, plan, gateway_pid, &[], journal, progress).await
+}
+
+/// The database's cumulative counters (`pg_stat_database`) of the journal's database.
+async fn db_counters(journal: &JournalConfig) -> anyhow::Result<[i64; 4]> {
+    let url = journal.url.as_deref().context("no PostgreSQL journal")?;
+    let store = posbridge::store::journal::db::PgStore::connect(
+        url,
+        &JournalConfig {
+            pool_size: 1,
+            ..journal.clone()
+        },
+    )
+    .await?;
+    let row = posbridge::store::journal::Store::Postgres(store)
+        .read_opt(
+            "SELECT CAST(xact_commit + xact_rollback AS BIGINT), CAST(tup_inserted AS BIGINT), \
+             CAST(tup_updated AS BIGINT), CAST(tup_fetched AS BIGINT) FROM pg_stat_database \
+             WHERE datname = current_database()",
+            &[],
+        )
+        .await?
+        .context("no pg_stat_database row")?;
+    Ok([row.i64(0)?, row.i64(1)?, row.i64(2)?, row.i64(3)?])
+}
+
+/// Backends flush their statistics when idle at the latest after this (PostgreSQL 15's
+/// PGSTAT_IDLE_INTERVAL, 10 s): the counters are read that long after the load.
+const STATS_SETTLE: Duration = Duration::from_secs(11);
+
+async fn measure_with(
+    options: &BenchOptions,
+    plan: &Plan,
+    gateway_pid: Option<u32>,
+    cpu_pids: &[u32],
+    journal: Option<&JournalConfig>,
+    progress: Arc<Progress>,
+) -> anyhow::Result<Report> {
+    let counting_db = options.ceiling && journal.is_some_and(|j| j.url.is_some());
+    let db_before = match (counting_db, journal) {
+        (true, Some(journal)) => Some(db_counters(journal).await?),
+        _ => None,
+    };
+    let cpu = |pids: &[u32]| -> Option<Duration> {
+        pids.iter()
+            .map(|&pid| seed::cpu_time(pid))
+            .sum::<Option<Duration>>()
+    };
+    let own = [std::process::id()];
+    let (gateway_cpu_before, own_cpu_before) = (cpu(cpu_pids), cpu(&own));
     let idle = if options.idle_connections > 0 {
-        Some(idle::IdleSet::open(plan.terminal, options.idle_connections, gateway_pid).await?)
+        Some(idle::IdleSet::open(plan.terminals[0], options.idle_connections, gateway_pid).await?)
     } else {
         None
     };
@@ -207,7 +303,31 @@ async fn measure(
         Some(set) => Some(set.finish().await?),
         None => None,
     };
+    let (gateway_cpu_after, own_cpu_after) = (cpu(cpu_pids), cpu(&own));
     let mut report = Report::from_load(options, &load);
+    let per_sale = |used: Duration| {
+        (load.completed > 0).then(|| used.as_secs_f64() * 1000.0 / load.completed as f64)
+    };
+    if !cpu_pids.is_empty()
+        && let (Some(before), Some(after)) = (gateway_cpu_before, gateway_cpu_after)
+    {
+        report.gateway_cpu_ms_per_sale = per_sale(after.saturating_sub(before));
+    }
+    if let (Some(before), Some(after)) = (own_cpu_before, own_cpu_after) {
+        report.bench_process_cpu_ms_per_sale = per_sale(after.saturating_sub(before));
+    }
+    if let (Some(before), Some(journal)) = (db_before, journal) {
+        tokio::time::sleep(STATS_SETTLE).await;
+        let after = db_counters(journal).await?;
+        let sales = load.completed.max(1) as f64;
+        let delta = |i: usize| (after[i] - before[i]) as f64 / sales;
+        report.db_per_sale = Some(report::DbPerSale {
+            transactions: delta(0),
+            rows_inserted: delta(1),
+            rows_updated: delta(2),
+            rows_fetched: delta(3),
+        });
+    }
     report.journal = journal.map(|j| match j.url {
         Some(_) => "postgres".to_owned(),
         None => "sqlite".to_owned(),
@@ -226,6 +346,26 @@ async fn measure(
                 .await
                 .context("measuring the database ceiling")?;
         report.set_ceiling(ceiling);
+        if journal.url.is_some() {
+            // The same database with PostgreSQL's own tool, as many connections as the
+            // gateways' pools.
+            let gateways = plan.terminals.len().max(1);
+            let connections = (options.terminals.min(journal.pool_size.max(1)) * gateways).max(1);
+            let seconds = match options.bound {
+                Bound::Duration(d) => d.max(Duration::from_secs(5)),
+                Bound::Count(_) => Duration::from_secs(10),
+            };
+            let independent = pgbench::measure(
+                journal,
+                connections,
+                plan.accounts,
+                load.payload_len,
+                seconds,
+            )
+            .await
+            .context("measuring the ceiling with pgbench")?;
+            report.set_pgbench_ceiling(independent);
+        }
     }
     Ok(report)
 }

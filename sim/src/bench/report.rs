@@ -159,6 +159,32 @@ pub struct Report {
     pub ceiling_ratio: Option<f64>,
     /// Idle-connection figures, with `--idle-connections`.
     pub idle: Option<IdleReport>,
+    /// The ceiling measured by pgbench (PostgreSQL's own tool), with `--ceiling` on PostgreSQL.
+    pub ceiling_pgbench: Option<super::pgbench::PgbenchCeiling>,
+    /// `sales_per_s / ceiling_pgbench.sales_per_s`.
+    pub ceiling_pgbench_ratio: Option<f64>,
+    /// CPU time of the gateway processes per completed sale (`--processes`, `--gateway-pid`),
+    /// milliseconds.
+    pub gateway_cpu_ms_per_sale: Option<f64>,
+    /// CPU time of this bench process per completed sale (the load generator, and the gateway
+    /// too with `--spawn`), milliseconds.
+    pub bench_process_cpu_ms_per_sale: Option<f64>,
+    /// The database's work per completed sale (`pg_stat_database`), with `--ceiling` on
+    /// PostgreSQL. Counts the whole database: run nothing else on it meanwhile.
+    pub db_per_sale: Option<DbPerSale>,
+}
+
+/// The database's work per sale, from `pg_stat_database`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct DbPerSale {
+    /// Transactions (committed and rolled back, read-only ones included).
+    pub transactions: f64,
+    /// Rows inserted.
+    pub rows_inserted: f64,
+    /// Rows updated.
+    pub rows_updated: f64,
+    /// Rows fetched.
+    pub rows_fetched: f64,
 }
 
 impl Report {
@@ -192,7 +218,18 @@ impl Report {
             ceiling: None,
             ceiling_ratio: None,
             idle: None,
+            ceiling_pgbench: None,
+            ceiling_pgbench_ratio: None,
+            gateway_cpu_ms_per_sale: None,
+            bench_process_cpu_ms_per_sale: None,
+            db_per_sale: None,
         }
+    }
+
+    pub(crate) fn set_pgbench_ceiling(&mut self, ceiling: super::pgbench::PgbenchCeiling) {
+        self.ceiling_pgbench_ratio =
+            (ceiling.sales_per_s > 0.0).then(|| self.sales_per_s / ceiling.sales_per_s);
+        self.ceiling_pgbench = Some(ceiling);
     }
 
     pub(crate) fn set_ceiling(&mut self, ceiling: Ceiling) {
@@ -277,6 +314,42 @@ impl Report {
             if let Some(note) = &c.note {
                 let _ = writeln!(out, "  note: {note}");
             }
+        }
+        if let Some(c) = &self.ceiling_pgbench {
+            let _ = writeln!(
+                out,
+                "\n  pgbench ceiling ({}): {} connections, {} threads, {} s, 2 commits per sale: {:.1} sales/s ({:.1} commits/s), mean {:.2} ms",
+                c.pgbench,
+                c.connections,
+                c.threads,
+                c.duration_s,
+                c.sales_per_s,
+                c.commits_per_s,
+                c.latency_avg_ms
+            );
+            if let Some(ratio) = self.ceiling_pgbench_ratio {
+                let _ = writeln!(
+                    out,
+                    "  posbridge reaches {:.0}% of pgbench's ceiling",
+                    ratio * 100.0
+                );
+            }
+        }
+        if self.gateway_cpu_ms_per_sale.is_some() || self.bench_process_cpu_ms_per_sale.is_some() {
+            let show = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.2} ms"));
+            let _ = writeln!(
+                out,
+                "\n  CPU per sale: gateway processes {}, this bench process {}",
+                show(self.gateway_cpu_ms_per_sale),
+                show(self.bench_process_cpu_ms_per_sale)
+            );
+        }
+        if let Some(db) = &self.db_per_sale {
+            let _ = writeln!(
+                out,
+                "  database per sale: {:.1} transactions, {:.1} rows inserted, {:.1} updated, {:.1} fetched",
+                db.transactions, db.rows_inserted, db.rows_updated, db.rows_fetched
+            );
         }
         if let Some(idle) = &self.idle {
             let _ = writeln!(out, "\n{idle}");

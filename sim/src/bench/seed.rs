@@ -83,8 +83,8 @@ pub(crate) fn demo_plan(
         })
         .collect();
     Plan {
-        terminal,
-        wallet_url: wallet_url.to_owned(),
+        terminals: vec![terminal],
+        wallet_urls: vec![wallet_url.to_owned()],
         lanes,
         accounts: 1,
     }
@@ -133,8 +133,8 @@ pub(crate) async fn spawn(
     Ok(Spawned {
         gateway,
         plan: Plan {
-            terminal,
-            wallet_url,
+            terminals: vec![terminal],
+            wallet_urls: vec![wallet_url],
             lanes,
             accounts: terminals,
         },
@@ -252,6 +252,133 @@ async fn payer_exists(store: &Store, i: usize) -> anyhow::Result<bool> {
         .await?;
     tx.commit().await?;
     Ok(row.is_some())
+}
+
+/// Gateways started as separate `posbridge serve` processes on one configured journal (the
+/// scale-out shape), seeded with one merchant, terminal and payer per simulated terminal.
+pub(crate) struct Processes {
+    children: Vec<std::process::Child>,
+    /// Their process ids (for CPU accounting).
+    pub pids: Vec<u32>,
+    pub plan: Plan,
+}
+
+impl Processes {
+    /// Stops every gateway (SIGTERM, then waits).
+    pub fn stop(mut self) {
+        for child in &mut self.children {
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+        }
+        for child in &mut self.children {
+            let _ = child.wait();
+        }
+        self.children.clear();
+    }
+}
+
+impl Drop for Processes {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Seeds the journal of `config`, then starts `processes` gateways (`posbridge serve --config
+/// <config_path>`, listening on loopback port 0) and waits until each serves.
+pub(crate) async fn spawn_processes(
+    config: Config,
+    config_path: &std::path::Path,
+    processes: usize,
+    terminals: usize,
+    batch: &str,
+) -> anyhow::Result<Processes> {
+    anyhow::ensure!(
+        config.journal.url.is_some(),
+        "--processes needs a PostgreSQL journal (journal.url): an SQLite journal belongs to one process"
+    );
+    let gateway = server::open(config).await?;
+    let lanes = seed(&gateway, terminals, batch).await?;
+    drop(gateway);
+    let exe = std::env::current_exe().context("the posbridge executable")?;
+    let mut started = Processes {
+        children: Vec::new(),
+        pids: Vec::new(),
+        plan: Plan {
+            terminals: Vec::new(),
+            wallet_urls: Vec::new(),
+            lanes,
+            accounts: terminals,
+        },
+    };
+    for _ in 0..processes {
+        let mut child = std::process::Command::new(&exe)
+            .args(["serve", "--config"])
+            .arg(config_path)
+            .env("POSBRIDGE__TERMINAL__LISTEN", "127.0.0.1:0")
+            .env("POSBRIDGE__WALLET_API__LISTEN", "127.0.0.1:0")
+            .env("POSBRIDGE__METRICS__LISTEN", "127.0.0.1:0")
+            .env("POSBRIDGE__TERMINAL__SIGN_ON_INTERVAL_SECS", "0")
+            // The "serving" line (with the bound addresses) is logged at info.
+            .env("POSBRIDGE__LOG__LEVEL", "info")
+            .env_remove("RUST_LOG")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .context("starting posbridge serve")?;
+        let stderr = child.stderr.take().context("the gateway's stderr")?;
+        started.pids.push(child.id());
+        started.children.push(child);
+        let (serving_tx, serving_rx) = std::sync::mpsc::channel();
+        // Reads the log for the "serving" line, then keeps draining it (a full pipe would stop
+        // the gateway).
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if line.contains("posbridge serving") {
+                    let _ = serving_tx.send(line);
+                }
+            }
+        });
+        let line = serving_rx
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .context("a gateway process did not start serving within 60 s")?;
+        let field = |name: &str| -> anyhow::Result<String> {
+            let start = line
+                .find(&format!("{name}="))
+                .with_context(|| format!("{name} in {line:?}"))?
+                + name.len()
+                + 1;
+            Ok(line[start..]
+                .split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .trim_matches('"')
+                .to_owned())
+        };
+        started.plan.terminals.push(field("terminal")?.parse()?);
+        started
+            .plan
+            .wallet_urls
+            .push(format!("http://{}", field("wallet_api")?));
+    }
+    Ok(started)
+}
+
+/// CPU time (user + system) a process has used, from `/proc/<pid>/stat` (Linux; clock ticks
+/// of 10 ms, the kernel's USER_HZ).
+pub(crate) fn cpu_time(pid: u32) -> Option<std::time::Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) in parentheses.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(std::time::Duration::from_millis(ticks * 10))
 }
 
 #[cfg(test)]

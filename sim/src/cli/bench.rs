@@ -29,6 +29,11 @@ With --five-roles (and --spawn) the sales go upstream: a simulated UnionPay host
 sim host`) starts in this process with the payers' accounts, and the gateway forwards every paid \
 order to it (five-role deployment).")]
 pub struct BenchArgs {
+    /// Start this many `posbridge serve` processes on the --config file's journal (PostgreSQL)
+    /// and spread the load over them: each terminal held on one process, its phone paying
+    /// through the next.
+    #[arg(long, conflicts_with_all = ["spawn", "terminal", "wallet"], requires = "config")]
+    pub processes: Option<usize>,
     /// Open the gateway in this process (journal and security module from --config).
     #[arg(long, conflicts_with_all = ["terminal", "wallet", "gateway_pid"])]
     pub spawn: bool,
@@ -107,7 +112,13 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let (config, _) = config::load(args.config.as_deref())?;
     posbridge::app::logging::init(&config.log);
-    let target = if args.spawn {
+    let target = if let Some(count) = args.processes {
+        Target::Processes {
+            config: Box::new(config),
+            path: args.config.clone().context("--processes needs --config")?,
+            count,
+        }
+    } else if args.spawn {
         Target::Spawn(Box::new(config))
     } else {
         let (Some(terminal), Some(wallet_url)) = (args.terminal, args.wallet.clone()) else {

@@ -160,11 +160,16 @@ async fn verify_mac(
         )
     };
     let mut outcome = verify().await;
-    if let Err(SecurityError::Hsm(posbridge_hsm::HsmError::KeyNotFound { .. })) = &outcome {
+    let reload = match &outcome {
         // The module lost the keys (a restart of a software module): load the last sign-on's.
-        if reload_working_keys(gateway, tid).await {
-            outcome = verify().await;
-        }
+        Err(SecurityError::Hsm(posbridge_hsm::HsmError::KeyNotFound { .. })) => true,
+        // The keys this gateway holds may be stale: the terminal signed on through another
+        // gateway since (its connection moved). The journal has the newest.
+        Err(SecurityError::Hsm(_)) => newer_keys_in_journal(gateway, tid).await,
+        _ => false,
+    };
+    if reload && reload_working_keys(gateway, tid).await {
+        outcome = verify().await;
     }
     match outcome {
         Ok(()) => Ok(()),
@@ -174,6 +179,25 @@ async fn verify_mac(
         }
         Err(_) => Err(ResponseCode::SystemError),
     }
+}
+
+/// True when the journal holds other MAC-key working keys for the terminal than this gateway's
+/// security module (compared by check value): another gateway signed the terminal on since.
+async fn newer_keys_in_journal(gateway: &Gateway, tid: &str) -> bool {
+    let Ok(Some(keys)) = registry::working_keys(gateway.orders.store(), tid).await else {
+        return false;
+    };
+    let Ok(held) = gateway
+        .orders
+        .security()
+        .find_key(terminal_mac_key(tid))
+        .await
+    else {
+        return true;
+    };
+    let journal_kcv = &keys.mac_key.1;
+    let common = journal_kcv.len().min(held.kcv.len());
+    common == 0 || journal_kcv[..common] != held.kcv[..common]
 }
 
 /// Imports a terminal's working keys from the journal (encrypted under its master key, checked

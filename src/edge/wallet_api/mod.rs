@@ -434,13 +434,9 @@ async fn merchant_payments(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .ok_or_else(ApiError::unauthorized)?;
-    let merchant = registry::read_merchant(orders.store(), &mid).await?;
-    let authorised = merchant
-        .and_then(|m| m.webhook_secret)
-        .is_some_and(|secret| {
-            !secret.is_empty() && registry::constant_time_eq(secret.as_bytes(), key.as_bytes())
-        });
-    if !authorised {
+    // The merchant's own API key (`posbridge admin merchant-api-key`), never its webhook
+    // secret: that one only signs webhooks.
+    if !registry::merchant_api_key_valid(orders.store(), &mid, key).await? {
         return Err(ApiError::unauthorized());
     }
     let paid = orders.merchant_orders(&mid, 100).await?;

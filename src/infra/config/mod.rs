@@ -153,6 +153,9 @@ pub struct GatewayConfig {
     pub expiry_sweep_ms: u64,
     /// How often a waiting request re-reads the journal (changes by other processes), ms.
     pub poll_interval_ms: u64,
+    /// A card locked by three wrong PINs unlocks by itself after this many seconds (the next
+    /// payment starts a fresh count); 0 keeps it locked until `posbridge admin pin-unlock`.
+    pub pin_lock_secs: u64,
 }
 
 impl Default for GatewayConfig {
@@ -165,6 +168,7 @@ impl Default for GatewayConfig {
             order_ttl_secs: 120,
             expiry_sweep_ms: 1_000,
             poll_interval_ms: 1_000,
+            pin_lock_secs: 86_400,
         }
     }
 }

@@ -202,6 +202,9 @@ pub struct OrderSettings {
     /// (`upstream.reversal_expiry_secs`). Set whether or not this process runs the host links:
     /// an operator's refund (`posbridge admin refund`) queues its advice for the gateway that does.
     pub host_queue_ttl: Duration,
+    /// How long three wrong PINs lock a card (`gateway.pin_lock_secs`); `None`: until an
+    /// operator unlocks it.
+    pub pin_lock: Option<Duration>,
 }
 
 /// The order service, shared by the terminal server, the wallet API and the admin commands.
@@ -938,7 +941,7 @@ impl OrderService {
         else {
             return Ok(PinCheck::default());
         };
-        if payer.pin_tries >= MAX_PIN_TRIES {
+        if self.pin_locked(&payer) {
             return Ok(PinCheck::default());
         }
         let correct = self
@@ -959,6 +962,20 @@ impl OrderService {
         })
     }
 
+    /// True while the card's PIN tries are used up and its lock has not run out.
+    fn pin_locked(&self, payer: &ledger::Account) -> bool {
+        if payer.pin_tries < MAX_PIN_TRIES {
+            return false;
+        }
+        match (self.settings.pin_lock, payer.pin_locked_at_ms) {
+            (Some(lock), Some(at)) => {
+                let lock_ms = i64::try_from(lock.as_millis()).unwrap_or(i64::MAX);
+                now_ms() < at.saturating_add(lock_ms)
+            }
+            _ => true,
+        }
+    }
+
     /// Applies the PIN verdict under the account's lock. `None` = accepted.
     async fn check_pin(
         &self,
@@ -970,8 +987,13 @@ impl OrderService {
         let Some(pvv) = payer.pvv.as_deref() else {
             return Ok(None); // an account without a PIN (S105: "if the account has one")
         };
-        if payer.pin_tries >= MAX_PIN_TRIES {
+        if self.pin_locked(payer) {
             return Ok(Some(ResponseCode::PinTriesExceeded));
+        }
+        if payer.pin_tries >= MAX_PIN_TRIES {
+            // The lock ran out: the count starts again.
+            ledger::unlock_pin(tx, &payer.account_id).await?;
+            tracing::info!(account = %payer.account_id, "PIN lock expired");
         }
         if request.pin_block.is_none() {
             return Ok(Some(ResponseCode::WrongPin));

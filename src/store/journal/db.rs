@@ -106,6 +106,14 @@ impl Row {
         }
     }
 
+    /// A nullable bytes column.
+    pub fn opt_bytes(&self, index: usize) -> Result<Option<Vec<u8>>, JournalError> {
+        match self.column(index)? {
+            Value::Null => Ok(None),
+            _ => self.bytes(index).map(Some),
+        }
+    }
+
     /// A bytes column.
     pub fn bytes(&self, index: usize) -> Result<Vec<u8>, JournalError> {
         match self.column(index)? {

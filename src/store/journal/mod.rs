@@ -94,6 +94,12 @@ const MIGRATIONS: &[Migration] = &[
         postgres: include_str!("migrations/0007_leases.postgres.sql"),
         sqlite: "",
     },
+    Migration {
+        version: 8,
+        portable: include_str!("migrations/0008_merchant_keys.sql"),
+        postgres: "",
+        sqlite: "",
+    },
 ];
 
 /// Applies the migrations not yet recorded in `schema_migrations`. Several gateways starting
