@@ -50,7 +50,7 @@ const COMMIT_FAULTS: &str = "journal.commit.refused=every-97,journal.commit.lost
 fn config_text(journal: &TestJournal, host: SocketAddr) -> String {
     format!(
         "[journal]\nurl = \"{}\"\nschema = \"{}\"\n[terminal]\nlisten = \"127.0.0.1:0\"\nsign_on_interval_secs = 1\n\
-         [wallet_api]\nlisten = \"127.0.0.1:0\"\n[metrics]\nlisten = \"127.0.0.1:0\"\n\
+         [wallet_api]\nlisten = \"127.0.0.1:0\"\ncard_payments_per_minute = 0\n[metrics]\nlisten = \"127.0.0.1:0\"\n\
          [upstream]\nsale_timeout_ms = 400\nreversal_poll_ms = 100\nreversal_retry_initial_ms = 100\nreversal_retry_max_ms = 400\n\
          [[hosts]]\nname = \"cups\"\naddrs = [\"{host}\"]\ndialect = \"cups-host\"\nconnections = 1\nmac_key = \"zak/upstream\"\n\
          pin_key = \"zpk/upstream\"\nzmk = \"zmk/upstream\"\ndestination_id = \"0001000\"\nsource_id = \"48020000\"\n\
@@ -484,6 +484,13 @@ async fn reconcile(store: &Store, host: &posbridge_sim::host::SimHostHandle, see
             other => panic!("a reversal left {other}: {what}"),
         }
     }
+    // STANs come from the journal: none repeats over three processes, their kills and restarts.
+    let repeated = count(
+        store,
+        "SELECT COUNT(*) FROM (SELECT stan FROM forwarded_sales GROUP BY stan HAVING COUNT(*) > 1) t",
+    )
+    .await;
+    assert_eq!(repeated, 0, "a sale STAN handed out twice (seed {seed})");
     let approved_at_host = ledger
         .iter()
         .filter(|e| e.state == LedgerState::Approved)

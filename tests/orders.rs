@@ -865,3 +865,47 @@ async fn a_pin_lock_runs_out_after_its_time() {
     assert_eq!(paid.code(), ResponseCode::Approved);
     assert_ledger_conserved(&s.store).await;
 }
+
+/// Security review: nothing limited how often one card could be tried (a stolen card number
+/// against a PIN, or a flood of payments). Now a card may attempt
+/// `wallet_api.card_payments_per_minute` payments per minute (here 3), counted from the
+/// journal's attempts so the limit holds across gateways; more are answered 65. A retry with
+/// the same idempotency key gets its first result, and a minute later (tokio's paused clock)
+/// the card pays again.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_card_is_limited_to_its_payments_per_minute() {
+    posbridge::infra::clock::follow_runtime_clock();
+    let journal = TestJournal::new(Backend::Sqlite);
+    let mut cfg = config(&journal);
+    cfg.wallet_api.card_payments_per_minute = 3;
+    let s = seed(posbridge::app::server::open(cfg).await.unwrap()).await;
+    let mut first_payload = String::new();
+    for n in 0..3 {
+        let order = s
+            .orders
+            .create(new_order(&format!("00005{n}"), 100))
+            .await
+            .unwrap();
+        if n == 0 {
+            first_payload = order.payload.clone();
+        }
+        let paid = pay(&s.orders, &order.payload, Some(PAYER_PIN), &format!("v{n}")).await;
+        assert_eq!(paid.code(), ResponseCode::Approved, "payment {}", n + 1);
+    }
+    let fourth = s.orders.create(new_order("000059", 100)).await.unwrap();
+    let refused = pay(&s.orders, &fourth.payload, Some(PAYER_PIN), "v3").await;
+    assert_eq!(refused.code(), ResponseCode::TooFrequent);
+    assert_eq!(refused.code().as_str(), "65");
+    assert_eq!(refused.code().api_error(), ("too_many_payments", 429));
+    let retry = pay(&s.orders, &first_payload, Some(PAYER_PIN), "v0").await;
+    assert_eq!(
+        retry.code(),
+        ResponseCode::Approved,
+        "an idempotent retry is not a new payment"
+    );
+    tokio::time::advance(Duration::from_secs(61)).await;
+    let later = s.orders.create(new_order("000060", 100)).await.unwrap();
+    let paid = pay(&s.orders, &later.payload, Some(PAYER_PIN), "v4").await;
+    assert_eq!(paid.code(), ResponseCode::Approved, "a minute later");
+    assert_eq!(balance(&s.orders, "payer-1").await, OPENING - 400);
+}

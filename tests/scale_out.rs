@@ -14,7 +14,7 @@ fn config_file(dir: &std::path::Path, journal: &TestJournal) -> std::path::PathB
     let path = dir.join("posbridge.toml");
     let text = format!(
         "[journal]\nurl = \"{}\"\nschema = \"{}\"\n[terminal]\nlisten = \"127.0.0.1:0\"\nhold_secs = 3600\n\
-         [wallet_api]\nlisten = \"127.0.0.1:0\"\n[metrics]\nlisten = \"127.0.0.1:0\"\n\
+         [wallet_api]\nlisten = \"127.0.0.1:0\"\ncard_payments_per_minute = 0\n[metrics]\nlisten = \"127.0.0.1:0\"\n\
          [gateway]\npoll_interval_ms = 3600000\n",
         journal.config.url.as_deref().unwrap(),
         journal.config.schema,

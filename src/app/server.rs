@@ -47,6 +47,10 @@ pub async fn open(config: Config) -> anyhow::Result<Gateway> {
             country: config.gateway.country.clone(),
             poll_interval: Duration::from_millis(config.gateway.poll_interval_ms),
             host_queue_ttl: Duration::from_secs(config.upstream.reversal_expiry_secs),
+            velocity: crate::service::orders::service::Velocity {
+                card_per_minute: config.wallet_api.card_payments_per_minute,
+                app_per_minute: config.wallet_api.app_payments_per_minute,
+            },
             pin_lock: (config.gateway.pin_lock_secs > 0)
                 .then(|| Duration::from_secs(config.gateway.pin_lock_secs)),
         },

@@ -165,16 +165,3 @@ impl Order {
             .find(|origin| origin.as_str() == self.origin)
     }
 }
-
-/// A fresh authorisation code (F38): six random digits.
-pub fn new_auth_code() -> String {
-    random_digits(6)
-}
-
-fn random_digits(count: usize) -> String {
-    use rand::Rng;
-    let mut rng = rand::rng();
-    (0..count)
-        .map(|_| char::from(b'0' + rng.random_range(0..10u8)))
-        .collect()
-}

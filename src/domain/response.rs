@@ -43,6 +43,9 @@ pub enum ResponseCode {
     InProgress,
     /// A0: MAC verification failed (UnionPay POS).
     MacError,
+    /// 65: too many requests in too short a time (a card's or an app's payments, a terminal's
+    /// sign-ons).
+    TooFrequent,
     /// A code received from an upstream host, passed through as is.
     Other([u8; 2]),
 }
@@ -70,6 +73,7 @@ impl ResponseCode {
             ResponseCode::IssuerUnavailable => "91",
             ResponseCode::InProgress => "09",
             ResponseCode::MacError => "A0",
+            ResponseCode::TooFrequent => "65",
             ResponseCode::Other(code) => std::str::from_utf8(code).unwrap_or("96"),
         }
     }
@@ -96,6 +100,7 @@ impl ResponseCode {
             ResponseCode::IssuerUnavailable,
             ResponseCode::InProgress,
             ResponseCode::MacError,
+            ResponseCode::TooFrequent,
         ];
         if let Some(found) = known.into_iter().find(|known| known.as_str() == code) {
             return found;
@@ -130,6 +135,7 @@ impl ResponseCode {
             ResponseCode::IssuerUnavailable => ("issuer_unavailable", 503),
             ResponseCode::InProgress => ("payment_in_progress", 409),
             ResponseCode::MacError => ("mac_error", 401),
+            ResponseCode::TooFrequent => ("too_many_payments", 429),
             ResponseCode::Other(_) => ("declined", 402),
         }
     }

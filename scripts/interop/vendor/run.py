@@ -185,6 +185,9 @@ sign_on_interval_secs = 10
 
 [wallet_api]
 listen = "127.0.0.1:{ports['wallet']}"
+# wallet-api.md: a card may attempt 10 payments a minute by default; this rig pays with a few
+# cards far more often than that.
+card_payments_per_minute = 0
 
 [metrics]
 listen = "127.0.0.1:{ports['metrics']}"

@@ -118,6 +118,8 @@ pub(crate) async fn spawn(
     config.metrics.listen = Some(([127, 0, 0, 1], 0).into());
     // The bench's own gateway: its lanes sign on at every run, however close together.
     config.terminal.sign_on_interval_secs = 0;
+    // Each bench card pays many times a second.
+    config.wallet_api.card_payments_per_minute = 0;
     let gateway = server::open(config).await?;
     let lanes = seed(&gateway, terminals, batch).await?;
     let listeners = Listeners::bind(&gateway.config).await?;
@@ -322,6 +324,7 @@ pub(crate) async fn spawn_processes(
             .env("POSBRIDGE__WALLET_API__LISTEN", "127.0.0.1:0")
             .env("POSBRIDGE__METRICS__LISTEN", "127.0.0.1:0")
             .env("POSBRIDGE__TERMINAL__SIGN_ON_INTERVAL_SECS", "0")
+            .env("POSBRIDGE__WALLET_API__CARD_PAYMENTS_PER_MINUTE", "0")
             // The "serving" line (with the bound addresses) is logged at info.
             .env("POSBRIDGE__LOG__LEVEL", "info")
             .env_remove("RUST_LOG")

@@ -265,7 +265,7 @@ async fn sign_on(
         Ok(true) => {}
         Ok(false) => {
             tracing::warn!(tid = %terminal.tid, "sign-on refused: the previous one is too recent");
-            return Err(ResponseCode::Other(*b"65"));
+            return Err(ResponseCode::TooFrequent);
         }
         Err(_) => return Err(ResponseCode::SystemError),
     }

@@ -234,6 +234,11 @@ pub struct WalletApiConfig {
     pub request_timeout_secs: u64,
     /// Connections at once; more wait in the kernel's backlog.
     pub max_connections: usize,
+    /// Payments one card may attempt per minute, through any app and any gateway sharing the
+    /// journal (0: no limit); more are answered 429 `too_many_payments` (65).
+    pub card_payments_per_minute: u32,
+    /// Payments one wallet app may attempt per minute, over all its cards (0: no limit).
+    pub app_payments_per_minute: u32,
 }
 
 impl Default for WalletApiConfig {
@@ -245,6 +250,8 @@ impl Default for WalletApiConfig {
             header_read_timeout_secs: 10,
             request_timeout_secs: 30,
             max_connections: 4_096,
+            card_payments_per_minute: 10,
+            app_payments_per_minute: 0,
         }
     }
 }

@@ -50,8 +50,7 @@ pub struct OrderFields<'a> {
 
 /// A one-time reference: 96 random bits as 24 uppercase hex digits.
 pub fn new_reference() -> String {
-    let bytes: [u8; 12] = rand::random();
-    hex::encode_upper(bytes)
+    hex::encode_upper(crate::infra::clock::random_bytes::<12>())
 }
 
 /// Who signs (and verifies) a code, with which key.

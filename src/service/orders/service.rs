@@ -10,7 +10,7 @@ use super::{OrderState, Origin, ResponseCode};
 use crate::domain::lifecycle::{self, Event, Verdict};
 use crate::domain::money::Money;
 pub use crate::domain::order::Order;
-use crate::domain::order::new_auth_code;
+use crate::infra::clock::new_auth_code;
 use crate::infra::security::Security;
 use crate::store::journal::{JournalError, Store, Tx, new_id, now_ms};
 use crate::store::ledger::{self, TransferOutcome};
@@ -205,6 +205,18 @@ pub struct OrderSettings {
     /// How long three wrong PINs lock a card (`gateway.pin_lock_secs`); `None`: until an
     /// operator unlocks it.
     pub pin_lock: Option<Duration>,
+    /// Payment velocity limits.
+    pub velocity: Velocity,
+}
+
+/// How many payments a card and an app may attempt per minute (0: no limit), counted from the
+/// journal's attempts, so the limit holds across the gateways sharing it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Velocity {
+    /// Per card (by the keyed hash of its number).
+    pub card_per_minute: u32,
+    /// Per wallet app.
+    pub app_per_minute: u32,
 }
 
 /// The order service, shared by the terminal server, the wallet API and the admin commands.
@@ -578,7 +590,10 @@ impl OrderService {
         if let Some(previous) = claim_idempotency_key(&mut tx, &request, &request_hash).await? {
             return Ok(previous);
         }
-        let outcome = self.pay_in(&mut tx, &request, &pan_hash, &pin).await;
+        let outcome = match self.over_velocity(&mut tx, &request, &pan_hash).await? {
+            Some(reason) => Err(OrderError::refused(ResponseCode::TooFrequent, reason)),
+            None => self.pay_in(&mut tx, &request, &pan_hash, &pin).await,
+        };
         let (result, changed_order) = match outcome {
             Ok(Step::Done(result, changed)) => (*result, changed),
             Ok(Step::Forward(armed)) => {
@@ -960,6 +975,41 @@ impl OrderService {
         Ok(PinCheck {
             verified: Some((payer.account_id, pvv, correct)),
         })
+    }
+
+    /// Why this payment is one too many for its card or its app in the last minute, if it is.
+    /// A retry with the same idempotency key never gets here (it gets its first result).
+    async fn over_velocity(
+        &self,
+        tx: &mut Tx,
+        request: &PayRequest,
+        pan_hash: &[u8],
+    ) -> Result<Option<&'static str>, OrderError> {
+        let since = now_ms() - 60_000;
+        let limits = self.settings.velocity;
+        if limits.card_per_minute > 0 {
+            let row = tx
+                .query_opt(
+                    "SELECT COUNT(*) FROM attempts WHERE pan_hash = $1 AND created_at_ms >= $2",
+                    &[pan_hash.to_vec().into(), since.into()],
+                )
+                .await?;
+            if row.map_or(Ok(0), |r| r.i64(0))? >= i64::from(limits.card_per_minute) {
+                return Ok(Some("too many payments with this card in the last minute"));
+            }
+        }
+        if limits.app_per_minute > 0 {
+            let row = tx
+                .query_opt(
+                    "SELECT COUNT(*) FROM attempts WHERE app_id = $1 AND created_at_ms >= $2",
+                    &[request.app_id.as_str().into(), since.into()],
+                )
+                .await?;
+            if row.map_or(Ok(0), |r| r.i64(0))? >= i64::from(limits.app_per_minute) {
+                return Ok(Some("too many payments by this app in the last minute"));
+            }
+        }
+        Ok(None)
     }
 
     /// True while the card's PIN tries are used up and its lock has not run out.

@@ -100,6 +100,12 @@ const MIGRATIONS: &[Migration] = &[
         postgres: "",
         sqlite: "",
     },
+    Migration {
+        version: 9,
+        portable: include_str!("migrations/0009_velocity.sql"),
+        postgres: "",
+        sqlite: "",
+    },
 ];
 
 /// Applies the migrations not yet recorded in `schema_migrations`. Several gateways starting
