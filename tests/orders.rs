@@ -909,3 +909,31 @@ async fn a_card_is_limited_to_its_payments_per_minute() {
     assert_eq!(paid.code(), ResponseCode::Approved, "a minute later");
     assert_eq!(balance(&s.orders, "payer-1").await, OPENING - 400);
 }
+
+/// Regression (conformance review): `account-add --wallet-app` took an app id that did not
+/// exist, binding the card to no app (every payment then answered wrong_pin). Now refused.
+#[tokio::test]
+async fn a_card_cannot_be_bound_to_an_unknown_wallet_app() {
+    let journal = TestJournal::new(Backend::Sqlite);
+    let s = seeded(&journal).await;
+    let refused = posbridge::service::enrolment::register_payer(
+        &s.orders,
+        posbridge::service::enrolment::NewPayer {
+            account_id: "payer-typo".into(),
+            holder: "Typo".into(),
+            pan: Pan::new("6222020000000000034").unwrap(),
+            pin: None,
+            opening: Money {
+                amount_minor: 100,
+                currency: CNY,
+            },
+            wallet_app: Some("my-walet".into()),
+        },
+        &s.gateway.config.keys.pvk,
+    )
+    .await;
+    assert!(
+        matches!(&refused, Err(OrderError::Refused { reason, .. }) if reason.contains("no wallet app my-walet")),
+        "{refused:?}"
+    );
+}

@@ -731,3 +731,38 @@ async fn a_gateway_holding_stale_working_keys_loads_the_newer_ones_from_the_jour
     b.stop().await;
     a.stop().await;
 }
+
+/// Regression (conformance review): a terminal-made code whose signature was only the leftmost
+/// 4 bytes of the MAC was accepted (the module's MAC check takes truncations); such a code is
+/// easier to forge. Now anything but the whole 8 bytes is answered A0 and makes no order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_terminal_code_with_a_truncated_signature_is_refused() {
+    let journal = TestJournal::new(Backend::Sqlite);
+    let running = start(&journal).await;
+    let mut terminal = terminal_client(&running).await;
+    terminal.sign_on().await.unwrap();
+    let merchant = posbridge_codecs::emv_qr::Merchant {
+        gui: posbridge_codecs::emv_qr::POSBRIDGE_GUI.into(),
+        merchant_id: MID.into(),
+        mcc: "4111".into(),
+        currency: CNY,
+        country: "CN".into(),
+        name: "BEST TRANSPORT".into(),
+        city: "BEIJING".into(),
+        alternate_language: None,
+    };
+    terminal
+        .send_sale_with_own_code_signed(cny(1500), merchant, "48020000", 120, 4)
+        .await
+        .unwrap();
+    let answer = terminal.read_answer().await.unwrap();
+    assert_eq!(answer.response_code, "A0", "{answer:?}");
+    let orders = running
+        .seeded
+        .store
+        .read("SELECT COUNT(*) FROM orders", &[])
+        .await
+        .unwrap();
+    assert_eq!(orders[0].i64(0).unwrap(), 0, "no order made");
+    running.stop().await;
+}

@@ -74,6 +74,16 @@ pub async fn seed(gateway: &server::Gateway) -> anyhow::Result<()> {
         },
     )
     .await?;
+    registry::register_wallet_app(
+        store,
+        &WalletApp {
+            app_id: APP_ID.into(),
+            name: "Demo wallet".into(),
+            pek_label: "pek/wallet".into(),
+        },
+        Some(APP_KEY.into()),
+    )
+    .await?;
     posbridge::service::enrolment::register_payer(
         &gateway.orders,
         NewPayer {
@@ -88,16 +98,6 @@ pub async fn seed(gateway: &server::Gateway) -> anyhow::Result<()> {
             wallet_app: Some(APP_ID.into()),
         },
         &gateway.config.keys.pvk,
-    )
-    .await?;
-    registry::register_wallet_app(
-        store,
-        &WalletApp {
-            app_id: APP_ID.into(),
-            name: "Demo wallet".into(),
-            pek_label: "pek/wallet".into(),
-        },
-        Some(APP_KEY.into()),
     )
     .await?;
     Ok(())

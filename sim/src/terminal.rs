@@ -449,6 +449,20 @@ impl TerminalClient {
         acquirer: &str,
         ttl_secs: u64,
     ) -> anyhow::Result<(String, String)> {
+        self.send_sale_with_own_code_signed(amount, merchant, acquirer, ttl_secs, 8)
+            .await
+    }
+
+    /// [`TerminalClient::send_sale_with_own_code`] with the signature cut to `signature_bytes`
+    /// (a misbehaving terminal, for tests).
+    pub async fn send_sale_with_own_code_signed(
+        &mut self,
+        amount: Money,
+        merchant: emv_qr::Merchant,
+        acquirer: &str,
+        ttl_secs: u64,
+        signature_bytes: usize,
+    ) -> anyhow::Result<(String, String)> {
         let stan = self.next_stan();
         let expires =
             posbridge::store::journal::now_ms() / 1000 + i64::try_from(ttl_secs).unwrap_or(60);
@@ -475,7 +489,7 @@ impl TerminalClient {
             },
             &unsigned.signing_input(),
         )?;
-        signature.truncate(8);
+        signature.truncate(signature_bytes);
         let payload = unsigned.with_signature(&signature)?.encode();
         let spec = Arc::clone(&self.spec);
         let mut b = self.sale_builder(&spec, TYPE_SALE, &stan, amount)?;

@@ -205,6 +205,17 @@ pub async fn register_wallet_app(
     Ok(api_key)
 }
 
+/// True when a wallet app of this id is registered.
+pub async fn wallet_app_exists(store: &Store, app_id: &str) -> Result<bool, JournalError> {
+    Ok(store
+        .read_opt(
+            "SELECT app_id FROM wallet_apps WHERE app_id = $1",
+            &[app_id.into()],
+        )
+        .await?
+        .is_some())
+}
+
 /// Finds the wallet app an API key belongs to.
 pub async fn wallet_app_by_key(
     store: &Store,

@@ -45,6 +45,15 @@ pub async fn register_payer(
             reason: "PINs are 4 digits (the PIN verification value covers 4 digits)".into(),
         });
     }
+    // A misspelt app id would bind the card to no app: every payment then answers wrong_pin.
+    if let Some(app_id) = &payer.wallet_app
+        && !registry::wallet_app_exists(orders.store(), app_id).await?
+    {
+        return Err(OrderError::Refused {
+            code: ResponseCode::InvalidTransaction,
+            reason: format!("no wallet app {app_id}: register it first (admin wallet-app-add)"),
+        });
+    }
     let pan_hash = orders.pan_hash(&payer.pan).await?;
     const PVKI: u8 = 1;
     let pvv = match payer.pin {

@@ -173,6 +173,17 @@ pub async fn seed(gateway: Gateway) -> Seeded {
     )
     .await
     .unwrap();
+    registry::register_wallet_app(
+        &store,
+        &WalletApp {
+            app_id: APP_ID.into(),
+            name: "Test wallet".into(),
+            pek_label: "pek/wallet".into(),
+        },
+        Some(APP_KEY.into()),
+    )
+    .await
+    .unwrap();
     posbridge::service::enrolment::register_payer(
         &orders,
         NewPayer {
@@ -187,17 +198,6 @@ pub async fn seed(gateway: Gateway) -> Seeded {
             wallet_app: Some(APP_ID.into()),
         },
         &gateway.config.keys.pvk,
-    )
-    .await
-    .unwrap();
-    registry::register_wallet_app(
-        &store,
-        &WalletApp {
-            app_id: APP_ID.into(),
-            name: "Test wallet".into(),
-            pek_label: "pek/wallet".into(),
-        },
-        Some(APP_KEY.into()),
     )
     .await
     .unwrap();

@@ -97,6 +97,11 @@ impl PayloadSigner {
         let Some(signature) = scanned.signature.clone() else {
             return Ok(false);
         };
+        // The full 8 bytes posbridge and the terminals write: a shorter signature (which the
+        // module's MAC check would accept as a truncation) is easier to forge.
+        if signature.len() != 8 {
+            return Ok(false);
+        }
         let input = emv_qr::order_signing_input(&scanned.payload);
         match self
             .security

@@ -33,12 +33,12 @@ fn pin_block_error(error: crate::infra::security::SecurityError) -> OrderError {
     use crate::infra::security::SecurityError;
     use posbridge_hsm::HsmError;
     match error {
-        SecurityError::Hsm(HsmError::BadPinBlock { .. } | HsmError::InvalidInput(_)) => {
-            OrderError::refused(
-                ResponseCode::FormatError,
-                "pin_block: does not decode under the app's PIN key (wrong key, format or PAN)",
-            )
-        }
+        SecurityError::Hsm(
+            HsmError::BadPinBlock { .. } | HsmError::InvalidInput(_) | HsmError::WrongKey { .. },
+        ) => OrderError::refused(
+            ResponseCode::FormatError,
+            "pin_block: does not decode under the app's PIN key (wrong key, format or PAN)",
+        ),
         other => OrderError::Security(other.to_string()),
     }
 }
