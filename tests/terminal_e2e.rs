@@ -766,3 +766,65 @@ async fn a_terminal_code_with_a_truncated_signature_is_refused() {
     assert_eq!(orders[0].i64(0).unwrap(), 0, "no order made");
     running.stop().await;
 }
+
+/// Scale-out: terminals, wallet apps and merchants are kept in memory (`registry_cache_ms`),
+/// and a change made elsewhere (another gateway, an admin command) reaches this gateway at once
+/// on PostgreSQL: the registry tables' trigger notifies it and it clears its copy. Here the
+/// cache would keep an entry for an hour, so only the notification can make the new app known.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wallet_app_registered_elsewhere_is_known_at_once_despite_the_cache() {
+    let journal = TestJournal::new(Backend::Postgres);
+    let running = start_with(&journal, |c| c.gateway.registry_cache_ms = 3_600_000).await;
+    let http = reqwest::Client::new();
+    let resolve = async |key: &str| {
+        http.post(format!("{}/v1/orders/resolve", running.wallet_url))
+            .header("x-posbridge-app", "late-app")
+            .header("authorization", format!("Bearer {key}"))
+            .json(&serde_json::json!({ "payload": "not a code" }))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    // The gateway listens (its first connection clears the cache, as every reconnection does).
+    let notifier = running.seeded.orders.notifier().clone();
+    eventually("the gateway listens", || notifier.resumptions() >= 1).await;
+    assert_eq!(
+        resolve("pbk_late").await,
+        401,
+        "unknown app (now cached as unknown)"
+    );
+    let registry = running.seeded.orders.registry().clone();
+    let hits = registry.hits();
+    assert_eq!(resolve("pbk_late").await, 401);
+    assert!(registry.hits() > hits, "the second lookup came from memory");
+    // Registered through another connection, as another gateway or `posbridge admin` would.
+    let other = posbridge::store::journal::open(&journal.config)
+        .await
+        .unwrap();
+    posbridge::registry::register_wallet_app(
+        &other,
+        &posbridge::registry::WalletApp {
+            app_id: "late-app".into(),
+            name: "Late wallet".into(),
+            pek_label: "pek/wallet".into(),
+        },
+        Some("pbk_late".into()),
+    )
+    .await
+    .unwrap();
+    let mut status = 401;
+    for _ in 0..600 {
+        status = resolve("pbk_late").await;
+        if status != 401 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_ne!(
+        status, 401,
+        "the registry notification never cleared the cache"
+    );
+    running.stop().await;
+}

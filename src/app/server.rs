@@ -51,6 +51,7 @@ pub async fn open(config: Config) -> anyhow::Result<Gateway> {
                 card_per_minute: config.wallet_api.card_payments_per_minute,
                 app_per_minute: config.wallet_api.app_payments_per_minute,
             },
+            registry_cache: Duration::from_millis(config.gateway.registry_cache_ms),
             pin_lock: (config.gateway.pin_lock_secs > 0)
                 .then(|| Duration::from_secs(config.gateway.pin_lock_secs)),
         },
@@ -114,13 +115,24 @@ pub async fn run(
     if gateway.config.journal.url.is_some() {
         let notifier = std::sync::Arc::clone(gateway.orders.notifier());
         let resumed = std::sync::Arc::clone(&notifier);
+        let (registry, registry_resumed) = (
+            std::sync::Arc::clone(gateway.orders.registry()),
+            std::sync::Arc::clone(gateway.orders.registry()),
+        );
         let settings = gateway.config.journal.clone();
         let stop = stop_rx.clone();
         tasks.spawn(async move {
             crate::store::journal::db::listen_for_orders(
                 &settings,
-                move |order_id| notifier.changed_elsewhere(order_id),
-                move || resumed.resumed(),
+                move |payload| match payload {
+                    // A terminal, wallet app or merchant changed (the registry tables' trigger).
+                    crate::store::journal::REGISTRY_CHANGED => registry.clear(),
+                    order_id => notifier.changed_elsewhere(order_id),
+                },
+                move || {
+                    registry_resumed.clear();
+                    resumed.resumed();
+                },
                 stop,
             )
             .await;

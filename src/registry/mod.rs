@@ -1,6 +1,8 @@
 //! Registration of merchants, terminals, payer accounts and wallet apps: what the operator's
 //! admin commands and the demo set up before the first payment.
 
+pub mod cache;
+
 use crate::domain::money::Money;
 use crate::store::journal::{JournalError, Row, Store, Tx, new_id, now_ms};
 use crate::store::ledger::{self, AccountKind, NewAccount};
@@ -222,6 +224,16 @@ pub async fn wallet_app_by_key(
     app_id: &str,
     api_key: &str,
 ) -> Result<Option<WalletApp>, JournalError> {
+    Ok(wallet_app_record(store, app_id)
+        .await?
+        .and_then(|(app, hash)| constant_time_eq(&hash, &key_hash(api_key)).then_some(app)))
+}
+
+/// A wallet app and the hash of its API key.
+async fn wallet_app_record(
+    store: &Store,
+    app_id: &str,
+) -> Result<Option<(WalletApp, Vec<u8>)>, JournalError> {
     let row = store
         .read_opt(
             "SELECT app_id, name, pek_label, key_hash FROM wallet_apps WHERE app_id = $1",
@@ -229,14 +241,14 @@ pub async fn wallet_app_by_key(
         )
         .await?;
     let Some(row) = row else { return Ok(None) };
-    if !constant_time_eq(&row.bytes(3)?, &key_hash(api_key)) {
-        return Ok(None);
-    }
-    Ok(Some(WalletApp {
-        app_id: row.text(0)?,
-        name: row.text(1)?,
-        pek_label: row.text(2)?,
-    }))
+    Ok(Some((
+        WalletApp {
+            app_id: row.text(0)?,
+            name: row.text(1)?,
+            pek_label: row.text(2)?,
+        },
+        row.bytes(3)?,
+    )))
 }
 
 /// Issues a merchant's API key for its payments list, replacing any earlier one; returns it

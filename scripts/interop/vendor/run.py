@@ -290,17 +290,18 @@ class Gateway:
         for tid in ("10000001", "10000002", "10000003", "10000004", "10000005", "10000006"):
             rc, o = self.admin(["terminal-add", "--tid", tid, "--mid", MID, "--acquirer", ACQ, "--tmk", "tmk/vendor"])
             ok = ok and rc == 0
-        for pid, (pan, pin, bal) in PAYERS.items():
-            rc, o = self.admin(["account-add", "--id", pid, "--holder", "PAYER " + pid[-1], "--wallet-app", "my-wallet",
-                                "--balance-minor", str(bal)],
-                               {"POSBRIDGE_ACCOUNT_PAN": pan, "POSBRIDGE_ACCOUNT_PIN": pin})
-            ok = ok and rc == 0
+        # README: register the wallet app first; account-add refuses an unknown app id.
         for app, pek in (("my-wallet", "pek/vendor"), ("other-wallet", "pek/other")):
             rc, o = self.admin(["wallet-app-add", "--id", app, "--name", app, "--pek", pek])
             m = re.search(r"(pbk_[0-9A-Za-z_]+)", o)
             ok = ok and rc == 0 and m is not None
             if m:
                 self.api_keys[app] = m.group(1)
+        for pid, (pan, pin, bal) in PAYERS.items():
+            rc, o = self.admin(["account-add", "--id", pid, "--holder", "PAYER " + pid[-1], "--wallet-app", "my-wallet",
+                                "--balance-minor", str(bal)],
+                               {"POSBRIDGE_ACCOUNT_PAN": pan, "POSBRIDGE_ACCOUNT_PIN": pin})
+            ok = ok and rc == 0
         R.check(prefix + ".admin_setup", ok, "merchant/terminal/account/wallet-app add; api keys %s" %
                 sorted(self.api_keys))
 

@@ -96,7 +96,10 @@ pub async fn handle(gateway: &Gateway, spec: &Spec, frame: &[u8]) -> Outcome {
 
 async fn dispatch(gateway: &Gateway, message: &Message<'_>) -> Result<Outcome, ResponseCode> {
     let tid = &field_text(message, 41).ok_or(ResponseCode::FormatError)?;
-    let terminal = registry::terminal(gateway.orders.store(), tid)
+    let terminal = gateway
+        .orders
+        .registry()
+        .terminal(gateway.orders.store(), tid)
         .await
         .map_err(|_| ResponseCode::SystemError)?
         .filter(|t| t.enabled && Some(t.mid.as_str()) == field_text(message, 42).as_deref())

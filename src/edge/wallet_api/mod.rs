@@ -140,7 +140,9 @@ async fn authenticate(orders: &OrderService, headers: &HeaderMap) -> Result<Wall
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .ok_or_else(ApiError::unauthorized)?;
-    registry::wallet_app_by_key(orders.store(), app_id, key)
+    orders
+        .registry()
+        .wallet_app_by_key(orders.store(), app_id, key)
         .await?
         .ok_or_else(ApiError::unauthorized)
 }

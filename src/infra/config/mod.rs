@@ -156,6 +156,10 @@ pub struct GatewayConfig {
     /// A card locked by three wrong PINs unlocks by itself after this many seconds (the next
     /// payment starts a fresh count); 0 keeps it locked until `posbridge admin pin-unlock`.
     pub pin_lock_secs: u64,
+    /// Terminals, wallet apps and merchants are kept in memory this long, milliseconds (0: read
+    /// on every request). Changes reach every gateway at once on PostgreSQL (a notification);
+    /// on SQLite an admin command's change is seen within this time.
+    pub registry_cache_ms: u64,
 }
 
 impl Default for GatewayConfig {
@@ -169,6 +173,7 @@ impl Default for GatewayConfig {
             expiry_sweep_ms: 1_000,
             poll_interval_ms: 1_000,
             pin_lock_secs: 86_400,
+            registry_cache_ms: 5_000,
         }
     }
 }

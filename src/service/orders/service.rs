@@ -207,6 +207,8 @@ pub struct OrderSettings {
     pub pin_lock: Option<Duration>,
     /// Payment velocity limits.
     pub velocity: Velocity,
+    /// How long reference data stays in memory (`gateway.registry_cache_ms`).
+    pub registry_cache: Duration,
 }
 
 /// How many payments a card and an app may attempt per minute (0: no limit), counted from the
@@ -227,6 +229,7 @@ pub struct OrderService {
     notifier: Arc<OrderNotifier>,
     settings: Arc<OrderSettings>,
     upstream: Option<Arc<Upstream>>,
+    registry: Arc<crate::registry::cache::RegistryCache>,
 }
 
 /// What a payment attempt leads to inside its first transaction.
@@ -354,9 +357,17 @@ impl OrderService {
             store,
             security,
             notifier: Arc::new(OrderNotifier::default()),
+            registry: Arc::new(crate::registry::cache::RegistryCache::new(
+                settings.registry_cache,
+            )),
             settings: Arc::new(settings),
             upstream: None,
         }
+    }
+
+    /// Terminals, wallet apps and merchants as this gateway keeps them in memory.
+    pub fn registry(&self) -> &Arc<crate::registry::cache::RegistryCache> {
+        &self.registry
     }
 
     /// The same service routing card ranges to upstream hosts (five-role deployment).
@@ -1085,7 +1096,7 @@ impl OrderService {
     }
 
     async fn merchant(&self, mid: &str) -> Result<crate::registry::Merchant, OrderError> {
-        let merchant = crate::registry::read_merchant(&self.store, mid).await?;
+        let merchant = self.registry.merchant(&self.store, mid).await?;
         merchant.ok_or_else(|| {
             OrderError::refused(
                 ResponseCode::InvalidMerchant,

@@ -106,6 +106,12 @@ const MIGRATIONS: &[Migration] = &[
         postgres: "",
         sqlite: "",
     },
+    Migration {
+        version: 10,
+        portable: "",
+        postgres: include_str!("migrations/0010_registry_notify.postgres.sql"),
+        sqlite: "",
+    },
 ];
 
 /// Applies the migrations not yet recorded in `schema_migrations`. Several gateways starting
@@ -162,3 +168,7 @@ fn strip_comments(statement: &str) -> String {
 }
 
 pub use crate::infra::clock::{new_id, now_ms};
+
+/// The payload of the order channel's notification that a terminal, wallet app or merchant
+/// changed (migration 10's trigger); every other payload is an order id.
+pub const REGISTRY_CHANGED: &str = "registry";
