@@ -9,8 +9,9 @@
 //! fails, a lost connection, a crash of posbridge), the reversal is QUEUED and the reversal
 //! worker sends it (0400, repeats 0401; or 0420/0421 as advices) with back-off until the host
 //! acknowledges it or it expires. Several posbridge processes may share the journal: a queued
-//! reversal is claimed by one of them for a lease (the one queue engine, `store::queue`). A late approval can never turn
-//! the order PAID: the answer is recorded only while the reversal is still STANDBY.
+//! reversal is claimed by one of them for a lease (the one queue engine, `store::queue`). A late
+//! approval can never turn the order PAID: the answer is recorded only while the reversal is
+//! still STANDBY.
 //!
 //! Reversals carry no card number (the journal never holds a full PAN): the host matches them by
 //! TID + original STAN and by the original data elements in field 90.
