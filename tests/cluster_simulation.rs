@@ -540,16 +540,7 @@ async fn three_gateways_with_kills_host_faults_and_commit_errors_keep_every_inva
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("posbridge.toml");
     std::fs::write(&config, config_text(&journal, host_addr)).unwrap();
-    let seeded = std::process::Command::new(posbridge_bin())
-        .args(["admin", "seed-demo", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
-    assert!(
-        seeded.status.success(),
-        "{}",
-        String::from_utf8_lossy(&seeded.stderr)
-    );
+    seed_demo(&config);
     seed_lanes_and_local_payer(&journal).await;
     let store = posbridge::store::journal::open(&journal.config)
         .await

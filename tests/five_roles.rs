@@ -596,16 +596,7 @@ fn a_sale_interrupted_by_sigkill_is_reversed_after_restart() {
     let dir = tempfile::tempdir().unwrap();
     let journal = TestJournal::new(Backend::Postgres);
     let config = config_file(dir.path(), &journal, addr, 60_000);
-    let seed = std::process::Command::new(posbridge_bin())
-        .args(["admin", "seed-demo", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
-    assert!(
-        seed.status.success(),
-        "{}",
-        String::from_utf8_lossy(&seed.stderr)
-    );
+    seed_demo(&config);
     let mut server = ServeProcess::start(&config, &[]);
     runtime.block_on(async {
         signed_on(&handle).await;

@@ -20,16 +20,7 @@ fn config_file(dir: &std::path::Path, journal: &TestJournal) -> std::path::PathB
         journal.config.schema,
     );
     std::fs::write(&path, text).unwrap();
-    let seed = std::process::Command::new(posbridge_bin())
-        .args(["admin", "seed-demo", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert!(
-        seed.status.success(),
-        "{}",
-        String::from_utf8_lossy(&seed.stderr)
-    );
+    seed_demo(&path);
     path
 }
 
@@ -65,16 +56,6 @@ fn demo_wallet(process: &ServeProcess) -> posbridge_sim::wallet::WalletClient {
         keys,
         "pek/wallet",
     )
-}
-
-async fn until(what: &str, check: impl Fn() -> bool) {
-    for _ in 0..1_200 {
-        if check() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("gave up waiting until {what}");
 }
 
 /// The terminal is on gateway A; the phone pays through gateway B, which is killed after the
@@ -113,7 +94,7 @@ async fn a_gateway_killed_before_replying_leaves_the_retry_on_another_the_same_r
                 .await
         })
     };
-    until("B committed the payment and paused before replying", || {
+    eventually("B committed the payment and paused before replying", || {
         b.log().contains("failpoint reached")
     })
     .await;

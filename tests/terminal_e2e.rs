@@ -8,6 +8,20 @@ use common::*;
 use posbridge::domain::money::Money;
 use std::time::Duration;
 
+/// The test merchant as a terminal puts it in a code it makes itself (way b).
+fn test_merchant() -> posbridge_codecs::emv_qr::Merchant {
+    posbridge_codecs::emv_qr::Merchant {
+        gui: posbridge_codecs::emv_qr::POSBRIDGE_GUI.into(),
+        merchant_id: MID.into(),
+        mcc: "4111".into(),
+        currency: CNY,
+        country: "CN".into(),
+        name: "BEST TRANSPORT".into(),
+        city: "BEIJING".into(),
+        alternate_language: None,
+    }
+}
+
 fn cny(amount_minor: i64) -> Money {
     Money {
         amount_minor,
@@ -57,16 +71,7 @@ async fn both_flows_and_receipts(backend: Backend) {
     assert!(receipt.auth_code.is_some());
 
     // (b) the terminal makes and signs the code itself and holds the sale open.
-    let merchant = posbridge_codecs::emv_qr::Merchant {
-        gui: posbridge_codecs::emv_qr::POSBRIDGE_GUI.into(),
-        merchant_id: MID.into(),
-        mcc: "4111".into(),
-        currency: CNY,
-        country: "CN".into(),
-        name: "BEST TRANSPORT".into(),
-        city: "BEIJING".into(),
-        alternate_language: None,
-    };
+    let merchant = test_merchant();
     let (voucher_b, payload_b) = terminal
         .send_sale_with_own_code(cny(1500), merchant, "48020000", 120)
         .await
@@ -633,16 +638,6 @@ impl CuttableRelay {
     }
 }
 
-async fn eventually(what: &str, check: impl Fn() -> bool) {
-    for _ in 0..600 {
-        if check() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("gave up waiting until {what}");
-}
-
 /// Scale-out: gateway A's connections to PostgreSQL (its LISTEN connection among them) are cut
 /// while a terminal is held on it, and the payment made through gateway B in the meantime: its
 /// notification never reaches A. When A listens again, every waiter re-reads its order, so the
@@ -741,16 +736,7 @@ async fn a_terminal_code_with_a_truncated_signature_is_refused() {
     let running = start(&journal).await;
     let mut terminal = terminal_client(&running).await;
     terminal.sign_on().await.unwrap();
-    let merchant = posbridge_codecs::emv_qr::Merchant {
-        gui: posbridge_codecs::emv_qr::POSBRIDGE_GUI.into(),
-        merchant_id: MID.into(),
-        mcc: "4111".into(),
-        currency: CNY,
-        country: "CN".into(),
-        name: "BEST TRANSPORT".into(),
-        city: "BEIJING".into(),
-        alternate_language: None,
-    };
+    let merchant = test_merchant();
     terminal
         .send_sale_with_own_code_signed(cny(1500), merchant, "48020000", 120, 4)
         .await

@@ -109,22 +109,6 @@ pub async fn claim(
     extra: Option<Value>,
 ) -> Result<Vec<Claim>, JournalError> {
     let mut tx = store.begin().await?;
-    let claims = claim_in(&mut tx, queue, limit, lease_ms, extra).await?;
-    tx.commit().await?;
-    if !claims.is_empty() {
-        crate::infra::failpoint::hit("queue.claimed").await;
-    }
-    Ok(claims)
-}
-
-/// [`claim`] inside the caller's transaction (which must commit before anything is sent).
-pub async fn claim_in(
-    tx: &mut Tx,
-    queue: &Queue,
-    limit: i64,
-    lease_ms: i64,
-    extra: Option<Value>,
-) -> Result<Vec<Claim>, JournalError> {
     let lock = match tx.dialect() {
         crate::store::journal::Dialect::Postgres => " FOR UPDATE OF q SKIP LOCKED",
         crate::store::journal::Dialect::Sqlite => "",
@@ -168,6 +152,10 @@ pub async fn claim_in(
             attempt: attempts + 1,
             row: row.skip(2),
         });
+    }
+    tx.commit().await?;
+    if !claims.is_empty() {
+        crate::infra::failpoint::hit("queue.claimed").await;
     }
     Ok(claims)
 }

@@ -472,3 +472,29 @@ pub async fn balance(store: &Store, account: &str) -> i64 {
     tx.commit().await.unwrap();
     account.balance.amount_minor
 }
+
+/// Runs `posbridge admin seed-demo --config FILE` (the demo's merchant, terminal, payer and
+/// wallet app) and asserts it succeeded.
+pub fn seed_demo(config: &std::path::Path) {
+    let seed = std::process::Command::new(posbridge_bin())
+        .args(["admin", "seed-demo", "--config"])
+        .arg(config)
+        .output()
+        .unwrap();
+    assert!(
+        seed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&seed.stderr)
+    );
+}
+
+/// Waits (up to a minute, checking every 50 ms) until `check` holds; panics naming `what`.
+pub async fn eventually(what: &str, check: impl Fn() -> bool) {
+    for _ in 0..1_200 {
+        if check() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("gave up waiting until {what}");
+}

@@ -154,10 +154,11 @@ pub async fn run(options: BenchOptions, progress: Arc<Progress>) -> anyhow::Resu
             }
             let journal = spawned.gateway.config.journal.clone();
             let backend = spawned.gateway.orders.security().module().capabilities();
-            let outcome = measure(
+            let outcome = measure_with(
                 &options,
                 &spawned.plan,
                 Some(std::process::id()),
+                &[],
                 Some(&journal),
                 progress,
             )
@@ -222,16 +223,6 @@ pub async fn run(options: BenchOptions, progress: Arc<Progress>) -> anyhow::Resu
             Ok(report)
         }
     }
-}
-
-async fn measure(
-    options: &BenchOptions,
-    plan: &Plan,
-    gateway_pid: Option<u32>,
-    journal: Option<&JournalConfig>,
-    progress: Arc<Progress>,
-) -> anyhow::Result<Report> {
-    measure_with(options, plan, gateway_pid, &[], journal, progress).await
 }
 
 /// The database's cumulative counters (`pg_stat_database`) of the journal's database.

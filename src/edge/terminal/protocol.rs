@@ -208,7 +208,7 @@ async fn newer_keys_in_journal(gateway: &Gateway, tid: &str) -> bool {
 async fn reload_working_keys(gateway: &Gateway, tid: &str) -> bool {
     let store = gateway.orders.store();
     let (Ok(Some(terminal)), Ok(Some(keys))) = (
-        registry::terminal(store, tid).await,
+        gateway.orders.registry().terminal(store, tid).await,
         registry::working_keys(store, tid).await,
     ) else {
         return false;
