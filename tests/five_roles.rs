@@ -1114,3 +1114,137 @@ async fn a_void_a_day_after_the_sale_still_reverses_at_the_host() {
     running.stop().await;
     handle.stop().await;
 }
+
+/// Conformance issue: a host that matches reversals and advices by card gets field 2 in them.
+/// The card number is sealed under the data key before the sale is armed (never in clear in the
+/// journal), opened only to send, and destroyed once the sale is reversed, or when the
+/// retention period of an approved sale has passed.
+async fn reversals_and_advices_carry_the_sealed_card_number(backend: Backend) {
+    let (addr, handle) = host(SimHostConfig {
+        faults: vec![FaultRule {
+            when: when_amount_ends("91"),
+            fault: Fault::NoResponse,
+        }],
+        require_pan_in_reversals: true,
+        ..SimHostConfig::default()
+    })
+    .await;
+    let journal = TestJournal::new(backend);
+    let running = start_with(&journal, |c| {
+        five_roles(c, addr, 800);
+        c.hosts[0].pan_in_reversals = true;
+    })
+    .await;
+    signed_on(&handle).await;
+    let mut terminal = terminal_client(&running).await;
+    terminal.sign_on().await.unwrap();
+    let wallet = wallet_client(&running);
+    let store = running.seeded.store.clone();
+
+    let (code, _) = sale(&mut terminal, &wallet, 3_091, "pan-1").await;
+    assert_eq!(code, "98");
+    let (code, voucher) = sale(&mut terminal, &wallet, 2_000, "pan-2").await;
+    assert_eq!(code, "00");
+    let refund = Money {
+        amount_minor: 500,
+        currency: CNY,
+    };
+    assert_eq!(
+        terminal
+            .refund(&voucher, refund)
+            .await
+            .unwrap()
+            .response_code,
+        "00"
+    );
+    until("the reversal and the advice are acknowledged", async || {
+        count(
+            &store,
+            "SELECT COUNT(*) FROM reversals WHERE status = 'DONE'",
+        )
+        .await
+            == 1
+            && count(&store, "SELECT COUNT(*) FROM advices WHERE status = 'DONE'").await == 1
+    })
+    .await;
+    // The host (which answers 30 to a reversal or advice without the sale's card) took both.
+    let ledger = handle.ledger();
+    let entry = |amount: u64| ledger.iter().find(|e| e.amount_minor == amount).unwrap();
+    assert_eq!(entry(3_091).state, LedgerState::Reversed);
+    assert_eq!(
+        (entry(2_000).state, entry(2_000).refunded_minor),
+        (LedgerState::Approved, 500)
+    );
+    // In the journal: sealed only, and only while it may still be needed.
+    let mut tx = store.begin().await.unwrap();
+    let rows = tx
+        .query(
+            "SELECT amount_minor, pan_sealed FROM forwarded_sales ORDER BY amount_minor",
+            &[],
+        )
+        .await
+        .unwrap();
+    let stored: Vec<(i64, Option<Vec<u8>>)> = rows
+        .iter()
+        .map(|r| (r.i64(0).unwrap(), r.opt_bytes(1).unwrap()))
+        .collect();
+    let messages = tx
+        .query(
+            "SELECT message FROM reversals UNION ALL SELECT message FROM advices",
+            &[],
+        )
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(stored[0].0, 2_000);
+    let sealed = stored[0]
+        .1
+        .as_ref()
+        .expect("the approved sale keeps its sealed card");
+    assert!(
+        !sealed
+            .windows(PAYER_PAN.len())
+            .any(|w| w == PAYER_PAN.as_bytes()),
+        "sealed, not clear"
+    );
+    assert_eq!(
+        (stored[1].0, stored[1].1.as_ref()),
+        (3_091, None),
+        "the reversed sale's card number is destroyed"
+    );
+    for message in messages {
+        assert!(!message.text(0).unwrap().contains(PAYER_PAN));
+    }
+    // Past the retention period, and with nothing queued, the approved sale's goes too.
+    let config = posbridge::infra::config::UpstreamConfig {
+        pan_retention_secs: 0,
+        ..running.seeded.gateway.config.upstream.clone()
+    };
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert_eq!(
+        posbridge::service::orders::forward::destroy_pans_no_longer_needed(&store, &config)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        count(
+            &store,
+            "SELECT COUNT(*) FROM forwarded_sales WHERE pan_sealed IS NOT NULL"
+        )
+        .await,
+        0
+    );
+    running.stop().await;
+    handle.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sealed_card_numbers_on_postgres() {
+    reversals_and_advices_carry_the_sealed_card_number(Backend::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sealed_card_numbers_on_sqlite() {
+    reversals_and_advices_carry_the_sealed_card_number(Backend::Sqlite).await;
+}

@@ -238,7 +238,7 @@ fn pkcs11_module_on_a_softhsm_token() {
         &as_str(&with(&["hsm", "keys", "provision", "--from", fixtures])),
         env,
     );
-    assert_eq!(provisioned.trim().parse::<usize>().unwrap(), 15);
+    assert_eq!(provisioned.trim().parse::<usize>().unwrap(), 16);
     let info = ok(&as_str(&with(&["hsm", "info"])), env);
     assert!(info.contains("backend: pkcs11"), "{info}");
     assert!(

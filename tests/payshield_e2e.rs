@@ -72,6 +72,22 @@ impl SecurityModule for Recording {
     ) -> posbridge_hsm::Result<Vec<u8>> {
         self.inner.generate_mac(key, algorithm, data)
     }
+    fn encrypt_data(
+        &self,
+        key: &str,
+        context: &[u8],
+        plaintext: &[u8],
+    ) -> posbridge_hsm::Result<Vec<u8>> {
+        self.inner.encrypt_data(key, context, plaintext)
+    }
+    fn decrypt_data(
+        &self,
+        key: &str,
+        context: &[u8],
+        sealed: &[u8],
+    ) -> posbridge_hsm::Result<zeroize::Zeroizing<Vec<u8>>> {
+        self.inner.decrypt_data(key, context, sealed)
+    }
     fn import_key(
         &self,
         kek: &str,

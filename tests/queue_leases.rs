@@ -33,7 +33,6 @@ async fn store_with_events(journal: &TestJournal, count: usize) -> Store {
             currency: CNY,
             account_id: String::new(),
             webhook_url: Some("http://127.0.0.1:9/hook".into()),
-            webhook_secret: Some("merchant-secret".into()),
         },
     )
     .await

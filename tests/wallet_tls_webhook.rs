@@ -121,11 +121,17 @@ async fn static_code_webhook(backend: Backend) {
             currency: CNY,
             account_id: String::new(),
             webhook_url: Some(format!("http://{hook}/hook")),
-            webhook_secret: Some("stall-secret".into()),
         },
     )
     .await
     .unwrap();
+    running
+        .seeded
+        .gateway
+        .webhook_secrets()
+        .set(store, "898310048169999", "stall-secret-0123456789")
+        .await
+        .unwrap();
     let code = posbridge::service::enrolment::create_static_code(
         store,
         &running.seeded.gateway.config.gateway.gui,
@@ -169,7 +175,7 @@ async fn static_code_webhook(backend: Backend) {
         .unwrap();
     assert_eq!(
         signature,
-        &posbridge::service::webhooks::signature("stall-secret", timestamp, body)
+        &posbridge::service::webhooks::signature(b"stall-secret-0123456789", timestamp, body)
     );
     assert!(!body.contains(PAYER_PAN));
     // The merchant queries its payments with its own API key; its webhook secret (which only
@@ -186,7 +192,7 @@ async fn static_code_webhook(backend: Backend) {
             .unwrap();
     assert_eq!(
         http.get(&url)
-            .bearer_auth("stall-secret")
+            .bearer_auth("stall-secret-0123456789")
             .send()
             .await
             .unwrap()
@@ -215,6 +221,56 @@ async fn static_code_webhook(backend: Backend) {
             .as_u16(),
         401
     );
+    // The secret is in the journal only sealed; a secret an older posbridge kept in clear is
+    // sealed when the gateway opens the journal, and still signs.
+    let mut tx = store.begin().await.unwrap();
+    let row = tx
+        .query_opt(
+            "SELECT webhook_secret, webhook_secret_sealed FROM merchants WHERE mid = '898310048169999'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(row.opt_text(0).unwrap(), None);
+    let sealed = row.bytes(1).unwrap();
+    assert!(
+        !sealed.windows(12).any(|w| w == b"stall-secret"),
+        "sealed, not clear"
+    );
+    tx.execute(
+        "UPDATE merchants SET webhook_secret = 'legacy-clear-secret', webhook_secret_sealed = NULL \
+         WHERE mid = '898310048169999'",
+        &[],
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    let secrets = running.seeded.gateway.webhook_secrets();
+    assert_eq!(secrets.seal_clear(store).await.unwrap(), 1);
+    assert_eq!(secrets.seal_clear(store).await.unwrap(), 0);
+    let row = store
+        .read_opt(
+            "SELECT webhook_secret, webhook_secret_sealed FROM merchants WHERE mid = '898310048169999'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(row.opt_text(0).unwrap(), None);
+    let opened = running
+        .seeded
+        .gateway
+        .orders
+        .security()
+        .open(
+            "dek/journal",
+            "webhook-secret:898310048169999".into(),
+            row.bytes(1).unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(&opened[..], b"legacy-clear-secret");
     running.stop().await;
 }
 on_both_journals!(static_code_webhook, super::static_code_webhook);
@@ -265,11 +321,17 @@ async fn a_hanging_merchant_endpoint_does_not_stop_payments() {
             currency: CNY,
             account_id: String::new(),
             webhook_url: Some(format!("http://{hook}/hook")),
-            webhook_secret: Some("slow-secret".into()),
         },
     )
     .await
     .unwrap();
+    running
+        .seeded
+        .gateway
+        .webhook_secrets()
+        .set(store, "898310048168888", "slow-secret-0123456789")
+        .await
+        .unwrap();
     let code = posbridge::service::enrolment::create_static_code(
         store,
         &running.seeded.gateway.config.gateway.gui,

@@ -39,6 +39,13 @@ pub enum HsmError {
     /// A MAC did not verify.
     #[error("MAC mismatch")]
     MacMismatch,
+    /// Sealed data did not open: tampered with, sealed for another context (another row), or
+    /// under another key. Nothing of the data is reported.
+    #[error("sealed data does not open under {label}")]
+    SealBroken {
+        /// The data key.
+        label: String,
+    },
     /// A PIN block decrypted to something that is not a valid block of the stated format (wrong
     /// key, wrong PAN, or wrong format). The block's content is deliberately not reported.
     #[error("PIN block does not decode as format {format}")]

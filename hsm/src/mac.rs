@@ -99,6 +99,7 @@ pub fn pad(data: &[u8], padding: Padding, block_len: usize) -> Vec<u8> {
 
 /// Computes a MAC with `key`.
 pub(crate) fn compute(key: &dyn KeyOps, algorithm: MacAlgorithm, data: &[u8]) -> Result<Vec<u8>> {
+    crate::ops::refuse_data_key(key, "a MAC")?;
     match algorithm {
         MacAlgorithm::Iso9797Alg1 { padding } => {
             let block_len = key.block_len();

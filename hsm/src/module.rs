@@ -118,6 +118,17 @@ pub trait SecurityModule: Send + Sync {
         export_under: &str,
     ) -> Result<ExportedKey>;
 
+    /// Seals data at rest under the data key `key` (class `dek/`): AES-GCM with a random 12-byte
+    /// nonce and `context` (what the data is and which journal row it belongs to) authenticated
+    /// with it, so a sealed value moved to another row does not open. The result is
+    /// `01 | nonce (12) | ciphertext | tag (16)`; the key never leaves the module.
+    fn encrypt_data(&self, key: &str, context: &[u8], plaintext: &[u8]) -> Result<Vec<u8>>;
+
+    /// Opens what [`Self::encrypt_data`] sealed, with the same key and context. Fails with
+    /// [`HsmError::SealBroken`] when the value was tampered with, moved, or sealed under another
+    /// key.
+    fn decrypt_data(&self, key: &str, context: &[u8], sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>>;
+
     /// Removes a key. Removing a label that does not exist is [`HsmError::KeyNotFound`].
     fn delete_key(&self, label: &str) -> Result<()>;
 

@@ -7,6 +7,7 @@ use crate::error::{HsmError, Result};
 use crate::keys::{Family, KeyType};
 use crate::secret::ClearKey;
 use aes::{Aes128, Aes192, Aes256};
+use aes_gcm::aead::Aead;
 use cipher::{BlockDecrypt, BlockEncrypt, KeyInit, generic_array::GenericArray};
 use cmac::{Cmac, Mac};
 use des::{Des, TdesEde3};
@@ -29,6 +30,17 @@ pub(crate) trait KeyOps {
     fn left_cbc_last(&self, iv: &[u8], data: &[u8]) -> Result<Vec<u8>>;
     /// AES-CMAC (RFC 4493), full 16 bytes. Only for AES keys.
     fn aes_cmac(&self, data: &[u8]) -> Result<Vec<u8>>;
+    /// AES-GCM encryption with a 12-byte nonce and a 16-byte tag: ciphertext then tag. Only for
+    /// AES keys.
+    fn gcm_seal(&self, nonce: &[u8; NONCE_LEN], aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>>;
+    /// AES-GCM decryption of ciphertext then tag; [`HsmError::SealBroken`] when the tag does
+    /// not verify.
+    fn gcm_open(
+        &self,
+        nonce: &[u8; NONCE_LEN],
+        aad: &[u8],
+        sealed: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>>;
 
     /// The key's check block: DES family encrypts 8 zero bytes, AES takes the CMAC of 16 zero
     /// bytes. A token key that may neither encrypt nor sign answers with the check value stored
@@ -56,6 +68,134 @@ pub(crate) trait KeyOps {
             ))
         }
     }
+}
+
+/// Length of an AES-GCM nonce in a sealed value.
+pub(crate) const NONCE_LEN: usize = 12;
+/// Length of an AES-GCM tag in a sealed value.
+pub(crate) const TAG_LEN: usize = 16;
+/// First byte of a sealed value: the format (AES-GCM, 12-byte nonce, 16-byte tag).
+const SEALED_V1: u8 = 1;
+
+/// Seals `plaintext` under the data key `key` (see
+/// [`SecurityModule::encrypt_data`](crate::SecurityModule::encrypt_data)): `01 | nonce (12) |
+/// ciphertext | tag (16)`, the nonce random, `context` authenticated with it.
+pub(crate) fn seal(key: &dyn KeyOps, context: &[u8], plaintext: &[u8]) -> Result<Vec<u8>> {
+    require_data_key(key)?;
+    let mut nonce = [0u8; NONCE_LEN];
+    rand::fill(&mut nonce);
+    let body = key.gcm_seal(&nonce, context, plaintext)?;
+    let mut sealed = Vec::with_capacity(1 + NONCE_LEN + body.len());
+    sealed.push(SEALED_V1);
+    sealed.extend_from_slice(&nonce);
+    sealed.extend_from_slice(&body);
+    Ok(sealed)
+}
+
+/// Opens what [`seal`] made, with the same key and context.
+pub(crate) fn open(key: &dyn KeyOps, context: &[u8], sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>> {
+    require_data_key(key)?;
+    let (version, rest) = sealed
+        .split_first()
+        .ok_or_else(|| HsmError::invalid("sealed data is empty"))?;
+    if *version != SEALED_V1 || rest.len() < NONCE_LEN + TAG_LEN {
+        return Err(HsmError::SealBroken {
+            label: key.label().to_owned(),
+        });
+    }
+    let (nonce, body) = rest.split_at(NONCE_LEN);
+    let nonce: &[u8; NONCE_LEN] = nonce
+        .try_into()
+        .map_err(|_| HsmError::invalid("nonce length"))?;
+    key.gcm_open(nonce, context, body)
+}
+
+/// Only data keys (`dek/`) seal and open: a PIN key's decrypt usage must not become a way to
+/// read data, nor a data key a way to handle PIN blocks.
+fn require_data_key(key: &dyn KeyOps) -> Result<()> {
+    if crate::policy::KeyClass::of_label(key.label())? != crate::policy::KeyClass::Dek {
+        return Err(HsmError::wrong_key(
+            key.label(),
+            "only dek/ keys seal and open data",
+        ));
+    }
+    key.require_family(Family::Aes, "AES-GCM")
+}
+
+/// AES-GCM (NIST SP 800-38D, 96-bit IV, 128-bit tag) built from the key's block encryption, for
+/// a token without `CKM_AES_GCM`: the counter blocks are enciphered in the token (one ECB call);
+/// GHASH, its key `H = E(0)` and the keystream are in zeroised host memory, where the data is
+/// anyway. `seal`: `data` is the plaintext, the result ciphertext then tag; else `data` is
+/// ciphertext then tag and the result the plaintext (or `SealBroken`).
+pub(crate) fn gcm_from_cipher<K: KeyOps + ?Sized>(
+    key: &K,
+    nonce: &[u8; NONCE_LEN],
+    aad: &[u8],
+    data: &[u8],
+    seal: bool,
+) -> Result<Zeroizing<Vec<u8>>> {
+    use ghash::universal_hash::{KeyInit as _, UniversalHash as _};
+    key.require_family(Family::Aes, "AES-GCM")?;
+    let (body, tag) = if seal {
+        (data, &[][..])
+    } else {
+        if data.len() < TAG_LEN {
+            return Err(HsmError::SealBroken {
+                label: key.label().to_owned(),
+            });
+        }
+        data.split_at(data.len() - TAG_LEN)
+    };
+    // H = E(0), then J0 = IV | 1 and the counter blocks inc32(J0), inc32(inc32(J0)), ...
+    let blocks = body.len().div_ceil(16);
+    let counter_blocks =
+        u32::try_from(blocks + 1).map_err(|_| HsmError::invalid("AES-GCM data too long"))?;
+    let mut input = Zeroizing::new(vec![0u8; 16 * (blocks + 2)]);
+    for i in 0..counter_blocks {
+        let block = &mut input[16 * (i as usize + 1)..16 * (i as usize + 2)];
+        block[..NONCE_LEN].copy_from_slice(nonce);
+        block[NONCE_LEN..].copy_from_slice(&(i + 1).to_be_bytes());
+    }
+    let stream = key.ecb_encrypt(&input)?;
+    let h = ghash::Key::clone_from_slice(&stream[..16]);
+    let mut out = Zeroizing::new(body.to_vec());
+    for (byte, k) in out.iter_mut().zip(&stream[32..]) {
+        *byte ^= k;
+    }
+    let ciphertext: &[u8] = if seal { &out } else { body };
+    let mut hash = ghash::GHash::new(&h);
+    hash.update_padded(aad);
+    hash.update_padded(ciphertext);
+    let mut lengths = [0u8; 16];
+    lengths[..8].copy_from_slice(&((aad.len() as u64) * 8).to_be_bytes());
+    lengths[8..].copy_from_slice(&((ciphertext.len() as u64) * 8).to_be_bytes());
+    hash.update_padded(&lengths);
+    let mut computed = Zeroizing::new(hash.finalize().to_vec());
+    for (t, k) in computed.iter_mut().zip(&stream[16..32]) {
+        *t ^= k;
+    }
+    if seal {
+        out.extend_from_slice(&computed);
+        Ok(out)
+    } else if constant_time_eq(&computed, tag) {
+        Ok(out)
+    } else {
+        Err(HsmError::SealBroken {
+            label: key.label().to_owned(),
+        })
+    }
+}
+
+/// Refuses a data key (`dek/`) for anything but sealing: it never MACs, never handles a PIN
+/// block. (Keys without a class label, the calculator's, pass.)
+pub(crate) fn refuse_data_key(key: &dyn KeyOps, what: &str) -> Result<()> {
+    if crate::policy::KeyClass::of_label(key.label()).ok() == Some(crate::policy::KeyClass::Dek) {
+        return Err(HsmError::wrong_key(
+            key.label(),
+            format!("a data key only seals and opens data, never {what}"),
+        ));
+    }
+    Ok(())
 }
 
 /// Full check block, computed with the key: DES family encrypts 8 zero bytes; AES takes the CMAC
@@ -327,12 +467,91 @@ impl KeyOps for SoftKey {
         };
         Ok(tag)
     }
+
+    fn gcm_seal(&self, nonce: &[u8; NONCE_LEN], aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>> {
+        let payload = aes_gcm::aead::Payload {
+            msg: plaintext,
+            aad,
+        };
+        let nonce = aes_gcm::Nonce::from_slice(nonce);
+        let sealed = match self.gcm()? {
+            Gcm::Aes128(c) => c.encrypt(nonce, payload),
+            Gcm::Aes256(c) => c.encrypt(nonce, payload),
+        };
+        sealed.map_err(|_| HsmError::invalid("AES-GCM refused the input"))
+    }
+
+    fn gcm_open(
+        &self,
+        nonce: &[u8; NONCE_LEN],
+        aad: &[u8],
+        sealed: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>> {
+        let payload = aes_gcm::aead::Payload { msg: sealed, aad };
+        let nonce = aes_gcm::Nonce::from_slice(nonce);
+        let opened = match self.gcm()? {
+            Gcm::Aes128(c) => c.decrypt(nonce, payload),
+            Gcm::Aes256(c) => c.decrypt(nonce, payload),
+        };
+        opened
+            .map(Zeroizing::new)
+            .map_err(|_| HsmError::SealBroken {
+                label: self.label.clone(),
+            })
+    }
+}
+
+/// The AES-GCM ciphers the software backend seals with.
+enum Gcm {
+    Aes128(Box<aes_gcm::Aes128Gcm>),
+    Aes256(Box<aes_gcm::Aes256Gcm>),
+}
+
+impl SoftKey {
+    fn gcm(&self) -> Result<Gcm> {
+        use aes_gcm::KeyInit as _;
+        let bytes = self.key.expose_secret();
+        let bad = |_| HsmError::wrong_key(&self.label, "key rejected by AES-GCM");
+        match self.key_type {
+            KeyType::Aes128 => Ok(Gcm::Aes128(Box::new(
+                aes_gcm::Aes128Gcm::new_from_slice(bytes).map_err(bad)?,
+            ))),
+            KeyType::Aes256 => Ok(Gcm::Aes256(Box::new(
+                aes_gcm::Aes256Gcm::new_from_slice(bytes).map_err(bad)?,
+            ))),
+            _ => Err(HsmError::wrong_key(
+                &self.label,
+                "AES-GCM needs an aes128 or aes256 key",
+            )),
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
+
+    #[test]
+    fn gcm_from_the_block_cipher_matches_aes_gcm() {
+        let key =
+            ClearKey::from_hex("FEFFE9928665731C6D6A8F9467308308FEFFE9928665731C6D6A8F9467308308")
+                .unwrap();
+        let soft = SoftKey::new("dek/x", KeyType::Aes256, &key).unwrap();
+        let nonce = [7u8; NONCE_LEN];
+        for len in [0, 1, 15, 16, 17, 19, 64] {
+            let data: Vec<u8> = (0..len).map(|i| i as u8).collect();
+            let sealed = soft.gcm_seal(&nonce, b"context", &data).unwrap();
+            let built = gcm_from_cipher(&soft, &nonce, b"context", &data, true).unwrap();
+            assert_eq!(&built[..], &sealed[..], "{len} bytes");
+            let opened = gcm_from_cipher(&soft, &nonce, b"context", &sealed, false).unwrap();
+            assert_eq!(&opened[..], &data[..]);
+            assert!(matches!(
+                gcm_from_cipher(&soft, &nonce, b"other", &sealed, false),
+                Err(HsmError::SealBroken { .. })
+            ));
+        }
+    }
 
     #[test]
     fn cmac_from_the_block_cipher_matches_rfc_4493() {

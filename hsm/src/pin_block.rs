@@ -280,6 +280,7 @@ pub(crate) fn encipher(
     pin: &Pin,
     pan: Option<&Pan>,
 ) -> Result<PinBlock> {
+    crate::ops::refuse_data_key(key, "a PIN block")?;
     key.require_family(format.family(), &format!("PIN block format {format}"))?;
     if format == PinBlockFormat::Iso4 {
         let mut random = Zeroizing::new([0u8; 8]);
@@ -298,6 +299,7 @@ pub(crate) fn decipher(
     block: &PinBlock,
     pan: Option<&Pan>,
 ) -> Result<Pin> {
+    crate::ops::refuse_data_key(key, "a PIN block")?;
     key.require_family(format.family(), &format!("PIN block format {format}"))?;
     if block.len() != format.block_len() {
         return Err(HsmError::invalid(format!(

@@ -216,11 +216,14 @@ pub enum KeyClass {
     Qr,
     /// `pan/`: the key of the keyed hash of card numbers (AES-CMAC, never verified).
     Pan,
+    /// `dek/`: a data encryption key (AES-GCM): card numbers a reversal or advice must carry,
+    /// webhook secrets; sealed before they reach the journal, opened only to be sent.
+    Dek,
 }
 
 impl KeyClass {
     /// Every class.
-    pub const ALL: [KeyClass; 10] = [
+    pub const ALL: [KeyClass; 11] = [
         KeyClass::Tmk,
         KeyClass::Zmk,
         KeyClass::Tpk,
@@ -231,6 +234,7 @@ impl KeyClass {
         KeyClass::Zak,
         KeyClass::Qr,
         KeyClass::Pan,
+        KeyClass::Dek,
     ];
 
     /// The label prefix (before the first `/`) that names the class.
@@ -246,6 +250,7 @@ impl KeyClass {
             KeyClass::Zak => "zak",
             KeyClass::Qr => "qr",
             KeyClass::Pan => "pan",
+            KeyClass::Dek => "dek",
         }
     }
 
@@ -310,6 +315,8 @@ impl KeyClass {
             KeyClass::Pan if mac => Usages::of(&[Sign]),
             // No mechanism for the MAC algorithm: CBC chaining from C_Encrypt, never decrypt.
             KeyClass::Tak | KeyClass::Zak | KeyClass::Qr | KeyClass::Pan => Usages::of(&[Encrypt]),
+            // Seals and opens data at rest; never a key (no wrap), never a MAC.
+            KeyClass::Dek => Usages::of(&[Encrypt, Decrypt]),
         }
     }
 }
@@ -355,11 +362,15 @@ mod tests {
                 for class in KeyClass::ALL {
                     let usages = class.usages(family, &features);
                     assert!(!usages.is_empty(), "{class} {family:?}");
-                    // Only PIN keys ever decipher data; only key-encryption keys wrap, except PIN
-                    // keys on a token that translates in token (not these features).
+                    // Only PIN keys and data keys ever decipher data; only key-encryption keys
+                    // wrap, except PIN keys on a token that translates in token (not these
+                    // features).
                     let pin = matches!(class, KeyClass::Tpk | KeyClass::Zpk | KeyClass::Pek);
                     if usages.contains(Decrypt) {
-                        assert!(pin || class == KeyClass::Zmk, "{class}: {usages}");
+                        assert!(
+                            pin || class == KeyClass::Zmk || class == KeyClass::Dek,
+                            "{class}: {usages}"
+                        );
                     }
                     if usages.contains(Wrap) || usages.contains(Unwrap) {
                         assert!(class.is_kek(), "{class}: {usages}");

@@ -364,6 +364,14 @@ impl SecurityModule for SoftwareModule {
         Ok(())
     }
 
+    fn encrypt_data(&self, key: &str, context: &[u8], plaintext: &[u8]) -> Result<Vec<u8>> {
+        self.with_key(key, |key| crate::ops::seal(key, context, plaintext))
+    }
+
+    fn decrypt_data(&self, key: &str, context: &[u8], sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>> {
+        self.with_key(key, |key| crate::ops::open(key, context, sealed))
+    }
+
     fn pin_verification_value(&self, pvk: &str, pan: &Pan, pin: &Pin, pvki: u8) -> Result<String> {
         self.with_key(pvk, |key| pvv::pvv(key, pan, pin, pvki))
     }

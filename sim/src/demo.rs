@@ -59,7 +59,6 @@ pub async fn seed(gateway: &server::Gateway) -> anyhow::Result<()> {
             currency: 156,
             account_id: String::new(),
             webhook_url: None,
-            webhook_secret: None,
         },
     )
     .await?;

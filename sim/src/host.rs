@@ -68,6 +68,9 @@ pub struct SimHostConfig {
     pub faults: Vec<FaultRule>,
     /// Random faults.
     pub random_faults: Option<RandomFaults>,
+    /// Match reversals and refund advices by card too, as some hosts do: one whose field 2 is
+    /// missing or is not the sale's card number is answered 30 (format error).
+    pub require_pan_in_reversals: bool,
 }
 
 impl Default for SimHostConfig {
@@ -92,6 +95,7 @@ impl Default for SimHostConfig {
             decline: Vec::new(),
             faults: Vec::new(),
             random_faults: None,
+            require_pan_in_reversals: false,
         }
     }
 }
@@ -1010,6 +1014,9 @@ fn refund(shared: &Shared, request: &IsoMessage) -> IsoMessage {
     if books.refunds.contains(&refund_id) {
         return request.response("00");
     }
+    if shared.config.require_pan_in_reversals && !same_card(&books.pans[position], request) {
+        return request.response("30");
+    }
     let entry = books.ledger[position].clone();
     if entry.state != LedgerState::Approved {
         return request.response("12");
@@ -1025,6 +1032,11 @@ fn refund(shared: &Shared, request: &IsoMessage) -> IsoMessage {
     books.ledger[position].refunded_minor += amount;
     books.refunds.insert(refund_id);
     request.response("00")
+}
+
+/// Whether a reversal or advice names the sale's card in field 2.
+fn same_card(sale_pan: &str, request: &IsoMessage) -> bool {
+    request.get(2).is_some_and(|pan| pan == sale_pan.as_bytes())
 }
 
 /// 0400/0401/0420/0421: the original is found by F32 + F41 + original STAN (F90 positions 5-10,
@@ -1057,6 +1069,9 @@ fn reversal(shared: &Shared, request: &IsoMessage) -> IsoMessage {
         books.index.insert(key, position);
         return request.response("25");
     };
+    if shared.config.require_pan_in_reversals && !same_card(&books.pans[position], request) {
+        return request.response("30");
+    }
     let entry = books.ledger[position].clone();
     match entry.state {
         LedgerState::Approved => {

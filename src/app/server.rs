@@ -56,11 +56,28 @@ pub async fn open(config: Config) -> anyhow::Result<Gateway> {
                 .then(|| Duration::from_secs(config.gateway.pin_lock_secs)),
         },
     );
-    Ok(Gateway {
+    let gateway = Gateway {
         config: Arc::new(config),
         orders,
         posture: Arc::new(posture),
-    })
+    };
+    match gateway
+        .webhook_secrets()
+        .seal_clear(gateway.orders.store())
+        .await
+    {
+        Ok(0) => {}
+        Ok(count) => tracing::info!(
+            count,
+            "sealed webhook secrets an older posbridge kept in clear"
+        ),
+        Err(error) => tracing::error!(
+            %error,
+            key = gateway.config.keys.data,
+            "webhook secrets are still in clear in the journal: provision the data key; until then they sign nothing"
+        ),
+    }
+    Ok(gateway)
 }
 
 /// The sockets a gateway serves on.
@@ -253,6 +270,18 @@ fn start_upstream(
             {
                 tracing::warn!(%error, "reversal recovery failed; will retry");
             }
+            if recover {
+                match crate::service::orders::forward::destroy_pans_no_longer_needed(
+                    store,
+                    &upstream.config,
+                )
+                .await
+                {
+                    Ok(0) => {}
+                    Ok(count) => tracing::debug!(count, "sealed card numbers destroyed"),
+                    Err(error) => tracing::warn!(%error, "card number clean-up failed; will retry"),
+                }
+            }
             match crate::service::orders::forward::deliver_reversals(store, upstream).await {
                 Ok(0) => {}
                 Ok(count) => tracing::info!(count, "reversals acknowledged"),
@@ -293,9 +322,10 @@ async fn expiry_worker(gateway: Gateway, stop: watch::Receiver<bool>) {
 
 async fn outbox_worker(gateway: Gateway, stop: watch::Receiver<bool>) {
     let client = reqwest::Client::new();
+    let secrets = gateway.webhook_secrets();
     periodic(stop, Duration::from_millis(500), || async {
         if let Err(error) =
-            crate::service::webhooks::deliver_due(gateway.orders.store(), &client).await
+            crate::service::webhooks::deliver_due(gateway.orders.store(), &client, &secrets).await
         {
             tracing::warn!(%error, "notification delivery failed; will retry");
         }

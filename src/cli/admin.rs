@@ -30,6 +30,9 @@ pub enum AdminCommand {
     PinUnlock(PinUnlockArgs),
     /// Issue (or replace) a merchant's API key for its payments list; prints it once.
     MerchantApiKey(MerchantKeyArgs),
+    /// Set (or rotate) a merchant's webhook signing secret, read from POSBRIDGE_WEBHOOK_SECRET
+    /// or `--webhook-secret-file`; it is stored sealed under the data key.
+    MerchantWebhookSecret(WebhookSecretArgs),
     /// Show an account: balance, PIN state and its recent postings (newest first).
     AccountShow(AccountShowArgs),
     /// Show a merchant and its settlement account: balance and recent postings.
@@ -44,6 +47,20 @@ pub struct MerchantKeyArgs {
     /// Merchant number (MID).
     #[arg(long)]
     mid: String,
+}
+
+/// `admin merchant-webhook-secret`.
+#[derive(Debug, Args)]
+pub struct WebhookSecretArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// Merchant number (MID).
+    #[arg(long)]
+    mid: String,
+    /// File holding the secret (first line); or set POSBRIDGE_WEBHOOK_SECRET. Never on the
+    /// command line.
+    #[arg(long)]
+    webhook_secret_file: Option<PathBuf>,
 }
 
 /// `admin account-show`.
@@ -249,8 +266,8 @@ pub struct MerchantArgs {
     /// Webhook for static-code payments.
     #[arg(long)]
     webhook_url: Option<String>,
-    /// File holding the webhook signing secret (also the merchant's key for payment queries);
-    /// or set POSBRIDGE_WEBHOOK_SECRET. Never on the command line.
+    /// File holding the webhook signing secret (first line, at least 16 characters); or set
+    /// POSBRIDGE_WEBHOOK_SECRET. Never on the command line. Stored sealed under the data key.
     #[arg(long)]
     webhook_secret_file: Option<PathBuf>,
 }
@@ -358,12 +375,19 @@ async fn run_async(command: AdminCommand) -> anyhow::Result<()> {
                 currency: a.currency,
                 account_id: String::new(),
                 webhook_url: a.webhook_url,
-                webhook_secret: secret_input(
-                    "POSBRIDGE_WEBHOOK_SECRET",
-                    a.webhook_secret_file.as_deref(),
-                )?,
             };
+            let secret =
+                secret_input("POSBRIDGE_WEBHOOK_SECRET", a.webhook_secret_file.as_deref())?;
+            if secret.is_some() {
+                gateway.webhook_secrets().ensure_key().await?;
+            }
             let merchant = registry::register_merchant(gateway.orders.store(), &merchant).await?;
+            if let Some(secret) = secret {
+                gateway
+                    .webhook_secrets()
+                    .set(gateway.orders.store(), &merchant.mid, &secret)
+                    .await?;
+            }
             println!(
                 "merchant {} registered, settlement account {}",
                 merchant.mid, merchant.account_id
@@ -455,6 +479,19 @@ async fn run_async(command: AdminCommand) -> anyhow::Result<()> {
                 "merchant {} API key (shown once; replaces any earlier one): {key}",
                 a.mid
             );
+        }
+        AdminCommand::MerchantWebhookSecret(a) => {
+            let gateway = open(&a.config).await?;
+            let secret =
+                secret_input("POSBRIDGE_WEBHOOK_SECRET", a.webhook_secret_file.as_deref())?
+                    .ok_or_else(|| {
+                        anyhow::anyhow!("set POSBRIDGE_WEBHOOK_SECRET or --webhook-secret-file")
+                    })?;
+            gateway
+                .webhook_secrets()
+                .set(gateway.orders.store(), &a.mid, &secret)
+                .await?;
+            println!("merchant {} webhook secret set (sealed)", a.mid);
         }
         AdminCommand::AccountShow(a) => {
             let gateway = open(&a.config).await?;

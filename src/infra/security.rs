@@ -85,6 +85,31 @@ impl Security {
             .await
     }
 
+    /// Seals data for the journal under the data key `key` (AES-GCM in the module; `context`
+    /// names the row it belongs to, so it opens nowhere else).
+    pub async fn seal(
+        &self,
+        key: &str,
+        context: String,
+        plaintext: zeroize::Zeroizing<Vec<u8>>,
+    ) -> Result<Vec<u8>, SecurityError> {
+        let key = key.to_owned();
+        self.run(move |m| m.encrypt_data(&key, context.as_bytes(), &plaintext))
+            .await
+    }
+
+    /// Opens what [`Security::seal`] sealed with the same key and context.
+    pub async fn open(
+        &self,
+        key: &str,
+        context: String,
+        sealed: Vec<u8>,
+    ) -> Result<zeroize::Zeroizing<Vec<u8>>, SecurityError> {
+        let key = key.to_owned();
+        self.run(move |m| m.decrypt_data(&key, context.as_bytes(), &sealed))
+            .await
+    }
+
     /// Verifies a PIN block against a stored PVV.
     #[allow(clippy::too_many_arguments)]
     pub async fn verify_pin(

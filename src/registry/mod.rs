@@ -26,12 +26,10 @@ pub struct Merchant {
     /// Ledger account credited with its sales.
     #[serde(default)]
     pub account_id: String,
-    /// Where static-code payments are notified (optional).
+    /// Where static-code payments are notified (optional). The secret the notifications are
+    /// signed with is set apart, sealed: [`crate::service::webhooks::set_secret`].
     #[serde(default)]
     pub webhook_url: Option<String>,
-    /// Key the notifications are signed with (HMAC-SHA256).
-    #[serde(default)]
-    pub webhook_secret: Option<String>,
 }
 
 /// A registered terminal.
@@ -78,8 +76,8 @@ pub async fn register_merchant(
     )
     .await?;
     tx.execute(
-        "INSERT INTO merchants (mid, name, city, mcc, country, currency, account_id, webhook_url, webhook_secret, created_at_ms) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        "INSERT INTO merchants (mid, name, city, mcc, country, currency, account_id, webhook_url, created_at_ms) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         &[
             merchant.mid.as_str().into(),
             merchant.name.as_str().into(),
@@ -89,7 +87,6 @@ pub async fn register_merchant(
             i64::from(merchant.currency).into(),
             merchant.account_id.as_str().into(),
             merchant.webhook_url.clone().into(),
-            merchant.webhook_secret.clone().into(),
             now_ms().into(),
         ],
     )
@@ -98,7 +95,7 @@ pub async fn register_merchant(
     Ok(merchant)
 }
 
-const MERCHANT_SQL: &str = "SELECT mid, name, city, mcc, country, currency, account_id, webhook_url, webhook_secret \
+const MERCHANT_SQL: &str = "SELECT mid, name, city, mcc, country, currency, account_id, webhook_url \
      FROM merchants WHERE mid = $1";
 
 fn merchant_from_row(row: &Row) -> Result<Merchant, JournalError> {
@@ -111,7 +108,6 @@ fn merchant_from_row(row: &Row) -> Result<Merchant, JournalError> {
         currency: u16::try_from(row.i64(5)?).map_err(|e| JournalError::Schema(e.to_string()))?,
         account_id: row.text(6)?,
         webhook_url: row.opt_text(7)?,
-        webhook_secret: row.opt_text(8)?,
     })
 }
 

@@ -20,3 +20,10 @@ pub struct Gateway {
     /// What the start-up security check found (mode, unsafe settings).
     pub posture: Arc<crate::infra::posture::Posture>,
 }
+
+impl Gateway {
+    /// The merchants' webhook secrets, sealed under `[keys] data`.
+    pub fn webhook_secrets(&self) -> webhooks::Secrets {
+        webhooks::Secrets::new(self.orders.security().clone(), &self.config.keys.data)
+    }
+}

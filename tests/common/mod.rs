@@ -156,11 +156,15 @@ pub async fn seed(gateway: Gateway) -> Seeded {
             currency: CNY,
             account_id: String::new(),
             webhook_url: None,
-            webhook_secret: Some("merchant-secret".into()),
         },
     )
     .await
     .unwrap();
+    gateway
+        .webhook_secrets()
+        .set(&store, MID, "merchant-webhook-secret")
+        .await
+        .unwrap();
     registry::register_terminal(
         &store,
         &Terminal {

@@ -282,6 +282,23 @@ impl PayshieldModule {
         }
     }
 
+    /// The module that holds the data key `label`: data is sealed with AES-GCM, and a variant
+    /// LMK holds no AES keys, so data keys live in `[hsm.aes_keys]` (posbridge does not use the
+    /// payShield's own data-encryption commands, M0/M2).
+    fn data_module(&self, label: &str) -> Result<&Arc<dyn SecurityModule>> {
+        match (&self.aes, self.store.get(label)) {
+            (Some(aes), Err(HsmError::KeyNotFound { .. })) => Ok(aes),
+            (_, Ok(_)) => Err(HsmError::wrong_key(
+                label,
+                "data keys are AES (sealed with AES-GCM): keep dek/ keys in [hsm.aes_keys], not under the LMK",
+            )),
+            (None, _) => Err(HsmError::Config(format!(
+                "data key {label}: the payshield backend keeps AES keys in [hsm.aes_keys], and none is configured"
+            ))),
+            (_, Err(other)) => Err(other),
+        }
+    }
+
     fn in_aes(&self, label: &str) -> bool {
         self.aes
             .as_ref()
@@ -677,6 +694,14 @@ impl SecurityModule for PayshieldModule {
             }
             (stored, _) => self.payshield_verify(&stored?, algorithm, data, mac),
         }
+    }
+
+    fn encrypt_data(&self, key: &str, context: &[u8], plaintext: &[u8]) -> Result<Vec<u8>> {
+        self.data_module(key)?.encrypt_data(key, context, plaintext)
+    }
+
+    fn decrypt_data(&self, key: &str, context: &[u8], sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>> {
+        self.data_module(key)?.decrypt_data(key, context, sealed)
     }
 
     fn import_key(

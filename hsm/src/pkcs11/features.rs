@@ -37,6 +37,9 @@ pub(crate) struct Probe {
     /// extractable and not sensitive): the module then copies every unwrapped key with them.
     pub(crate) unwrap_ignores_template: bool,
     pub(crate) translation: PinTranslation,
+    /// `CKM_AES_GCM` encrypts and decrypts as NIST SP 800-38D says (opencryptoki 3.8's software
+    /// token has none): data keys seal in the token.
+    pub(crate) aes_gcm: bool,
     /// One line per finding, for the log and `posbridge hsm info`.
     pub(crate) findings: Vec<String>,
 }
@@ -87,6 +90,12 @@ pub(crate) fn probe(context: &Pkcs11, slot: Slot, session: &Session) -> Probe {
         findings.push("AES-CMAC: the token lists no sign/verify".into());
         false
     };
+    let aes_gcm = if flags(MechanismType::AES_GCM).is_some_and(|i| i.encrypt() && i.decrypt()) {
+        trial(&mut findings, "AES-GCM seal", || aes_gcm_matches(session))
+    } else {
+        findings.push("AES-GCM: the token lists no encrypt/decrypt".into());
+        false
+    };
     if insensitive {
         findings.push(
             "C_UnwrapKey does not apply its template (the unwrapped key stays extractable or not sensitive): each unwrapped key is copied with its template's protections, the original destroyed".into(),
@@ -106,8 +115,41 @@ pub(crate) fn probe(context: &Pkcs11, slot: Slot, session: &Session) -> Probe {
         keygen,
         unwrap_ignores_template: insensitive,
         translation,
+        aes_gcm,
         findings,
     }
+}
+
+/// Seals a block with `CKM_AES_GCM` under a session AES-256 key and compares with the host's
+/// AES-GCM of the same key.
+fn aes_gcm_matches(session: &Session) -> Outcome<bool> {
+    let value = Zeroizing::new(session.generate_random_vec(32)?);
+    let key = session_key(
+        session,
+        CkKeyType::AES,
+        &value,
+        false,
+        &[Attribute::Encrypt(true), Attribute::Decrypt(true)],
+    )?;
+    let mut iv = [0x5Au8; crate::ops::NONCE_LEN];
+    let outcome = (|| {
+        let params = cryptoki::mechanism::aead::GcmParams::new(
+            &mut iv,
+            b"probe",
+            cryptoki::types::Ulong::from((crate::ops::TAG_LEN * 8) as std::os::raw::c_ulong),
+        )?;
+        session.encrypt(&Mechanism::AesGcm(params), key, &[0x42u8; 20])
+    })();
+    session.destroy_object(key)?;
+    let sealed = outcome?;
+    let Ok(soft) = ClearKey::new(value.to_vec())
+        .and_then(|clear| SoftKey::new("probe", crate::keys::KeyType::Aes256, &clear))
+    else {
+        return Ok(false);
+    };
+    Ok(soft
+        .gcm_seal(&[0x5Au8; crate::ops::NONCE_LEN], b"probe", &[0x42u8; 20])
+        .is_ok_and(|expected| expected == sealed))
 }
 
 /// Runs a trial; a failure (or a wrong result) is recorded as a finding and means "cannot".

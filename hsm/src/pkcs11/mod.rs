@@ -48,7 +48,9 @@ use crate::secret::{ClearKey, Pan, Pin, PinBlock};
 use crate::software::KeyFile;
 use context::token_error;
 use cryptoki::context::Pkcs11;
+use cryptoki::error::RvError;
 use cryptoki::mechanism::Mechanism;
+use cryptoki::mechanism::aead::GcmParams;
 use cryptoki::object::{Attribute, AttributeType, KeyType as CkKeyType, ObjectClass, ObjectHandle};
 use cryptoki::session::{Session, UserType};
 use cryptoki::slot::Slot;
@@ -265,11 +267,12 @@ impl Pkcs11Module {
     fn with_token_key<T>(&self, label: &str, f: impl Fn(&TokenKey<'_>) -> Result<T>) -> Result<T> {
         let session = self.pool.get()?;
         let entry = self.entry(&session, label)?;
-        match f(&TokenKey::new(&session, label, entry)) {
+        let gcm = self.probe.aes_gcm;
+        match f(&TokenKey::new(&session, label, entry).with_gcm(gcm)) {
             Err(HsmError::Token { message, .. }) if message.contains("HandleInvalid") => {
                 self.cache_write().remove(label);
                 let entry = self.entry(&session, label)?;
-                f(&TokenKey::new(&session, label, entry))
+                f(&TokenKey::new(&session, label, entry).with_gcm(gcm))
             }
             other => other,
         }
@@ -678,6 +681,11 @@ impl Pkcs11Module {
                 "no CKM_AES_CMAC: AES MAC keys have CKA_ENCRYPT; AES-CMAC is chained from C_Encrypt with its subkeys in host memory".into(),
             );
         }
+        if !self.probe.aes_gcm {
+            notes.push(
+                "no working CKM_AES_GCM: data keys (dek/) seal with AES-GCM built from C_Encrypt (AES-ECB counter blocks), GHASH and its key H in host memory".into(),
+            );
+        }
         if !self.probe.copyable {
             notes.push(
                 "the token does not know CKA_COPYABLE: anyone with the user PIN can C_CopyObject a key and give the copy other usages, so the usage policy does not hold against a PIN holder".into(),
@@ -951,11 +959,16 @@ fn create_key(session: &Session, spec: &KeySpec<'_>, value: &[u8]) -> Result<Obj
     created
 }
 
+/// The AES-GCM tag length of sealed data, in bits (`ulTagBits`).
+const GCM_TAG_BITS: std::os::raw::c_ulong = (crate::ops::TAG_LEN * 8) as std::os::raw::c_ulong;
+
 /// A token key in use with one borrowed session.
 struct TokenKey<'a> {
     session: &'a Session,
     label: &'a str,
     entry: Entry,
+    /// The token has a working `CKM_AES_GCM`; else AES-GCM is built from its AES-ECB.
+    gcm_in_token: bool,
 }
 
 impl<'a> TokenKey<'a> {
@@ -964,7 +977,13 @@ impl<'a> TokenKey<'a> {
             session,
             label,
             entry,
+            gcm_in_token: false,
         }
+    }
+
+    fn with_gcm(mut self, in_token: bool) -> Self {
+        self.gcm_in_token = in_token;
+        self
     }
 
     /// Refuses, before calling the token, what the key's attributes do not allow: the token would
@@ -1082,6 +1101,56 @@ impl KeyOps for TokenKey<'_> {
                 .map_err(token_error("C_Sign (AES-CMAC)"));
         }
         crate::ops::cmac_from_cipher(self, data)
+    }
+
+    fn gcm_seal(
+        &self,
+        nonce: &[u8; crate::ops::NONCE_LEN],
+        aad: &[u8],
+        plaintext: &[u8],
+    ) -> Result<Vec<u8>> {
+        self.require(KeyUsage::Encrypt, "sealing data")?;
+        if !self.gcm_in_token {
+            return crate::ops::gcm_from_cipher(self, nonce, aad, plaintext, true)
+                .map(|sealed| sealed.to_vec());
+        }
+        let mut iv = *nonce;
+        let params = GcmParams::new(&mut iv, aad, cryptoki::types::Ulong::from(GCM_TAG_BITS))
+            .map_err(token_error("CK_GCM_PARAMS"))?;
+        self.session
+            .encrypt(&Mechanism::AesGcm(params), self.entry.handle, plaintext)
+            .map_err(token_error("C_Encrypt (AES-GCM)"))
+    }
+
+    fn gcm_open(
+        &self,
+        nonce: &[u8; crate::ops::NONCE_LEN],
+        aad: &[u8],
+        sealed: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>> {
+        self.require(KeyUsage::Decrypt, "opening sealed data")?;
+        if !self.gcm_in_token {
+            return crate::ops::gcm_from_cipher(self, nonce, aad, sealed, false);
+        }
+        let mut iv = *nonce;
+        let params = GcmParams::new(&mut iv, aad, cryptoki::types::Ulong::from(GCM_TAG_BITS))
+            .map_err(token_error("CK_GCM_PARAMS"))?;
+        match self
+            .session
+            .decrypt(&Mechanism::AesGcm(params), self.entry.handle, sealed)
+        {
+            Ok(clear) => Ok(Zeroizing::new(clear)),
+            // A tag that does not verify (SoftHSM2 2.6.1 answers CKR_GENERAL_ERROR to it).
+            Err(cryptoki::error::Error::Pkcs11(
+                RvError::EncryptedDataInvalid
+                | RvError::EncryptedDataLenRange
+                | RvError::GeneralError,
+                _,
+            )) => Err(HsmError::SealBroken {
+                label: self.label.to_owned(),
+            }),
+            Err(other) => Err(token_error("C_Decrypt (AES-GCM)")(other)),
+        }
     }
 
     fn check_block(&self) -> Result<Vec<u8>> {
@@ -1315,6 +1384,14 @@ impl SecurityModule for Pkcs11Module {
         }
         cache.remove(label);
         Ok(())
+    }
+
+    fn encrypt_data(&self, key: &str, context: &[u8], plaintext: &[u8]) -> Result<Vec<u8>> {
+        self.with_key(key, |key| crate::ops::seal(key, context, plaintext))
+    }
+
+    fn decrypt_data(&self, key: &str, context: &[u8], sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>> {
+        self.with_key(key, |key| crate::ops::open(key, context, sealed))
     }
 
     fn pin_verification_value(&self, pvk: &str, pan: &Pan, pin: &Pin, pvki: u8) -> Result<String> {

@@ -95,6 +95,54 @@ pub fn aes_cmac_vector(m: &dyn SecurityModule) {
     assert_eq!(upper(&mac), "070A16B46B4D4144F79BDD9DD04A287C");
 }
 
+/// Data sealed under a data key (`dek/`): the GCM specification's test case 16 opens, seals
+/// round-trip with fresh nonces, and a value tampered with, truncated, moved to another context
+/// or given to another key class does not open.
+pub fn data_sealing(m: &dyn SecurityModule) {
+    let plaintext = "D9313225F88406E5A55909C5AFF5269A86A7A9531534F7DA2E4C303D8A318A721C3C0C95956809532FCF0E2449A6B525B16AEDF5AA0DE657BA637B39";
+    let aad = unhex("FEEDFACEDEADBEEFFEEDFACEDEADBEEFABADDAD2");
+    let sealed = unhex(concat!(
+        "01",
+        "CAFEBABEFACEDBADDECAF888",
+        "522DC1F099567D07F47F37A32A84427D643A8CDCBFE5C0C97598A2BD2555D1AA8CB08E48590DBB3DA7B08B1056828838C5F61E6393BA7A0ABCC9F662",
+        "76FC6ECE0F4E1768CDDF8853BB2D551B"
+    ));
+    assert_eq!(
+        upper(&m.decrypt_data("dek/gcm", &aad, &sealed).unwrap()),
+        plaintext
+    );
+    let pan = b"6212345678901234567";
+    let first = m.encrypt_data("dek/gcm", b"forward:1", pan).unwrap();
+    let second = m.encrypt_data("dek/gcm", b"forward:1", pan).unwrap();
+    assert_eq!(first.len(), 1 + 12 + pan.len() + 16);
+    assert_ne!(first, second, "every seal has a nonce of its own");
+    for sealed in [&first, &second] {
+        assert_eq!(
+            &m.decrypt_data("dek/gcm", b"forward:1", sealed).unwrap()[..],
+            pan
+        );
+    }
+    let broken = |result: posbridge_hsm::Result<zeroize::Zeroizing<Vec<u8>>>| match result {
+        Err(HsmError::SealBroken { label }) => assert_eq!(label, "dek/gcm"),
+        other => panic!("expected SealBroken, got {:?}", other.map(|_| "opened")),
+    };
+    broken(m.decrypt_data("dek/gcm", b"forward:2", &first));
+    let mut flipped = first.clone();
+    flipped[20] ^= 0x01;
+    broken(m.decrypt_data("dek/gcm", b"forward:1", &flipped));
+    broken(m.decrypt_data("dek/gcm", b"forward:1", &first[..first.len() - 1]));
+    broken(m.decrypt_data("dek/gcm", b"forward:1", &first[..20]));
+    // Only data keys seal, and a data key does nothing else.
+    assert!(matches!(
+        m.encrypt_data("qr/rfc4493", b"x", pan),
+        Err(HsmError::WrongKey { .. })
+    ));
+    assert!(matches!(
+        m.generate_mac("dek/gcm", MacAlgorithm::AesCmac, pan),
+        Err(HsmError::WrongKey { .. })
+    ));
+}
+
 pub fn cbc_mac_matches_calculator(m: &dyn SecurityModule) {
     let (_, clear) = common::clear_key("tak/tdes3");
     let data = b"0200 message body of some length";
@@ -630,6 +678,7 @@ macro_rules! for_each_test {
             x919_vector,
             cups_ecb_vector,
             aes_cmac_vector,
+            data_sealing,
             cbc_mac_matches_calculator,
             pin_format_0_vector,
             pin_format_4_vector,

@@ -45,6 +45,8 @@ KEYS = {
     "pvk/vendor": ("tdes2", "3B4C5D6E7F8091A2B3C4D5E6F708192A"),
     "qr/vendor": ("aes128", "0F0E0D0C0B0A09080706050403020100"),
     "pan/vendor": ("aes128", "A0A1A2A3A4A5A6A7A8A9AAABACADAEAF"),
+    # development-keys.md: the data key the webhook secret is sealed under ([keys] data).
+    "dek/vendor": ("aes256", "B0B1B2B3B4B5B6B7B8B9BABBBCBDBEBFC0C1C2C3C4C5C6C7C8C9CACBCCCDCECF"),
     "zmk/vendor": ("tdes2", "2A3B4C5D6E7F80911A2B3C4D5E6F7081"),
     "zak/vendor": ("tdes2", "5E6F708192A3B4C51122334455667788"),
     "zpk/vendor": ("tdes2", "8899AABBCCDDEEFF0123456789ABCDEF"),
@@ -203,6 +205,7 @@ key_file = "{d}/keys.toml"
 pvk = "pvk/vendor"
 qr_sign = "qr/vendor"
 pan_hash = "pan/vendor"
+data = "dek/vendor"
 
 [log]
 format = "text"

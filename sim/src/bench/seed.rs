@@ -196,7 +196,6 @@ async fn seed_lane(gateway: &Gateway, i: usize) -> anyhow::Result<()> {
                 currency: 156,
                 account_id: String::new(),
                 webhook_url: None,
-                webhook_secret: None,
             },
         )
         .await?;

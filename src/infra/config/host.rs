@@ -84,6 +84,13 @@ pub struct HostConfig {
     /// Capacity of the unmatched-message channel returned by `HostLink::start`.
     #[serde(default = "default_unmatched_capacity")]
     pub unmatched_capacity: usize,
+    /// Send field 2 (the card number) in reversals (0400/0420) and refund advices (0220) as in
+    /// the sale, for hosts that match them by card. The number is sealed under the data key
+    /// (`[keys] data`) before the sale is armed, opened only to send, and destroyed once its
+    /// reversal is acknowledged (or expires), when the sale is declined, or
+    /// `upstream.pan_retention_secs` after the sale. Off: reversals and advices carry no field 2.
+    #[serde(default)]
+    pub pan_in_reversals: bool,
 }
 
 fn default_connections() -> usize {
@@ -136,6 +143,7 @@ impl HostConfig {
             source_id: String::new(),
             acquirer_id: None,
             unmatched_capacity: default_unmatched_capacity(),
+            pan_in_reversals: false,
         }
     }
 

@@ -91,6 +91,10 @@ pub struct UpstreamConfig {
     pub reversal_expiry_secs: u64,
     /// How often the reversal queue is polled, ms.
     pub reversal_poll_ms: u64,
+    /// How long the sealed card number of an approved sale to a `pan_in_reversals` host is
+    /// kept for a later void or refund, seconds; a refund advice sent after it carries no
+    /// field 2.
+    pub pan_retention_secs: u64,
 }
 
 impl Default for UpstreamConfig {
@@ -108,6 +112,7 @@ impl Default for UpstreamConfig {
             reversal_retry_max_ms: 60_000,
             reversal_expiry_secs: 86_400,
             reversal_poll_ms: 200,
+            pan_retention_secs: 7 * 86_400,
         }
     }
 }
@@ -287,6 +292,9 @@ pub struct KeyLabels {
     pub qr_sign: String,
     /// AES key of the card-number hash.
     pub pan_hash: String,
+    /// AES data key (`dek/`) that seals what the journal must keep secret: merchants' webhook
+    /// secrets, and the card numbers of sales whose host wants field 2 in reversals and advices.
+    pub data: String,
 }
 
 impl Default for KeyLabels {
@@ -295,6 +303,7 @@ impl Default for KeyLabels {
             pvk: "pvk/wallet".to_owned(),
             qr_sign: "qr/sign".to_owned(),
             pan_hash: "pan/hash".to_owned(),
+            data: "dek/journal".to_owned(),
         }
     }
 }

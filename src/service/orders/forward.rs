@@ -13,22 +13,27 @@
 //! approval can never turn the order PAID: the answer is recorded only while the reversal is
 //! still STANDBY.
 //!
-//! Reversals carry no card number (the journal never holds a full PAN): the host matches them by
-//! TID + original STAN and by the original data elements in field 90.
+//! The host matches reversals and advices by TID + original STAN and by the original data
+//! elements in field 90. They carry field 2 only for a host configured `pan_in_reversals`: the
+//! card number is then sealed under the data key (AES-GCM in the security module, bound to the
+//! forwarded sale's id) before the sale is armed, opened only to send, and destroyed when it can
+//! no longer be needed ([`destroy_pans_no_longer_needed`]). The journal never holds a full PAN
+//! in clear.
 
 use super::service::{Decided, Details, Order, OrderError, decide};
 use crate::domain::lifecycle;
 use crate::domain::order::OrderState;
 use crate::infra::config::{Config, RouteConfig, UpstreamConfig};
-use crate::infra::security::Security;
+use crate::infra::security::{Security, SecurityError};
 use crate::store::journal::{JournalError, Store, Tx, new_id, now_ms};
 use crate::store::queue::{self, Claim, Queue};
 use crate::store::{counters, host_queue, orders};
 use crate::upstream::{HostLink, IsoMessage, LinkError, Unmatched};
-use posbridge_hsm::PinBlockFormat;
+use posbridge_hsm::{Pan, PinBlockFormat};
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 use tokio::sync::mpsc;
+use zeroize::Zeroizing;
 
 /// Reversal statuses in the journal.
 pub mod status {
@@ -50,6 +55,9 @@ pub struct Upstream {
     routes: Vec<RouteConfig>,
     /// Settings of forwarded sales and reversals.
     pub config: UpstreamConfig,
+    security: Security,
+    /// `[keys] data`: seals the card numbers reversals and advices carry.
+    data_key: String,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -79,6 +87,8 @@ impl Upstream {
                 links,
                 routes: config.routes.clone(),
                 config: config.upstream.clone(),
+                security: security.clone(),
+                data_key: config.keys.data.clone(),
             },
             unmatched,
         ))
@@ -120,12 +130,58 @@ impl Upstream {
         }
     }
 
+    /// Prepares the forwarded sale of a card routed to `link`, before the payment's transaction
+    /// (the security module is called here, never under the transaction's row locks): its id,
+    /// and the card number sealed for its reversals and advices when the host wants field 2.
+    pub async fn prepare(&self, link: &HostLink, pan: &Pan) -> Result<Prepared, SecurityError> {
+        let forward_id = new_id();
+        let pan_sealed = if link.config().pan_in_reversals {
+            let digits = Zeroizing::new(pan.expose_secret().as_bytes().to_vec());
+            Some(
+                self.security
+                    .seal(&self.data_key, pan_context(&forward_id), digits)
+                    .await?,
+            )
+        } else {
+            None
+        };
+        Ok(Prepared {
+            forward_id,
+            pan_sealed,
+        })
+    }
+
+    /// The card number of a forwarded sale, opened for one send.
+    async fn open_pan(
+        &self,
+        forward_id: &str,
+        sealed: Vec<u8>,
+    ) -> Result<Zeroizing<Vec<u8>>, SecurityError> {
+        self.security
+            .open(&self.data_key, pan_context(forward_id), sealed)
+            .await
+    }
+
     /// Signs off and closes every link.
     pub async fn shutdown(&self) {
         for link in self.links.values() {
             link.shutdown().await;
         }
     }
+}
+
+/// What a forwarded sale needs from the security module, had before its transaction opens.
+#[derive(Debug)]
+pub struct Prepared {
+    /// Journal id of the forwarded sale to arm.
+    pub forward_id: String,
+    /// The card number sealed under the data key, for a `pan_in_reversals` host.
+    pub pan_sealed: Option<Vec<u8>>,
+}
+
+/// What a sealed card number is bound to: its forwarded sale.
+fn pan_context(forward_id: &str) -> String {
+    format!("pan:{forward_id}")
 }
 
 /// A forwarded sale armed in the journal, ready to send.
@@ -157,10 +213,12 @@ fn name_location(order: &Order, country: &str) -> String {
 
 /// Writes the forwarded sale and its standby reversal and moves the order to AUTHORIZING, in
 /// the caller's transaction (which also holds the order's row lock).
+#[allow(clippy::too_many_arguments)]
 pub async fn arm(
     tx: &mut Tx,
     upstream: &Upstream,
     link: &HostLink,
+    prepared: Prepared,
     order: &Order,
     pan: &str,
     mcc: &str,
@@ -198,11 +256,15 @@ pub async fn arm(
     // names the original), kept for its repeats.
     let reversal_stan = counters::next_stan(tx).await?;
     let reversal = reversal_message(&message, config, &reversal_stan);
-    let forward_id = new_id();
+    let Prepared {
+        forward_id,
+        pan_sealed,
+    } = prepared;
     let now = now_ms();
     tx.execute(
         "INSERT INTO forwarded_sales (forward_id, order_id, host, mti, stan, rrn, tid, transmitted, amount_minor, currency, \
-         pan_truncated, state, created_at_ms, updated_at_ms) VALUES ($1, $2, $3, '0200', $4, $5, $6, $7, $8, $9, $10, 'SENDING', $11, $11)",
+         pan_truncated, state, created_at_ms, updated_at_ms, pan_sealed) \
+         VALUES ($1, $2, $3, '0200', $4, $5, $6, $7, $8, $9, $10, 'SENDING', $11, $11, $12)",
         &[
             forward_id.as_str().into(),
             order.order_id.as_str().into(),
@@ -215,6 +277,7 @@ pub async fn arm(
             i64::from(order.amount.currency).into(),
             posbridge_codecs::mask::mask_pan(pan).into(),
             now.into(),
+            pan_sealed.into(),
         ],
     )
     .await?;
@@ -318,8 +381,10 @@ pub async fn settle(tx: &mut Tx, armed: &Armed, outcome: &Outcome) -> Result<(),
         Outcome::NotSent(_) => ("NOT_SENT", "91".to_owned(), None),
         Outcome::Ambiguous(_) => ("AMBIGUOUS", "98".to_owned(), None),
     };
+    // A sale declined or never sent has nothing to reverse or refund: its card number goes.
     tx.execute(
-        "UPDATE forwarded_sales SET state = $2, response_code = $3, auth_code = $4, updated_at_ms = $5 WHERE forward_id = $1",
+        "UPDATE forwarded_sales SET state = $2, response_code = $3, auth_code = $4, updated_at_ms = $5, \
+         pan_sealed = CASE WHEN $2 IN ('DECLINED', 'NOT_SENT') THEN NULL ELSE pan_sealed END WHERE forward_id = $1",
         &[armed.forward_id.as_str().into(), state.into(), code.into(), auth.into(), now_ms().into()],
     )
     .await?;
@@ -405,8 +470,9 @@ struct HostQueue {
     acknowledges_order: bool,
 }
 
-/// What a claim of a host queue reads: host, message, expiry.
-const HOST_COLUMNS: &str = "q.host, q.message, q.expires_at_ms";
+/// What a claim of a host queue reads: host, message, expiry, the forwarded sale and its sealed
+/// card number.
+const HOST_COLUMNS: &str = "q.host, q.message, q.expires_at_ms, f.forward_id, f.pan_sealed";
 
 fn reversal_queue(config: &UpstreamConfig) -> HostQueue {
     HostQueue {
@@ -437,7 +503,7 @@ const ADVICE_QUEUE: HostQueue = HostQueue {
         table: "advices",
         id: "advice_id",
         columns: HOST_COLUMNS,
-        join: "",
+        join: "JOIN forwarded_sales f ON f.forward_id = q.forward_id",
         filter: "",
     },
     mtis: ("0220", "0221"),
@@ -509,9 +575,49 @@ async fn send(upstream: &Upstream, queue: &HostQueue, claim: &Claim) -> Result<S
     } else {
         queue.mtis.0
     };
-    let message = stored_request(&row.text(1)?, mti)?;
+    let mut message = stored_request(&row.text(1)?, mti)?;
+    if link.config().pan_in_reversals {
+        match row.opt_bytes(4)? {
+            Some(sealed) => {
+                let pan = upstream
+                    .open_pan(&row.text(3)?, sealed)
+                    .await
+                    .map_err(|e| JournalError::Internal(format!("sealed card number: {e}")))?;
+                message.set(2, pan.to_vec());
+            }
+            None => tracing::warn!(
+                id = claim.id,
+                host = link.name(),
+                "the sale's card number is no longer held (upstream.pan_retention_secs): sent without field 2"
+            ),
+        }
+    }
     let deadline = Duration::from_millis(upstream.config.sale_timeout_ms);
     Ok(Sent::Answer(link.request(message, deadline).await))
+}
+
+/// Destroys the sealed card numbers no reversal or advice will need: a sale whose reversal was
+/// acknowledged or expired, and an approved sale older than `upstream.pan_retention_secs` with
+/// no reversal or advice still queued. Returns how many.
+pub async fn destroy_pans_no_longer_needed(
+    store: &Store,
+    config: &UpstreamConfig,
+) -> Result<u64, JournalError> {
+    let retention_ms =
+        i64::try_from(config.pan_retention_secs.saturating_mul(1000)).unwrap_or(i64::MAX / 2);
+    let mut tx = store.begin().await?;
+    let destroyed = tx
+        .execute(
+            "UPDATE forwarded_sales SET pan_sealed = NULL WHERE pan_sealed IS NOT NULL AND (\
+             forward_id IN (SELECT forward_id FROM reversals WHERE status IN ('DONE', 'EXPIRED')) \
+             OR (created_at_ms < $1 \
+                 AND forward_id NOT IN (SELECT forward_id FROM reversals WHERE status = 'QUEUED') \
+                 AND forward_id NOT IN (SELECT forward_id FROM advices WHERE status = 'QUEUED')))",
+            &[(now_ms() - retention_ms).into()],
+        )
+        .await?;
+    tx.commit().await?;
+    Ok(destroyed)
 }
 
 /// Records what happened to one queued message; true when the host acknowledged it.
@@ -534,7 +640,9 @@ async fn record(
                 "EXPIRED without acknowledgement: reconcile by hand"
             );
             let outcome = queue::Outcome::ended(status::EXPIRED, "expired".into(), false);
-            queue::finish(tx, &queue.rows, claim, &outcome).await?;
+            if queue::finish(tx, &queue.rows, claim, &outcome).await? && queue.acknowledges_order {
+                destroy_pan(tx, &claim.row.text(3)?).await?;
+            }
             return Ok(false);
         }
         Sent::NoHost => {
@@ -554,6 +662,8 @@ async fn record(
             let recorded = queue::finish(tx, &queue.rows, claim, &queue::Outcome::done()).await?;
             if recorded && queue.acknowledges_order {
                 acknowledge_reversal(tx, id).await?;
+                // The sale is reversed: nothing more will carry its card number.
+                destroy_pan(tx, &claim.row.text(3)?).await?;
             }
             Ok(recorded)
         }
@@ -594,6 +704,15 @@ async fn record(
             Ok(false)
         }
     }
+}
+
+async fn destroy_pan(tx: &mut Tx, forward_id: &str) -> Result<(), JournalError> {
+    tx.execute(
+        "UPDATE forwarded_sales SET pan_sealed = NULL WHERE forward_id = $1",
+        &[forward_id.into()],
+    )
+    .await?;
+    Ok(())
 }
 
 fn backoff_ms(config: &UpstreamConfig, attempts: i64) -> i64 {

@@ -16,6 +16,7 @@ use crate::store::journal::{JournalError, Store, Tx, new_id, now_ms};
 use crate::store::ledger::{self, TransferOutcome};
 use crate::store::orders::{self as order_store, Apply, ApplyError, Paid};
 use crate::store::terminal_requests::{self, RequestKey};
+use crate::upstream::HostLink;
 use posbridge_hsm::{Pan, PinBlock, PinBlockFormat};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -597,13 +598,14 @@ impl OrderService {
         let request_hash = request_fingerprint(&request, &pan_hash);
         // The security module is asked before the payment's transaction takes any row lock.
         let pin = self.pin_check(&request, &pan_hash).await?;
+        let route = self.prepare_route(&request.pan).await?;
         let mut tx = self.store.begin().await?;
         if let Some(previous) = claim_idempotency_key(&mut tx, &request, &request_hash).await? {
             return Ok(previous);
         }
         let outcome = match self.over_velocity(&mut tx, &request, &pan_hash).await? {
             Some(reason) => Err(OrderError::refused(ResponseCode::TooFrequent, reason)),
-            None => self.pay_in(&mut tx, &request, &pan_hash, &pin).await,
+            None => self.pay_in(&mut tx, &request, &pan_hash, &pin, route).await,
         };
         let (result, changed_order) = match outcome {
             Ok(Step::Done(result, changed)) => (*result, changed),
@@ -630,12 +632,32 @@ impl OrderService {
         Ok(result)
     }
 
+    /// Where a card's payment goes (a host link, or `None` for the local ledger), with what its
+    /// forwarded sale needs from the security module, had before the payment's transaction.
+    async fn prepare_route(
+        &self,
+        pan: &Pan,
+    ) -> Result<Option<(&HostLink, forward::Prepared)>, OrderError> {
+        let Some(upstream) = &self.upstream else {
+            return Ok(None);
+        };
+        let Some(link) = upstream.route(pan.expose_secret()) else {
+            return Ok(None);
+        };
+        let prepared = upstream
+            .prepare(link, pan)
+            .await
+            .map_err(|e| OrderError::Security(e.to_string()))?;
+        Ok(Some((link, prepared)))
+    }
+
     async fn pay_in(
         &self,
         tx: &mut Tx,
         request: &PayRequest,
         pan_hash: &[u8],
         pin: &PinCheck,
+        route: Option<(&HostLink, forward::Prepared)>,
     ) -> Result<Step, OrderError> {
         let scanned = payload::parse(&request.payload)
             .map_err(|e| OrderError::refused(ResponseCode::FormatError, e))?;
@@ -653,7 +675,7 @@ impl OrderService {
             }
         }
         if let Some(upstream) = &self.upstream
-            && let Some(link) = upstream.route(request.pan.expose_secret())
+            && let Some((link, prepared)) = route
         {
             let merchant = crate::registry::merchant(tx, &order.mid)
                 .await?
@@ -664,6 +686,7 @@ impl OrderService {
                 tx,
                 upstream,
                 link,
+                prepared,
                 &order,
                 request.pan.expose_secret(),
                 &merchant.mcc,

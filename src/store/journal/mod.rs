@@ -112,6 +112,12 @@ const MIGRATIONS: &[Migration] = &[
         postgres: include_str!("migrations/0010_registry_notify.postgres.sql"),
         sqlite: "",
     },
+    Migration {
+        version: 11,
+        portable: include_str!("migrations/0011_sealed.sql"),
+        postgres: "",
+        sqlite: "",
+    },
 ];
 
 /// Applies the migrations not yet recorded in `schema_migrations`. Several gateways starting
