@@ -646,6 +646,7 @@ async fn seed_lanes_and_local_payer(journal: &TestJournal) {
                 acquirer: "48020000".into(),
                 master_key_label: "tmk/demo".into(),
                 enabled: true,
+                key_slot: 0,
             },
         )
         .await

@@ -455,6 +455,7 @@ async fn randomised_faults_reconcile_with_the_host() {
                 acquirer: "48020000".into(),
                 master_key_label: "tmk/demo".into(),
                 enabled: true,
+                key_slot: 0,
             },
         )
         .await

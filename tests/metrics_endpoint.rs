@@ -123,6 +123,16 @@ async fn metrics_after_a_small_run() {
     .await
     .unwrap();
     assert_eq!(terminal.sign_on().await.unwrap().response_code, "00");
+    // A first request under the new keys makes them the terminal's (the A0 below is MACed
+    // under the keys in use).
+    let order = terminal
+        .request_order(Money {
+            amount_minor: 1,
+            currency: 156,
+        })
+        .await
+        .unwrap();
+    assert_eq!(order.response_code, "00");
     let mut frame = terminal
         .encode_sale_request(Money {
             amount_minor: 1,

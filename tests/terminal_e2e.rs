@@ -550,6 +550,91 @@ async fn a_sign_on_flood_does_not_replace_a_terminals_keys() {
     running.stop().await;
 }
 
+/// Security issue: a sign-on replaced the terminal's working keys at once, so anyone knowing
+/// its TID and MID (printed on its codes) could lock it out once per interval. Now a sign-on's
+/// keys wait in the other key slot: the keys in use stay valid until the terminal MACs a request
+/// under the new ones, and only then are the previous ones refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_ons_by_someone_else_do_not_lock_the_terminal_out() {
+    let journal = TestJournal::new(Backend::Sqlite);
+    let running = start_with(&journal, |c| c.terminal.sign_on_interval_secs = 0).await;
+    let mut terminal = terminal_client(&running).await;
+    assert_eq!(terminal.sign_on().await.unwrap().response_code, "00");
+    assert_eq!(
+        terminal
+            .request_order(cny(100))
+            .await
+            .unwrap()
+            .response_code,
+        "00"
+    );
+    for _ in 0..5 {
+        let mut attacker = terminal_client(&running).await;
+        assert_eq!(attacker.sign_on().await.unwrap().response_code, "00");
+        assert_eq!(
+            terminal
+                .request_order(cny(101))
+                .await
+                .unwrap()
+                .response_code,
+            "00",
+            "the keys in use still work after someone else's sign-on"
+        );
+    }
+    // The terminal (here a second client with the same TID) signs on and uses its new keys:
+    // they take over, and the keys used before are refused from then on.
+    let mut renewed = terminal_client(&running).await;
+    // Its own voucher numbers, apart from the first client's (the same terminal would go on
+    // counting).
+    for _ in 0..500 {
+        renewed.next_stan();
+    }
+    assert_eq!(renewed.sign_on().await.unwrap().response_code, "00");
+    assert_eq!(
+        terminal
+            .request_order(cny(102))
+            .await
+            .unwrap()
+            .response_code,
+        "00",
+        "still the old keys until the new ones are used"
+    );
+    let order = renewed.request_order(cny(103)).await.unwrap();
+    assert_eq!(order.response_code, "00", "{order:?}");
+    // Refused (A0), and the refusal is MACed under the keys in use, which the old client no
+    // longer holds.
+    let old = terminal.request_order(cny(104)).await.unwrap_err();
+    assert!(old.to_string().contains("wrong MAC"), "{old:#}");
+    let made = running
+        .seeded
+        .store
+        .read_opt("SELECT COUNT(*) FROM orders WHERE amount_minor = 104", &[])
+        .await
+        .unwrap()
+        .unwrap()
+        .i64(0)
+        .unwrap();
+    assert_eq!(made, 0, "no order under the previous keys");
+    assert_eq!(
+        renewed.request_order(cny(105)).await.unwrap().response_code,
+        "00"
+    );
+    let slot = running
+        .seeded
+        .store
+        .read_opt(
+            "SELECT key_slot FROM terminals WHERE tid = $1",
+            &[TID.into()],
+        )
+        .await
+        .unwrap()
+        .unwrap()
+        .i64(0)
+        .unwrap();
+    assert_eq!(slot, 0, "two change-overs: slot 1, then slot 0 again");
+    running.stop().await;
+}
+
 /// Scale-out: a terminal held on gateway A learns of a payment made through gateway B (both on
 /// one PostgreSQL journal) from a PostgreSQL notification, not the periodic re-check: here the
 /// re-check interval and the hold are an hour, so only the notification can answer it.

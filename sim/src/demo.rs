@@ -70,6 +70,7 @@ pub async fn seed(gateway: &server::Gateway) -> anyhow::Result<()> {
             acquirer: "48020000".into(),
             master_key_label: "tmk/demo".into(),
             enabled: true,
+            key_slot: 0,
         },
     )
     .await?;

@@ -8,7 +8,7 @@ use futures_util::{SinkExt, StreamExt};
 use posbridge::domain::money::Money;
 use posbridge::edge::terminal::protocol::{TYPE_QR_ORDER, TYPE_QR_QUERY, TYPE_SALE, field_text};
 use posbridge::infra::framing::frame_codec;
-use posbridge::service::orders::payload::{terminal_mac_key, terminal_pin_key};
+use posbridge::service::terminal_keys::{mac_key_label, pin_key_label};
 use posbridge_codecs::emv_qr::{self, Expiry};
 use posbridge_codecs::framing::FrameCodec;
 use posbridge_codecs::{MessageBuilder, Spec};
@@ -240,7 +240,7 @@ impl TerminalClient {
             let span = encoded.mac.context("dialect has no MAC field")?;
             let covered = out.get(span.covered.clone()).context("MAC range")?;
             let value = self.security.generate_mac(
-                &terminal_mac_key(&self.identity.tid),
+                &mac_key_label(&self.identity.tid, 0),
                 MacAlgorithm::CupsEcb,
                 covered,
             )?;
@@ -262,7 +262,7 @@ impl TerminalClient {
         if let (Some(covered), Some(mac)) = (message.mac_input(), message.raw(64)) {
             self.security
                 .verify_mac(
-                    &terminal_mac_key(&self.identity.tid),
+                    &mac_key_label(&self.identity.tid, 0),
                     MacAlgorithm::CupsEcb,
                     covered,
                     mac,
@@ -337,7 +337,7 @@ impl TerminalClient {
         self.security
             .import_key(
                 &tmk,
-                &terminal_pin_key(&tid),
+                &pin_key_label(&tid, 0),
                 KeyType::Tdes2,
                 &keys[..16],
                 &keys[16..20],
@@ -346,7 +346,7 @@ impl TerminalClient {
         self.security
             .import_key(
                 &tmk,
-                &terminal_mac_key(&tid),
+                &mac_key_label(&tid, 0),
                 KeyType::Des,
                 &keys[20..28],
                 &keys[36..40],
@@ -483,7 +483,7 @@ impl TerminalClient {
         };
         let unsigned = order.unsigned()?;
         let mut signature = self.security.generate_mac(
-            &terminal_mac_key(&self.identity.tid),
+            &mac_key_label(&self.identity.tid, 0),
             MacAlgorithm::Iso9797Alg1 {
                 padding: Padding::M2,
             },

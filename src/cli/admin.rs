@@ -401,6 +401,7 @@ async fn run_async(command: AdminCommand) -> anyhow::Result<()> {
                 acquirer: a.acquirer,
                 master_key_label: a.tmk,
                 enabled: true,
+                key_slot: 0,
             };
             registry::register_terminal(gateway.orders.store(), &terminal).await?;
             println!("terminal {} registered", terminal.tid);

@@ -191,6 +191,11 @@ impl Security {
         self.run(move |m| m.find_key(&label)).await
     }
 
+    /// Removes a key (a terminal's previous working keys once it uses new ones).
+    pub async fn delete_key(&self, label: String) -> Result<(), SecurityError> {
+        self.run(move |m| m.delete_key(&label)).await
+    }
+
     /// A round trip to the module (the payShield's diagnostics, a token's key listing).
     pub async fn health(&self) -> Result<(), SecurityError> {
         self.run(|m| m.health()).await

@@ -45,6 +45,9 @@ pub struct Terminal {
     pub master_key_label: String,
     /// Whether it may transact.
     pub enabled: bool,
+    /// Which of its two working-key slots it uses (set by the gateway at key change-over,
+    /// ignored at registration; see [`crate::service::terminal_keys`]).
+    pub key_slot: u8,
 }
 
 /// Registers a merchant and opens its settlement account.
@@ -155,6 +158,7 @@ fn terminal_from_row(row: &Row) -> Result<Terminal, JournalError> {
         acquirer: row.text(2)?,
         master_key_label: row.text(3)?,
         enabled: row.i64(4)? != 0,
+        key_slot: key_slot(row.i64(5)?)?,
     })
 }
 
@@ -162,7 +166,7 @@ fn terminal_from_row(row: &Row) -> Result<Terminal, JournalError> {
 pub async fn terminal(store: &Store, tid: &str) -> Result<Option<Terminal>, JournalError> {
     let row = store
         .read_opt(
-            "SELECT tid, mid, acquirer, master_key_label, enabled FROM terminals WHERE tid = $1",
+            "SELECT tid, mid, acquirer, master_key_label, enabled, key_slot FROM terminals WHERE tid = $1",
             &[tid.into()],
         )
         .await?;
@@ -293,36 +297,13 @@ pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// A terminal's working keys as issued at its last sign-on, encrypted under its master key.
+/// A set of a terminal's working keys as issued at a sign-on, encrypted under its master key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WorkingKeys {
     /// PIN key cryptogram and check value.
     pub pin_key: (Vec<u8>, Vec<u8>),
     /// MAC key cryptogram and check value.
     pub mac_key: (Vec<u8>, Vec<u8>),
-}
-
-/// Records the working keys issued at sign-on, so a restarted gateway whose security module
-/// lost them (a software module keeps keys in memory) can load them back.
-pub async fn store_working_keys(
-    store: &Store,
-    tid: &str,
-    keys: &WorkingKeys,
-) -> Result<(), JournalError> {
-    let mut tx = store.begin().await?;
-    tx.execute(
-        "UPDATE terminals SET tpk_cryptogram = $2, tpk_kcv = $3, tak_cryptogram = $4, tak_kcv = $5, signed_on_at_ms = $6 WHERE tid = $1",
-        &[
-            tid.into(),
-            keys.pin_key.0.clone().into(),
-            keys.pin_key.1.clone().into(),
-            keys.mac_key.0.clone().into(),
-            keys.mac_key.1.clone().into(),
-            now_ms().into(),
-        ],
-    )
-    .await?;
-    tx.commit().await
 }
 
 /// Claims a sign-on for a terminal: true when its last one is at least `interval_ms` old (or it
@@ -346,19 +327,111 @@ pub async fn claim_sign_on(
     Ok(changed == 1)
 }
 
-/// The working keys of a terminal's last sign-on, if any.
-pub async fn working_keys(store: &Store, tid: &str) -> Result<Option<WorkingKeys>, JournalError> {
+/// A terminal's working keys in the journal (see [`crate::service::terminal_keys`]): the slot
+/// it uses and that slot's keys, and the keys of its last sign-on waiting in the other slot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TerminalKeys {
+    /// The slot in use (0 or 1).
+    pub slot: u8,
+    /// The keys in use, if the terminal ever MACed under keys it was issued.
+    pub active: Option<WorkingKeys>,
+    /// The keys of a sign-on the terminal has not used yet (slot `1 - slot`).
+    pub pending: Option<WorkingKeys>,
+}
+
+/// A set of working keys from four columns (cryptogram and check value of each), if all set.
+fn working_keys_at(row: &Row, first: usize) -> Result<Option<WorkingKeys>, JournalError> {
+    Ok(
+        match (
+            row.opt_bytes(first)?,
+            row.opt_bytes(first + 1)?,
+            row.opt_bytes(first + 2)?,
+            row.opt_bytes(first + 3)?,
+        ) {
+            (Some(pin), Some(pin_kcv), Some(mac), Some(mac_kcv)) => Some(WorkingKeys {
+                pin_key: (pin, pin_kcv),
+                mac_key: (mac, mac_kcv),
+            }),
+            _ => None,
+        },
+    )
+}
+
+/// A terminal's working keys as the journal has them now (never cached).
+pub async fn terminal_keys(store: &Store, tid: &str) -> Result<Option<TerminalKeys>, JournalError> {
     let row = store
         .read_opt(
-            "SELECT tpk_cryptogram, tpk_kcv, tak_cryptogram, tak_kcv FROM terminals WHERE tid = $1 AND tak_cryptogram IS NOT NULL",
+            "SELECT key_slot, tpk_cryptogram, tpk_kcv, tak_cryptogram, tak_kcv, \
+             next_tpk_cryptogram, next_tpk_kcv, next_tak_cryptogram, next_tak_kcv FROM terminals WHERE tid = $1",
             &[tid.into()],
         )
         .await?;
     row.map(|row| {
-        Ok(WorkingKeys {
-            pin_key: (row.bytes(0)?, row.bytes(1)?),
-            mac_key: (row.bytes(2)?, row.bytes(3)?),
+        Ok(TerminalKeys {
+            slot: key_slot(row.i64(0)?)?,
+            active: working_keys_at(&row, 1)?,
+            pending: working_keys_at(&row, 5)?,
         })
     })
     .transpose()
+}
+
+fn key_slot(value: i64) -> Result<u8, JournalError> {
+    match value {
+        0 => Ok(0),
+        1 => Ok(1),
+        other => Err(JournalError::Schema(format!(
+            "terminals.key_slot = {other}"
+        ))),
+    }
+}
+
+/// Records the keys a sign-on issued into the slot the terminal does not use, replacing any
+/// earlier pending ones. False when the slot in use is no longer `in_use` (another gateway
+/// changed the keys over meanwhile).
+pub async fn store_pending_keys(
+    store: &Store,
+    tid: &str,
+    in_use: u8,
+    keys: &WorkingKeys,
+) -> Result<bool, JournalError> {
+    let mut tx = store.begin().await?;
+    let changed = tx
+        .execute(
+            "UPDATE terminals SET next_tpk_cryptogram = $3, next_tpk_kcv = $4, next_tak_cryptogram = $5, \
+             next_tak_kcv = $6 WHERE tid = $1 AND key_slot = $2",
+            &[
+                tid.into(),
+                i64::from(in_use).into(),
+                keys.pin_key.0.clone().into(),
+                keys.pin_key.1.clone().into(),
+                keys.mac_key.0.clone().into(),
+                keys.mac_key.1.clone().into(),
+            ],
+        )
+        .await?;
+    tx.commit().await?;
+    Ok(changed == 1)
+}
+
+/// Makes a terminal's pending keys the keys in use (it MACed under them): the slot changes over
+/// and the pending columns empty. False when `from_slot` is no longer the slot in use or
+/// nothing is pending (another gateway did it first).
+pub async fn promote_pending_keys(
+    store: &Store,
+    tid: &str,
+    from_slot: u8,
+) -> Result<bool, JournalError> {
+    let mut tx = store.begin().await?;
+    let changed = tx
+        .execute(
+            "UPDATE terminals SET key_slot = 1 - key_slot, tpk_cryptogram = next_tpk_cryptogram, \
+             tpk_kcv = next_tpk_kcv, tak_cryptogram = next_tak_cryptogram, tak_kcv = next_tak_kcv, \
+             next_tpk_cryptogram = NULL, next_tpk_kcv = NULL, next_tak_cryptogram = NULL, next_tak_kcv = NULL \
+             WHERE tid = $1 AND key_slot = $2 AND next_tak_cryptogram IS NOT NULL",
+            &[tid.into(), i64::from(from_slot).into()],
+        )
+        .await?;
+    tx.commit().await?;
+    Ok(changed == 1)
 }

@@ -3,6 +3,7 @@
 
 pub mod enrolment;
 pub mod orders;
+pub mod terminal_keys;
 pub mod webhooks;
 
 use crate::infra::config::Config;

@@ -173,6 +173,7 @@ pub async fn seed(gateway: Gateway) -> Seeded {
             acquirer: "48020000".into(),
             master_key_label: "tmk/demo".into(),
             enabled: true,
+            key_slot: 0,
         },
     )
     .await

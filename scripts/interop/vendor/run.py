@@ -856,7 +856,9 @@ def local_scenarios(gw: Gateway):
     st, body = gw.http_get("metrics", "/health/live")
     R.check(P + ".health_live", st == 200, "%s %s" % (st, body[:100]))
 
-    # ---- fresh keys at every sign-on: the previous ones stop working (t1 signed on > 10 s ago)
+    # ---- fresh keys at every sign-on (t1 signed on > 10 s ago). terminal-interface.md: the
+    # previous keys stay valid until the first request MACed under the new ones; then they are
+    # refused (A0).
     left = 10.5 - (time.time() - T1_SIGNON[0])
     if left > 0:
         time.sleep(left)
@@ -864,12 +866,16 @@ def local_scenarios(gw: Gateway):
     so = t1.sign_on()
     new_tak = t1.tak
     t1.tak = old_tak
-    r_old = t1.order_request(160)
+    r_old_before = t1.order_request(160)
     t1.tak = new_tak
     r_new = t1.order_request(161)
+    t1.tak = old_tak
+    r_old_after = t1.order_request(162)
+    t1.tak = new_tak
     R.check(P + ".signon.fresh_keys_old_stop_working", so.get("39") == "00" and old_tak != new_tak and
-            r_old.get("39") == "A0" and r_new.get("39") == "00",
-            "re-sign-on %s; old TAK -> %s; new TAK -> %s" % (so.get("39"), r_old.get("39"), r_new.get("39")))
+            r_old_before.get("39") == "00" and r_new.get("39") == "00" and r_old_after.get("39") == "A0",
+            "re-sign-on %s; old TAK before the new one is used -> %s; new TAK -> %s; old TAK after -> %s"
+            % (so.get("39"), r_old_before.get("39"), r_new.get("39"), r_old_after.get("39")))
 
     # ---- framing limits: an undecodable frame or one over 4096 bytes closes the connection, no answer
     for name, frame in (("undecodable_frame_closes", b"\x00\x10" + b"\x60\x00\x03\x00\x00" + b"\x60\x31\x00\x31\x00\x00" + b"\x99\x99\xff\xff\xff"),

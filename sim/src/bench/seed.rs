@@ -209,6 +209,7 @@ async fn seed_lane(gateway: &Gateway, i: usize) -> anyhow::Result<()> {
                 acquirer: "48020000".into(),
                 master_key_label: "tmk/demo".into(),
                 enabled: true,
+                key_slot: 0,
             },
         )
         .await?;

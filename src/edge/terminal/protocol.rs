@@ -15,16 +15,15 @@
 //! over MTI..field 63); a wrong one is answered A0 and nothing is recorded.
 
 use crate::domain::money::Money;
-use crate::infra::security::SecurityError;
 use crate::registry;
 use crate::service::Gateway;
-use crate::service::orders::payload::{terminal_mac_key, terminal_pin_key};
 use crate::service::orders::service::{NewOrder, OrderError, Voucher};
 use crate::service::orders::{Order, OrderState, Origin, ResponseCode};
+use crate::service::terminal_keys::KeyError;
 use crate::store::terminal_requests::RequestKey;
 use posbridge_codecs::framing::Tpdu;
 use posbridge_codecs::{Message, MessageBuilder, Spec};
-use posbridge_hsm::{KeyType, MacAlgorithm};
+use posbridge_hsm::MacAlgorithm;
 use std::time::Duration;
 use tracing::Instrument;
 
@@ -154,97 +153,20 @@ async fn verify_mac(
     let (Some(covered), Some(mac)) = (message.mac_input(), message.raw(64)) else {
         return Err(ResponseCode::MacError);
     };
-    let verify = || {
-        gateway.orders.security().verify_mac(
-            terminal_mac_key(tid),
-            MacAlgorithm::CupsEcb,
-            covered.to_vec(),
-            mac.to_vec(),
-        )
-    };
-    let mut outcome = verify().await;
-    let reload = match &outcome {
-        // The module lost the keys (a restart of a software module): load the last sign-on's.
-        Err(SecurityError::Hsm(posbridge_hsm::HsmError::KeyNotFound { .. })) => true,
-        // The keys this gateway holds may be stale: the terminal signed on through another
-        // gateway since (its connection moved). The journal has the newest.
-        Err(SecurityError::Hsm(_)) => newer_keys_in_journal(gateway, tid).await,
-        _ => false,
-    };
-    if reload && reload_working_keys(gateway, tid).await {
-        outcome = verify().await;
-    }
-    match outcome {
+    let verified = gateway
+        .orders
+        .keyring()
+        .verify(tid, MacAlgorithm::CupsEcb, covered.to_vec(), mac.to_vec())
+        .await;
+    match verified {
         Ok(()) => Ok(()),
-        Err(SecurityError::Hsm(error)) => {
-            tracing::warn!(%error, "terminal MAC refused");
+        Err(KeyError::Refused) => {
+            tracing::warn!("terminal MAC refused");
             Err(ResponseCode::MacError)
         }
-        Err(_) => Err(ResponseCode::SystemError),
-    }
-}
-
-/// True when the journal holds other MAC-key working keys for the terminal than this gateway's
-/// security module (compared by check value): another gateway signed the terminal on since.
-async fn newer_keys_in_journal(gateway: &Gateway, tid: &str) -> bool {
-    let Ok(Some(keys)) = registry::working_keys(gateway.orders.store(), tid).await else {
-        return false;
-    };
-    let Ok(held) = gateway
-        .orders
-        .security()
-        .find_key(terminal_mac_key(tid))
-        .await
-    else {
-        return true;
-    };
-    let journal_kcv = &keys.mac_key.1;
-    let common = journal_kcv.len().min(held.kcv.len());
-    common == 0 || journal_kcv[..common] != held.kcv[..common]
-}
-
-/// Imports a terminal's working keys from the journal (encrypted under its master key, checked
-/// by KCV). False when there are none or they do not import.
-async fn reload_working_keys(gateway: &Gateway, tid: &str) -> bool {
-    let store = gateway.orders.store();
-    let (Ok(Some(terminal)), Ok(Some(keys))) = (
-        gateway.orders.registry().terminal(store, tid).await,
-        registry::working_keys(store, tid).await,
-    ) else {
-        return false;
-    };
-    let security = gateway.orders.security();
-    let tmk = terminal.master_key_label;
-    let pin = security
-        .import_key(
-            tmk.clone(),
-            terminal_pin_key(tid),
-            KeyType::Tdes2,
-            keys.pin_key.0,
-            keys.pin_key.1,
-        )
-        .await;
-    let mac = security
-        .import_key(
-            tmk,
-            terminal_mac_key(tid),
-            KeyType::Des,
-            keys.mac_key.0,
-            keys.mac_key.1,
-        )
-        .await;
-    match (pin, mac) {
-        (Ok(_), Ok(_)) => {
-            tracing::info!("working keys of the last sign-on loaded from the journal");
-            true
-        }
-        (pin, mac) => {
-            tracing::warn!(
-                pin_ok = pin.is_ok(),
-                mac_ok = mac.is_ok(),
-                "could not load the working keys; the terminal must sign on"
-            );
-            false
+        Err(error) => {
+            tracing::error!(%error, "terminal MAC not checked");
+            Err(ResponseCode::SystemError)
         }
     }
 }
@@ -272,17 +194,15 @@ async fn sign_on(
         }
         Err(_) => return Err(ResponseCode::SystemError),
     }
-    let security = gateway.orders.security();
-    let tmk = terminal.master_key_label.clone();
-    let pin_key = security
-        .generate_key(terminal_pin_key(&terminal.tid), KeyType::Tdes2, tmk.clone())
-        .await;
-    let mac_key = security
-        .generate_key(terminal_mac_key(&terminal.tid), KeyType::Des, tmk)
-        .await;
-    let (Ok(pin_key), Ok(mac_key)) = (pin_key, mac_key) else {
-        tracing::error!("sign-on: the security module could not issue working keys");
-        return Err(ResponseCode::SystemError);
+    // The new keys go into the slot the terminal does not use: its keys in use stay valid
+    // until it MACs a request under the new ones, so a sign-on by someone else cannot lock it
+    // out.
+    let (pin_key, mac_key) = match gateway.orders.keyring().issue(terminal).await {
+        Ok(keys) => keys,
+        Err(error) => {
+            tracing::error!(%error, "sign-on: no working keys issued");
+            return Err(ResponseCode::SystemError);
+        }
     };
     // Field 62 as UnionPay terminals expect: PIN key (16) + KCV (4), MAC key (8 + 8 zeros) + KCV (4).
     let mut keys = Vec::with_capacity(40);
@@ -291,16 +211,6 @@ async fn sign_on(
     keys.extend_from_slice(&mac_key.cryptogram);
     keys.extend_from_slice(&[0; 8]);
     keys.extend_from_slice(mac_key.kcv.get(..4).unwrap_or(&mac_key.kcv));
-    let issued = registry::WorkingKeys {
-        pin_key: (pin_key.cryptogram.clone(), pin_key.kcv.clone()),
-        mac_key: (mac_key.cryptogram.clone(), mac_key.kcv.clone()),
-    };
-    if registry::store_working_keys(gateway.orders.store(), &terminal.tid, &issued)
-        .await
-        .is_err()
-    {
-        return Err(ResponseCode::SystemError);
-    }
     Ok(respond(gateway, message, ResponseCode::Approved, |b| {
         b.set(62, keys.clone()).map(|_| ())
     })
@@ -651,7 +561,11 @@ async fn respond(
         match gateway
             .orders
             .security()
-            .generate_mac(terminal_mac_key(&tid), MacAlgorithm::CupsEcb, covered)
+            .generate_mac(
+                gateway.orders.keyring().mac_key(&tid).await,
+                MacAlgorithm::CupsEcb,
+                covered,
+            )
             .await
         {
             Ok(mac) => posbridge_codecs::patch_mac(spec, &mut out, &span, &mac).ok()?,

@@ -71,17 +71,6 @@ impl PayloadSigner {
         }
     }
 
-    /// A terminal's signature, under its MAC key (`tak/<tid>`).
-    pub fn terminal(security: Security, tid: &str) -> PayloadSigner {
-        PayloadSigner {
-            security,
-            key: terminal_mac_key(tid),
-            algorithm: MacAlgorithm::Iso9797Alg1 {
-                padding: Padding::M2,
-            },
-        }
-    }
-
     /// Signs the exact input bytes of an order.
     pub async fn sign(&self, input: Vec<u8>) -> Result<Vec<u8>, SecurityError> {
         let mut mac = self
@@ -94,15 +83,9 @@ impl PayloadSigner {
 
     /// True when the code's signature is this signer's over its order.
     pub async fn verify(&self, scanned: &ScannedPayload) -> Result<bool, SecurityError> {
-        let Some(signature) = scanned.signature.clone() else {
+        let Some((input, signature)) = signed_parts(scanned) else {
             return Ok(false);
         };
-        // The full 8 bytes posbridge and the terminals write: a shorter signature (which the
-        // module's MAC check would accept as a truncation) is easier to forge.
-        if signature.len() != 8 {
-            return Ok(false);
-        }
-        let input = emv_qr::order_signing_input(&scanned.payload);
         match self
             .security
             .verify_mac(self.key.clone(), self.algorithm, input, signature)
@@ -117,14 +100,17 @@ impl PayloadSigner {
     }
 }
 
-/// The security-module label of a terminal's MAC key.
-pub fn terminal_mac_key(tid: &str) -> String {
-    format!("tak/{tid}")
-}
+/// The algorithm of a terminal-made code's signature (under the terminal's MAC key).
+pub const TERMINAL_SIGNATURE: MacAlgorithm = MacAlgorithm::Iso9797Alg1 {
+    padding: Padding::M2,
+};
 
-/// The security-module label of a terminal's PIN key.
-pub fn terminal_pin_key(tid: &str) -> String {
-    format!("tpk/{tid}")
+/// A code's signing input and signature, if it carries the whole 8 bytes posbridge and the
+/// terminals write: a shorter signature (which a MAC check would accept as a truncation) is
+/// easier to forge.
+pub fn signed_parts(scanned: &ScannedPayload) -> Option<(Vec<u8>, Vec<u8>)> {
+    let signature = scanned.signature.clone()?;
+    (signature.len() == 8).then(|| (emv_qr::order_signing_input(&scanned.payload), signature))
 }
 
 /// Lays out an order's dynamic code, signs it and returns the payload text.

@@ -12,6 +12,7 @@ use crate::domain::money::Money;
 pub use crate::domain::order::Order;
 use crate::infra::clock::new_auth_code;
 use crate::infra::security::Security;
+use crate::service::terminal_keys::{KeyError, Keyring};
 use crate::store::journal::{JournalError, Store, Tx, new_id, now_ms};
 use crate::store::ledger::{self, TransferOutcome};
 use crate::store::orders::{self as order_store, Apply, ApplyError, Paid};
@@ -231,6 +232,7 @@ pub struct OrderService {
     settings: Arc<OrderSettings>,
     upstream: Option<Arc<Upstream>>,
     registry: Arc<crate::registry::cache::RegistryCache>,
+    keyring: Keyring,
 }
 
 /// What a payment attempt leads to inside its first transaction.
@@ -354,16 +356,23 @@ impl std::fmt::Debug for OrderService {
 impl OrderService {
     /// A service over a journal and a security module.
     pub fn new(store: Store, security: Security, settings: OrderSettings) -> OrderService {
+        let registry = Arc::new(crate::registry::cache::RegistryCache::new(
+            settings.registry_cache,
+        ));
         OrderService {
+            keyring: Keyring::new(store.clone(), security.clone(), Arc::clone(&registry)),
             store,
             security,
             notifier: Arc::new(OrderNotifier::default()),
-            registry: Arc::new(crate::registry::cache::RegistryCache::new(
-                settings.registry_cache,
-            )),
+            registry,
             settings: Arc::new(settings),
             upstream: None,
         }
+    }
+
+    /// The terminals' working keys (sign-on, MAC checks, key change-over).
+    pub fn keyring(&self) -> &Keyring {
+        &self.keyring
     }
 
     /// Terminals, wallet apps and merchants as this gateway keeps them in memory.
@@ -528,18 +537,22 @@ impl OrderService {
             ));
         }
         let tid = new.tid.as_deref().unwrap_or("");
-        let signer = PayloadSigner::terminal(self.security.clone(), tid);
-        if !signer
-            .verify(scanned)
-            .await
-            .map_err(|e| OrderError::Security(e.to_string()))?
-        {
-            return Err(OrderError::refused(
+        let refused = || {
+            OrderError::refused(
                 ResponseCode::MacError,
                 "the terminal's code signature does not verify",
-            ));
+            )
+        };
+        let (input, signature) = payload::signed_parts(scanned).ok_or_else(refused)?;
+        match self
+            .keyring
+            .verify(tid, payload::TERMINAL_SIGNATURE, input, signature)
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(KeyError::Refused) => Err(refused()),
+            Err(other) => Err(OrderError::Security(other.to_string())),
         }
-        Ok(())
     }
 
     /// Reads an order by id.

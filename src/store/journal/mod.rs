@@ -118,6 +118,12 @@ const MIGRATIONS: &[Migration] = &[
         postgres: "",
         sqlite: "",
     },
+    Migration {
+        version: 12,
+        portable: include_str!("migrations/0012_key_slots.sql"),
+        postgres: "",
+        sqlite: "",
+    },
 ];
 
 /// Applies the migrations not yet recorded in `schema_migrations`. Several gateways starting
