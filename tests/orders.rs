@@ -910,6 +910,51 @@ async fn a_card_is_limited_to_its_payments_per_minute() {
     assert_eq!(balance(&s.orders, "payer-1").await, OPENING - 400);
 }
 
+/// Security issue: two gateways sharing a PostgreSQL journal each counted a card's payments
+/// of the last minute before either had written its attempt, so at the same instant both could
+/// let one more through. Now a card's payments are counted one at a time (a transaction-scoped
+/// advisory lock): with a limit of 1, of two payments through two gateways at once exactly one
+/// is paid, every time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_card_limit_holds_across_gateways_paying_at_once() {
+    let journal = TestJournal::new(Backend::Postgres);
+    let limited = || {
+        let mut cfg = config(&journal);
+        cfg.wallet_api.card_payments_per_minute = 1;
+        cfg
+    };
+    let a = seed(posbridge::app::server::open(limited()).await.unwrap()).await;
+    let b = posbridge::app::server::open(limited()).await.unwrap();
+    for round in 0..5 {
+        let first = a
+            .orders
+            .create(new_order(&format!("0007{round}0"), 100))
+            .await
+            .unwrap();
+        let second = a
+            .orders
+            .create(new_order(&format!("0007{round}1"), 100))
+            .await
+            .unwrap();
+        let (key_a, key_b) = (format!("race-{round}-a"), format!("race-{round}-b"));
+        let (one, two) = tokio::join!(
+            pay(&a.orders, &first.payload, Some(PAYER_PIN), &key_a),
+            pay(&b.orders, &second.payload, Some(PAYER_PIN), &key_b),
+        );
+        let mut codes = [one.code(), two.code()];
+        codes.sort_by_key(|code| code.as_str().to_owned());
+        assert_eq!(
+            codes,
+            [ResponseCode::Approved, ResponseCode::TooFrequent],
+            "round {round}"
+        );
+        // The next round starts with the minute's window empty again.
+        let mut tx = a.store.begin().await.unwrap();
+        tx.execute("DELETE FROM attempts", &[]).await.unwrap();
+        tx.commit().await.unwrap();
+    }
+}
+
 /// Regression (conformance review): `account-add --wallet-app` took an app id that did not
 /// exist, binding the card to no app (every payment then answered wrong_pin). Now refused.
 #[tokio::test]

@@ -174,9 +174,20 @@ fn notes(field: &FieldDef) -> String {
                 Sensitivity::Pin => "PIN block: never logged",
                 Sensitivity::Mac => "MAC",
                 Sensitivity::Key => "key material: never logged",
+                Sensitivity::Card => "card data: never logged",
             }
             .to_owned(),
         );
+        if !field.sensitive_mti.is_empty() {
+            let mtis: Vec<String> = field
+                .sensitive_mti
+                .iter()
+                .map(|mti| String::from_utf8_lossy(mti).into_owned())
+                .collect();
+            if let Some(note) = notes.last_mut() {
+                note.push_str(&format!(" (in {})", mtis.join(", ")));
+            }
+        }
     }
     match &field.subfields {
         None => {}

@@ -4,7 +4,8 @@
 //! never reaches a log by way of this crate.
 
 use crate::field::value_text;
-use crate::spec::{FieldDef, Sensitivity, ValueKind};
+use crate::spec::{FieldDef, Sensitivity, Spec, ValueKind};
+use std::sync::LazyLock;
 
 /// The one PAN masking rule of posbridge (PCI DSS 3.4: first 6 and last 4 digits at most):
 /// 13 digits or more show the first 6 and the last 4; 8 to 12 digits show the last 4 only; a
@@ -49,10 +50,29 @@ pub fn shown_text(def: &FieldDef, sensitivity: Option<Sensitivity>, value: &[u8]
         Some(Sensitivity::Pin) => format!("[redacted PIN block, {len} bytes]"),
         Some(Sensitivity::Mac) => format!("[redacted MAC, {len} bytes]"),
         Some(Sensitivity::Key) => format!("[redacted key material, {len} bytes]"),
+        Some(Sensitivity::Card) => format!("[redacted card data, {len} bytes]"),
     }
 }
 
 /// A value as text for people in a message of this MTI, masked as the dialect marks it.
 pub fn masked_text(def: &FieldDef, mti: &[u8; 4], value: &[u8]) -> String {
     shown_text(def, def.sensitivity_for(mti), value)
+}
+
+/// The built-in dialects, parsed once for [`sensitivity_in_any_dialect`].
+static BUILTIN_SPECS: LazyLock<Vec<Spec>> = LazyLock::new(|| {
+    Spec::builtin_names()
+        .filter_map(|name| Spec::builtin(name).ok())
+        .collect()
+});
+
+/// How field `number` of a message of `mti` is sensitive in any built-in dialect: the rule for
+/// a message shown without its dialect (posbridge's own upstream messages, which are encoded
+/// for a link's dialect only when sent). A mark other than `Pan` wins over `Pan`, so a field
+/// is never shown more than the strictest dialect allows.
+pub fn sensitivity_in_any_dialect(number: u16, mti: &[u8; 4]) -> Option<Sensitivity> {
+    BUILTIN_SPECS
+        .iter()
+        .filter_map(|spec| spec.field(number)?.sensitivity_for(mti))
+        .max_by_key(|kind| u8::from(*kind != Sensitivity::Pan))
 }

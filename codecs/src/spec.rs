@@ -135,6 +135,8 @@ pub enum Sensitivity {
     Mac,
     /// Key material: redacted.
     Key,
+    /// Other card data (expiry date, ICC data, which carries the track-2 equivalent): redacted.
+    Card,
 }
 
 /// Width and encoding of a variable field's length prefix.
@@ -1057,11 +1059,12 @@ fn compile_sensitive(
         Some("pin") => Some(Sensitivity::Pin),
         Some("mac") => Some(Sensitivity::Mac),
         Some("key") => Some(Sensitivity::Key),
+        Some("card") => Some(Sensitivity::Card),
         Some(other) => {
             return Err(ctx.err(
                 Some(n),
                 "sensitive",
-                format!("unknown kind `{other}` (pan, track, pin, mac, key)"),
+                format!("unknown kind `{other}` (pan, track, pin, mac, key, card)"),
             ));
         }
     })

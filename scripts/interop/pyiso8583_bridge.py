@@ -136,7 +136,7 @@ CUPS_POS = {
     "54": _text_var(3, 20, "Balance amount"),
     "55": _binary_var(3, 255, "ICC data"),
     "58": _text_var(3, 100, "PBOC electronic data"),
-    "59": _text_var(3, 600, "Reserved (aggregator data)"),
+    "59": _text_var(3, 999, "Reserved (aggregator data)"),  # 999: UnionPay POS specification (public implementations)
     "60": _bcd_var(3, 100, "Reserved private (60.1 type, 60.2 batch, 60.3 NMI, later sub-fields)", align="left"),
     "61": _bcd_var(3, 29, "Original message data", align="left"),
     "62": _binary_var(3, 512, "Reserved private (working keys under the master key / QR TLV)"),

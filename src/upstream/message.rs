@@ -18,23 +18,21 @@ pub struct IsoMessage {
     pub fields: BTreeMap<u16, Vec<u8>>,
 }
 
-/// Fields whose value never appears in Debug output: expiry date, extended PAN, track data, PIN
-/// block, ICC data (field 55 carries the track-2 equivalent, tag 57), MACs, keys. Field 2 shows
-/// masked by the one PAN rule.
-const MASKED: [u16; 11] = [14, 34, 35, 36, 45, 48, 52, 55, 64, 96, 128];
-
+/// Shows what the dialects allow: the fields any built-in dialect marks sensitive for this MTI
+/// (`posbridge_codecs::mask::sensitivity_in_any_dialect`, the specs' own marks) appear as a
+/// length only, the card number masked by the one PAN rule.
 impl std::fmt::Debug for IsoMessage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use posbridge_codecs::Sensitivity;
+        let mti: [u8; 4] = self.mti.as_bytes().try_into().unwrap_or([b'0'; 4]);
         let mut map = f.debug_map();
         map.entry(&"mti", &self.mti);
         for (number, value) in &self.fields {
-            if *number == 2 {
-                map.entry(number, &mask_pan(value));
-            } else if MASKED.contains(number) {
-                map.entry(number, &format_args!("<{} bytes>", value.len()));
-            } else {
-                map.entry(number, &String::from_utf8_lossy(value));
-            }
+            match posbridge_codecs::mask::sensitivity_in_any_dialect(*number, &mti) {
+                None => map.entry(number, &String::from_utf8_lossy(value)),
+                Some(Sensitivity::Pan) => map.entry(number, &mask_pan(value)),
+                Some(_) => map.entry(number, &format_args!("<{} bytes>", value.len())),
+            };
         }
         map.finish()
     }
@@ -292,6 +290,39 @@ mod tests {
         assert!(!shown.contains("6222021234567890123"), "{shown}");
         assert!(!shown.contains("2912"), "{shown}");
         assert!(shown.contains("622202*********0123") && shown.contains("000000002372"));
+    }
+
+    /// One rule: every field a built-in dialect marks sensitive (for the message's MTI) is
+    /// hidden in a host message's Debug, the PAN masked; key data of a key change included.
+    #[test]
+    fn debug_hides_every_field_a_dialect_marks_sensitive() {
+        let secret = b"SECRETSECRETSECRET0123".to_vec();
+        for mti in ["0200", "0800"] {
+            let mut message = IsoMessage::new(mti);
+            for number in 2..=128u16 {
+                message.set(number, secret.clone());
+            }
+            let shown = format!("{message:?}");
+            let spec = posbridge_codecs::Spec::builtin("cups-host").unwrap();
+            let mti_bytes: [u8; 4] = mti.as_bytes().try_into().unwrap();
+            for number in [14u16, 35, 36, 45, 52, 55, 96, 128] {
+                assert!(
+                    shown.contains(&format!("{number}: <22 bytes>")),
+                    "{mti} field {number}: {shown}"
+                );
+            }
+            let key_data = spec
+                .field(48)
+                .unwrap()
+                .sensitivity_for(&mti_bytes)
+                .is_some();
+            assert_eq!(
+                shown.contains("48: <22 bytes>"),
+                key_data,
+                "{mti}: field 48 is key data in a key change only"
+            );
+            assert!(shown.contains("SECRET"), "unmarked fields stay readable");
+        }
     }
 
     #[test]

@@ -13,7 +13,7 @@ pub use crate::domain::order::Order;
 use crate::infra::clock::new_auth_code;
 use crate::infra::security::Security;
 use crate::service::terminal_keys::{KeyError, Keyring};
-use crate::store::journal::{JournalError, Store, Tx, new_id, now_ms};
+use crate::store::journal::{Dialect, JournalError, Store, Tx, new_id, now_ms};
 use crate::store::ledger::{self, TransferOutcome};
 use crate::store::orders::{self as order_store, Apply, ApplyError, Paid};
 use crate::store::terminal_requests::{self, RequestKey};
@@ -1034,6 +1034,25 @@ impl OrderService {
     ) -> Result<Option<&'static str>, OrderError> {
         let since = now_ms() - 60_000;
         let limits = self.settings.velocity;
+        if tx.dialect() == Dialect::Postgres {
+            // Counted one at a time per card (and per app, when limited) across the gateways
+            // sharing the journal: two gateways counting at the same instant would otherwise
+            // each let one more through. The locks end with the transaction.
+            if limits.card_per_minute > 0 {
+                tx.execute(
+                    "SELECT pg_advisory_xact_lock(8583002, hashtext($1))",
+                    &[hex::encode(pan_hash).into()],
+                )
+                .await?;
+            }
+            if limits.app_per_minute > 0 {
+                tx.execute(
+                    "SELECT pg_advisory_xact_lock(8583003, hashtext($1))",
+                    &[request.app_id.as_str().into()],
+                )
+                .await?;
+            }
+        }
         if limits.card_per_minute > 0 {
             let row = tx
                 .query_opt(
