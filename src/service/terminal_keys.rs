@@ -239,26 +239,17 @@ impl Keyring {
     /// value). False when they do not import (a token whose master keys may not import: the
     /// terminal must sign on again).
     async fn load(&self, tid: &str, slot: u8, tmk: &str, set: &WorkingKeys) -> bool {
-        let pin = self
-            .security
-            .import_key(
+        let import = |label, key_type, (cryptogram, kcv): &(Vec<u8>, Vec<u8>)| {
+            self.security.import_key(
                 tmk.to_owned(),
-                pin_key_label(tid, slot),
-                KeyType::Tdes2,
-                set.pin_key.0.clone(),
-                set.pin_key.1.clone(),
+                label,
+                key_type,
+                cryptogram.clone(),
+                kcv.clone(),
             )
-            .await;
-        let mac = self
-            .security
-            .import_key(
-                tmk.to_owned(),
-                mac_key_label(tid, slot),
-                KeyType::Des,
-                set.mac_key.0.clone(),
-                set.mac_key.1.clone(),
-            )
-            .await;
+        };
+        let pin = import(pin_key_label(tid, slot), KeyType::Tdes2, &set.pin_key).await;
+        let mac = import(mac_key_label(tid, slot), KeyType::Des, &set.mac_key).await;
         match (pin, mac) {
             (Ok(_), Ok(_)) => {
                 tracing::info!(tid, slot, "working keys loaded from the journal");

@@ -121,6 +121,15 @@ impl Secrets {
         format!("webhook-secret:{mid}")
     }
 
+    /// `secret` sealed for `mid`.
+    async fn seal(&self, mid: &str, secret: &str) -> anyhow::Result<Vec<u8>> {
+        let plaintext = zeroize::Zeroizing::new(secret.as_bytes().to_vec());
+        Ok(self
+            .security
+            .seal(&self.data_key, Self::context(mid), plaintext)
+            .await?)
+    }
+
     /// The clear secret of `mid` from its sealed value, or why it cannot be had (a delivery is
     /// never sent unsigned).
     async fn open(
@@ -156,11 +165,7 @@ impl Secrets {
             secret.len() >= 16,
             "a webhook secret must be at least 16 characters"
         );
-        let plaintext = zeroize::Zeroizing::new(secret.as_bytes().to_vec());
-        let sealed = self
-            .security
-            .seal(&self.data_key, Self::context(mid), plaintext)
-            .await?;
+        let sealed = self.seal(mid, secret).await?;
         let mut tx = store.begin().await?;
         let changed = tx
             .execute(
@@ -185,11 +190,7 @@ impl Secrets {
         let mut sealed_count = 0;
         for row in rows {
             let (mid, clear) = (row.text(0)?, zeroize::Zeroizing::new(row.text(1)?));
-            let plaintext = zeroize::Zeroizing::new(clear.as_bytes().to_vec());
-            let sealed = self
-                .security
-                .seal(&self.data_key, Self::context(&mid), plaintext)
-                .await?;
+            let sealed = self.seal(&mid, &clear).await?;
             let mut tx = store.begin().await?;
             sealed_count += tx
                 .execute(

@@ -133,11 +133,7 @@ fn aes_gcm_matches(session: &Session) -> Outcome<bool> {
     )?;
     let mut iv = [0x5Au8; crate::ops::NONCE_LEN];
     let outcome = (|| {
-        let params = cryptoki::mechanism::aead::GcmParams::new(
-            &mut iv,
-            b"probe",
-            cryptoki::types::Ulong::from((crate::ops::TAG_LEN * 8) as std::os::raw::c_ulong),
-        )?;
+        let params = super::gcm_params(&mut iv, b"probe")?;
         session.encrypt(&Mechanism::AesGcm(params), key, &[0x42u8; 20])
     })();
     session.destroy_object(key)?;

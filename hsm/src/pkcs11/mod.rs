@@ -959,8 +959,14 @@ fn create_key(session: &Session, spec: &KeySpec<'_>, value: &[u8]) -> Result<Obj
     created
 }
 
-/// The AES-GCM tag length of sealed data, in bits (`ulTagBits`).
-const GCM_TAG_BITS: std::os::raw::c_ulong = (crate::ops::TAG_LEN * 8) as std::os::raw::c_ulong;
+/// `CKM_AES_GCM` parameters for sealed data: the nonce, `aad`, and the 16-byte tag (in bits).
+pub(crate) fn gcm_params<'a>(
+    iv: &'a mut [u8],
+    aad: &'a [u8],
+) -> std::result::Result<GcmParams<'a>, cryptoki::error::Error> {
+    let tag_bits = (crate::ops::TAG_LEN * 8) as std::os::raw::c_ulong;
+    GcmParams::new(iv, aad, cryptoki::types::Ulong::from(tag_bits))
+}
 
 /// A token key in use with one borrowed session.
 struct TokenKey<'a> {
@@ -1115,8 +1121,7 @@ impl KeyOps for TokenKey<'_> {
                 .map(|sealed| sealed.to_vec());
         }
         let mut iv = *nonce;
-        let params = GcmParams::new(&mut iv, aad, cryptoki::types::Ulong::from(GCM_TAG_BITS))
-            .map_err(token_error("CK_GCM_PARAMS"))?;
+        let params = gcm_params(&mut iv, aad).map_err(token_error("CK_GCM_PARAMS"))?;
         self.session
             .encrypt(&Mechanism::AesGcm(params), self.entry.handle, plaintext)
             .map_err(token_error("C_Encrypt (AES-GCM)"))
@@ -1133,8 +1138,7 @@ impl KeyOps for TokenKey<'_> {
             return crate::ops::gcm_from_cipher(self, nonce, aad, sealed, false);
         }
         let mut iv = *nonce;
-        let params = GcmParams::new(&mut iv, aad, cryptoki::types::Ulong::from(GCM_TAG_BITS))
-            .map_err(token_error("CK_GCM_PARAMS"))?;
+        let params = gcm_params(&mut iv, aad).map_err(token_error("CK_GCM_PARAMS"))?;
         match self
             .session
             .decrypt(&Mechanism::AesGcm(params), self.entry.handle, sealed)
