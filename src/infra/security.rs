@@ -1,5 +1,7 @@
 //! The gateway's async face of the security module: each call runs on tokio's blocking pool
-//! (PKCS#11 calls block), never on a runtime worker.
+//! (PKCS#11 and payShield calls block), never on a runtime worker; only the software module's
+//! computations (MACs, PIN checks, sealing: microseconds of arithmetic, no I/O) run in place,
+//! where a hand-off to another thread would cost more than the call.
 
 use posbridge_hsm::{
     ExportedKey, HsmError, KeyInfo, KeyType, MacAlgorithm, Pan, Pin, PinBlock, PinBlockFormat,
@@ -21,12 +23,16 @@ pub enum SecurityError {
 
 /// A shared handle on the configured security module.
 #[derive(Clone)]
-pub struct Security(Arc<dyn SecurityModule>);
+pub struct Security {
+    module: Arc<dyn SecurityModule>,
+    /// The module computes in this process without blocking (the software module).
+    in_place: bool,
+}
 
 impl std::fmt::Debug for Security {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_tuple("Security")
-            .field(&self.0.capabilities().backend)
+            .field(&self.module.capabilities().backend)
             .finish()
     }
 }
@@ -34,24 +40,42 @@ impl std::fmt::Debug for Security {
 impl Security {
     /// Wraps a module.
     pub fn new(module: Arc<dyn SecurityModule>) -> Security {
-        Security(module)
+        let in_place = module.capabilities().backend == "software";
+        Security { module, in_place }
     }
 
     /// The module itself, for synchronous callers (CLI, simulators).
     pub fn module(&self) -> &Arc<dyn SecurityModule> {
-        &self.0
+        &self.module
     }
 
+    /// Runs a call on the blocking pool.
     async fn run<T, F>(&self, call: F) -> Result<T, SecurityError>
     where
         T: Send + 'static,
         F: FnOnce(&dyn SecurityModule) -> Result<T, HsmError> + Send + 'static,
     {
-        let module = Arc::clone(&self.0);
+        let module = Arc::clone(&self.module);
         let started = std::time::Instant::now();
         let outcome = tokio::task::spawn_blocking(move || call(module.as_ref()))
             .await
             .map_err(|e| SecurityError::Task(e.to_string()))?;
+        crate::infra::metrics::record_hsm_call(started.elapsed(), outcome.is_ok());
+        Ok(outcome?)
+    }
+
+    /// Runs a computation (no key store written, no I/O in the software module): in place on
+    /// the software module, else on the blocking pool.
+    async fn compute<T, F>(&self, call: F) -> Result<T, SecurityError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&dyn SecurityModule) -> Result<T, HsmError> + Send + 'static,
+    {
+        if !self.in_place {
+            return self.run(call).await;
+        }
+        let started = std::time::Instant::now();
+        let outcome = call(self.module.as_ref());
         crate::infra::metrics::record_hsm_call(started.elapsed(), outcome.is_ok());
         Ok(outcome?)
     }
@@ -63,7 +87,7 @@ impl Security {
         algorithm: MacAlgorithm,
         data: Vec<u8>,
     ) -> Result<Vec<u8>, SecurityError> {
-        self.run(move |m| m.generate_mac(&key, algorithm, &data))
+        self.compute(move |m| m.generate_mac(&key, algorithm, &data))
             .await
     }
 
@@ -81,7 +105,7 @@ impl Security {
         data: Vec<u8>,
         mac: Vec<u8>,
     ) -> Result<(), SecurityError> {
-        self.run(move |m| m.verify_mac(&key, algorithm, &data, &mac))
+        self.compute(move |m| m.verify_mac(&key, algorithm, &data, &mac))
             .await
     }
 
@@ -94,7 +118,7 @@ impl Security {
         plaintext: zeroize::Zeroizing<Vec<u8>>,
     ) -> Result<Vec<u8>, SecurityError> {
         let key = key.to_owned();
-        self.run(move |m| m.encrypt_data(&key, context.as_bytes(), &plaintext))
+        self.compute(move |m| m.encrypt_data(&key, context.as_bytes(), &plaintext))
             .await
     }
 
@@ -106,7 +130,7 @@ impl Security {
         sealed: Vec<u8>,
     ) -> Result<zeroize::Zeroizing<Vec<u8>>, SecurityError> {
         let key = key.to_owned();
-        self.run(move |m| m.decrypt_data(&key, context.as_bytes(), &sealed))
+        self.compute(move |m| m.decrypt_data(&key, context.as_bytes(), &sealed))
             .await
     }
 
@@ -122,7 +146,7 @@ impl Security {
         pvki: u8,
         pvv: String,
     ) -> Result<bool, SecurityError> {
-        self.run(move |m| m.verify_pin(&block, &pek, format, &pan, &pvk, pvki, &pvv))
+        self.compute(move |m| m.verify_pin(&block, &pek, format, &pan, &pvk, pvki, &pvv))
             .await
     }
 
@@ -134,7 +158,7 @@ impl Security {
         pin: Pin,
         pvki: u8,
     ) -> Result<String, SecurityError> {
-        self.run(move |m| m.pin_verification_value(&pvk, &pan, &pin, pvki))
+        self.compute(move |m| m.pin_verification_value(&pvk, &pan, &pin, pvki))
             .await
     }
 
@@ -146,7 +170,7 @@ impl Security {
         format: PinBlockFormat,
         key: String,
     ) -> Result<PinBlock, SecurityError> {
-        self.run(move |m| m.encrypt_pin(&pin, &pan, format, &key))
+        self.compute(move |m| m.encrypt_pin(&pin, &pan, format, &key))
             .await
     }
 
@@ -158,7 +182,7 @@ impl Security {
         dst: (String, PinBlockFormat),
         pan: Option<Pan>,
     ) -> Result<PinBlock, SecurityError> {
-        self.run(move |m| m.translate_pin(&block, &src.0, src.1, &dst.0, dst.1, pan.as_ref()))
+        self.compute(move |m| m.translate_pin(&block, &src.0, src.1, &dst.0, dst.1, pan.as_ref()))
             .await
     }
 

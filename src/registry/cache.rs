@@ -12,7 +12,7 @@
 //! never comes back stale.
 
 use super::{Merchant, Terminal, WalletApp};
-use crate::store::journal::{JournalError, Store};
+use crate::store::journal::{JournalError, Store, Tx};
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -93,6 +93,17 @@ impl RegistryCache {
         mid: &str,
     ) -> Result<Option<Merchant>, JournalError> {
         self.get(&self.merchants, mid, super::read_merchant(store, mid))
+            .await
+    }
+
+    /// A merchant, read (on a miss) in the caller's transaction: a transaction on the embedded
+    /// journal holds its only connection, which a read of its own would wait for.
+    pub async fn merchant_in(
+        &self,
+        tx: &mut Tx,
+        mid: &str,
+    ) -> Result<Option<Merchant>, JournalError> {
+        self.get(&self.merchants, mid, super::merchant(tx, mid))
             .await
     }
 

@@ -274,6 +274,31 @@ pub async fn transfer(
     Ok(TransferOutcome::Done)
 }
 
+/// A sale's transfer from a payer account locked and read in this transaction
+/// ([`payer_by_pan_hash_for_update`]) to `to`, whose currency the caller knows (a merchant's
+/// account is opened in the merchant's currency and never changes). Decided on the locked
+/// balance, with no further read: the transfer's trigger takes the second account's row lock
+/// when it moves its balance, and refuses mixed currencies itself.
+pub async fn transfer_from_locked(
+    tx: &mut Tx,
+    order_id: &str,
+    from: &Account,
+    to: (&str, u16),
+    amount: Money,
+    kind: &str,
+) -> Result<TransferOutcome, JournalError> {
+    assert!(amount.amount_minor > 0, "transfers move a positive amount");
+    assert_ne!(from.account_id, to.0, "an account cannot pay itself");
+    if from.balance.currency != amount.currency || to.1 != amount.currency {
+        return Ok(TransferOutcome::CurrencyMismatch);
+    }
+    if from.balance.amount_minor < amount.amount_minor {
+        return Ok(TransferOutcome::InsufficientFunds);
+    }
+    insert_transfer(tx, order_id, &from.account_id, to.0, amount, kind).await?;
+    Ok(TransferOutcome::Done)
+}
+
 /// Gives back what is left of an order's sale after its refunds: one `reversal` transfer from
 /// the merchant to the payer. Returns false when nothing was left to give back (no local sale,
 /// fully refunded, or reversed already).
@@ -324,7 +349,7 @@ async fn insert_transfer(
     amount: Money,
     kind: &str,
 ) -> Result<(), JournalError> {
-    tx.execute(
+    tx.execute_later(
         "INSERT INTO transfers (transfer_id, order_id, kind, from_account, to_account, amount_minor, currency, created_at_ms) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         &[

@@ -10,43 +10,67 @@ use crate::domain::response::ResponseCode;
 use crate::store::journal::{Dialect, JournalError, Row, Store, Tx, Value, new_id, now_ms};
 use crate::store::ledger::{self, TransferOutcome};
 
-pub(crate) const ORDER_COLUMNS: &str = "o.order_id, o.origin, o.mid, m.name, m.city, o.tid, o.operator, o.acquirer, o.txn_type, \
-     o.batch, o.voucher, o.amount_minor, o.currency, o.reference, o.payload, o.state, o.response_code, o.rrn, \
-     o.auth_code, o.payer_pan_masked, o.created_at_ms, o.expires_at_ms, o.updated_at_ms";
+/// An order's own columns, in the order [`order_from_own_row`] reads them (for `RETURNING`), as
+/// a literal for `concat!`.
+macro_rules! order_own_columns {
+    () => {
+        "order_id, origin, mid, tid, operator, acquirer, txn_type, batch, voucher, \
+         amount_minor, currency, reference, payload, state, response_code, rrn, auth_code, payer_pan_masked, \
+         created_at_ms, expires_at_ms, updated_at_ms"
+    };
+}
+pub(crate) use order_own_columns;
 
+/// The same columns of `orders o`, then its merchant's name and city (`JOIN merchants m`), as
+/// [`order_from_row`] reads them.
+pub(crate) const ORDER_COLUMNS: &str = "o.order_id, o.origin, o.mid, o.tid, o.operator, o.acquirer, o.txn_type, \
+     o.batch, o.voucher, o.amount_minor, o.currency, o.reference, o.payload, o.state, o.response_code, o.rrn, \
+     o.auth_code, o.payer_pan_masked, o.created_at_ms, o.expires_at_ms, o.updated_at_ms, m.name, m.city";
+
+/// An order from a row of [`ORDER_COLUMNS`].
 pub(crate) fn order_from_row(row: &Row) -> Result<Order, JournalError> {
+    order_from_own_row(row, row.text(21)?, row.text(22)?)
+}
+
+/// An order from a row of its own columns (`RETURNING` of an insert or update) and its
+/// merchant's name and city, which never change with the order.
+pub(crate) fn order_from_own_row(
+    row: &Row,
+    merchant_name: String,
+    merchant_city: String,
+) -> Result<Order, JournalError> {
     Ok(Order {
         order_id: row.text(0)?,
         origin: row.text(1)?,
         mid: row.text(2)?,
-        merchant_name: row.text(3)?,
-        merchant_city: row.text(4)?,
-        tid: row.opt_text(5)?,
-        operator: row.opt_text(6)?,
-        acquirer: row.opt_text(7)?,
-        txn_type: row.text(8)?,
-        batch: row.opt_text(9)?,
-        voucher: row.opt_text(10)?,
+        merchant_name,
+        merchant_city,
+        tid: row.opt_text(3)?,
+        operator: row.opt_text(4)?,
+        acquirer: row.opt_text(5)?,
+        txn_type: row.text(6)?,
+        batch: row.opt_text(7)?,
+        voucher: row.opt_text(8)?,
         amount: Money {
-            amount_minor: row.i64(11)?,
-            currency: u16::try_from(row.i64(12)?)
+            amount_minor: row.i64(9)?,
+            currency: u16::try_from(row.i64(10)?)
                 .map_err(|e| JournalError::Schema(e.to_string()))?,
         },
-        reference: row.text(13)?,
-        payload: row.text(14)?,
+        reference: row.text(11)?,
+        payload: row.text(12)?,
         state: {
-            let stored = row.text(15)?;
+            let stored = row.text(13)?;
             OrderState::parse(&stored).ok_or_else(|| {
                 JournalError::Schema(format!("order state {stored:?} is not a lifecycle state"))
             })?
         },
-        response_code: row.opt_text(16)?,
-        rrn: row.opt_text(17)?,
-        auth_code: row.opt_text(18)?,
-        payer_pan_masked: row.opt_text(19)?,
-        created_at_ms: row.i64(20)?,
-        expires_at_ms: row.i64(21)?,
-        updated_at_ms: row.i64(22)?,
+        response_code: row.opt_text(14)?,
+        rrn: row.opt_text(15)?,
+        auth_code: row.opt_text(16)?,
+        payer_pan_masked: row.opt_text(17)?,
+        created_at_ms: row.i64(18)?,
+        expires_at_ms: row.i64(19)?,
+        updated_at_ms: row.i64(20)?,
     })
 }
 
@@ -211,9 +235,9 @@ pub enum ApplyError {
 }
 
 /// Applies a transition in the caller's transaction: the state change against the expected
-/// previous state, its event row, then its work, in order. Metrics and wake-ups run after the
-/// commit.
-pub async fn apply(tx: &mut Tx, apply: Apply<'_>) -> Result<(), ApplyError> {
+/// previous state, its event row, then its work, in order. Returns the order as it now stands
+/// (the updated row itself). Metrics and wake-ups run after the commit.
+pub async fn apply(tx: &mut Tx, apply: Apply<'_>) -> Result<Order, ApplyError> {
     let Apply {
         order,
         transition,
@@ -226,16 +250,20 @@ pub async fn apply(tx: &mut Tx, apply: Apply<'_>) -> Result<(), ApplyError> {
         "a transition is applied to the state it was decided for"
     );
     let now = now_ms();
-    let changed = match apply.paid {
+    let updated = match apply.paid {
         Some(paid) => {
             assert_eq!(
                 transition.to,
                 OrderState::Paid,
                 "receipt data only for PAID"
             );
-            tx.execute(
-                "UPDATE orders SET state = $3, response_code = $4, updated_at_ms = $5, rrn = $6, auth_code = $7, \
-                 payer_account_id = COALESCE($8, payer_account_id), payer_pan_masked = $9 WHERE order_id = $1 AND state = $2",
+            tx.query(
+                concat!(
+                    "UPDATE orders SET state = $3, response_code = $4, updated_at_ms = $5, rrn = $6, auth_code = $7, \
+                     payer_account_id = COALESCE($8, payer_account_id), payer_pan_masked = $9 \
+                     WHERE order_id = $1 AND state = $2 RETURNING ",
+                    order_own_columns!()
+                ),
                 &[
                     order.order_id.as_str().into(),
                     transition.from.as_str().into(),
@@ -257,8 +285,12 @@ pub async fn apply(tx: &mut Tx, apply: Apply<'_>) -> Result<(), ApplyError> {
             } else {
                 transition.code
             };
-            tx.execute(
-                "UPDATE orders SET state = $3, response_code = $4, updated_at_ms = $5 WHERE order_id = $1 AND state = $2",
+            tx.query(
+                concat!(
+                    "UPDATE orders SET state = $3, response_code = $4, updated_at_ms = $5 \
+                     WHERE order_id = $1 AND state = $2 RETURNING ",
+                    order_own_columns!()
+                ),
                 &[
                     order.order_id.as_str().into(),
                     transition.from.as_str().into(),
@@ -270,12 +302,17 @@ pub async fn apply(tx: &mut Tx, apply: Apply<'_>) -> Result<(), ApplyError> {
             .await?
         }
     };
-    if changed != 1 {
+    let [row] = updated.as_slice() else {
         return Err(ApplyError::Conflict {
             order_id: order.order_id.clone(),
             expected: transition.from,
         });
-    }
+    };
+    let updated = order_from_own_row(
+        row,
+        order.merchant_name.clone(),
+        order.merchant_city.clone(),
+    )?;
     let detail = match apply.note {
         Some(note) => format!("{}: {note}", transition.detail),
         None => transition.detail.to_owned(),
@@ -291,7 +328,7 @@ pub async fn apply(tx: &mut Tx, apply: Apply<'_>) -> Result<(), ApplyError> {
     for work in &transition.work {
         do_work(tx, &apply, *work).await?;
     }
-    Ok(())
+    Ok(updated)
 }
 
 async fn do_work(tx: &mut Tx, apply: &Apply<'_>, work: Work) -> Result<(), ApplyError> {
@@ -371,7 +408,7 @@ pub async fn record_event(
     to: OrderState,
     detail: &str,
 ) -> Result<(), JournalError> {
-    tx.execute(
+    tx.execute_later(
         "INSERT INTO order_events (event_id, order_id, from_state, to_state, detail, at_ms) VALUES ($1, $2, $3, $4, $5, $6)",
         &[
             new_id().into(),

@@ -18,7 +18,7 @@ use crate::domain::money::Money;
 use crate::registry;
 use crate::service::Gateway;
 use crate::service::orders::service::{NewOrder, OrderError, Voucher};
-use crate::service::orders::{Order, OrderState, Origin, ResponseCode};
+use crate::service::orders::{Order, OrderState, Origin, ReadAt, ResponseCode};
 use crate::service::terminal_keys::KeyError;
 use crate::store::terminal_requests::RequestKey;
 use posbridge_codecs::framing::Tpdu;
@@ -55,8 +55,8 @@ pub struct Outcome {
 /// A request held open until its order is final.
 #[derive(Debug)]
 pub struct Hold {
-    /// The order.
-    pub order_id: String,
+    /// The order as read when the request arrived.
+    pub order: ReadAt,
     /// The request, kept to build the answer.
     pub request: Vec<u8>,
 }
@@ -309,6 +309,7 @@ async fn result_query(gateway: &Gateway, message: &Message<'_>) -> Result<Outcom
         original.get(6..12).unwrap_or(""),
     );
     let tid = &field_text(message, 41).unwrap_or_default();
+    let sequence = gateway.orders.read_sequence();
     let order = gateway
         .orders
         .order_by_voucher(tid, batch, voucher)
@@ -318,7 +319,7 @@ async fn result_query(gateway: &Gateway, message: &Message<'_>) -> Result<Outcom
     Ok(Outcome {
         response: None,
         hold: Some(Hold {
-            order_id: order.order_id,
+            order: ReadAt { order, sequence },
             request: message.bytes().to_vec(),
         }),
         close: false,
@@ -338,11 +339,12 @@ async fn held_sale(
         Origin::TerminalCode,
         Some(payload),
     )?;
+    let sequence = gateway.orders.read_sequence();
     let order = gateway.orders.create(new).await.map_err(refusal)?;
     Ok(Outcome {
         response: None,
         hold: Some(Hold {
-            order_id: order.order_id,
+            order: ReadAt { order, sequence },
             request: message.bytes().to_vec(),
         }),
         close: false,

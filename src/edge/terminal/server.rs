@@ -146,7 +146,8 @@ async fn hold_open(
     stop: &mut watch::Receiver<bool>,
 ) -> anyhow::Result<HoldEnd> {
     let hold_for = Duration::from_secs(gateway.config.terminal.hold_secs);
-    let wait = gateway.orders.wait_final(&hold.order_id, hold_for);
+    let order_id = hold.order.order.order_id.clone();
+    let wait = gateway.orders.wait_final_after(hold.order, hold_for);
     tokio::pin!(wait);
     let mut early: Option<BytesMut> = None;
     let order = loop {
@@ -155,7 +156,7 @@ async fn hold_open(
             next = framed.next(), if early.is_none() => match next {
                 Some(Ok(frame)) => early = Some(frame),
                 Some(Err(_)) | None => {
-                    match gateway.orders.cancel(&hold.order_id, "terminal disconnected while waiting").await {
+                    match gateway.orders.cancel(&order_id, "terminal disconnected while waiting").await {
                         Ok(Some(order)) => tracing::info!(order_id = %order.order_id, state = %order.state, "terminal gone during hold"),
                         Ok(None) => {}
                         Err(error) => tracing::error!(%error, "could not cancel the order of a departed terminal"),
@@ -163,7 +164,7 @@ async fn hold_open(
                     return Ok(HoldEnd::TerminalGone);
                 }
             },
-            _ = stop.changed() => break gateway.orders.order(&hold.order_id).await.ok().flatten(),
+            _ = stop.changed() => break gateway.orders.order(&order_id).await.ok().flatten(),
         }
     };
     if let Some(response) =

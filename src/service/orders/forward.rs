@@ -423,7 +423,7 @@ pub async fn recover_standby(store: &Store, config: &UpstreamConfig) -> Result<u
             ..Details::default()
         };
         match decide(&mut tx, &order, lifecycle::Event::Recovery, details).await {
-            Ok(Decided::Moved(_)) => {}
+            Ok(Decided::Moved(..)) => {}
             // The order moved on (a reversal decided by the terminal): the sale still may
             // have reached the host, so its reversal is queued all the same.
             Ok(_) | Err(OrderError::Refused { .. }) => {
@@ -798,7 +798,7 @@ async fn late_approval(tx: &mut Tx, host: &str, stan: &str) -> Result<(), Journa
         ..Details::default()
     };
     match decide(tx, &order, lifecycle::Event::HostApproved, details).await {
-        Ok(Decided::Moved(_)) => {
+        Ok(Decided::Moved(..)) => {
             tracing::warn!(
                 order_id,
                 host,

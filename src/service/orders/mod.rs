@@ -23,4 +23,4 @@ pub mod service;
 
 pub use crate::domain::order::{OrderState, Origin};
 pub use crate::domain::response::{self, ResponseCode};
-pub use service::{NewOrder, Order, OrderService, PayRequest, PaymentResult};
+pub use service::{NewOrder, Order, OrderService, PayRequest, PaymentResult, ReadAt};

@@ -235,6 +235,15 @@ pub struct OrderService {
     keyring: Keyring,
 }
 
+/// An order as read, with [`OrderService::read_sequence`] as it was just before the read.
+#[derive(Debug, Clone)]
+pub struct ReadAt {
+    /// The order.
+    pub order: Order,
+    /// The notifier's sequence number taken before the read.
+    pub sequence: u64,
+}
+
 /// What a payment attempt leads to inside its first transaction.
 enum Step {
     /// Decided here (local ledger, or refused): the result and the order that changed.
@@ -256,7 +265,7 @@ pub(super) async fn decide(
     match lifecycle::next(order.state, event, &context) {
         Verdict::Move(transition) => {
             let code = transition.code;
-            order_store::apply(
+            let moved = order_store::apply(
                 tx,
                 Apply {
                     order,
@@ -269,7 +278,7 @@ pub(super) async fn decide(
                 },
             )
             .await?;
-            Ok(Decided::Moved(code))
+            Ok(Decided::Moved(code, Box::new(moved)))
         }
         Verdict::Proceed => Ok(Decided::Proceed),
         Verdict::Unchanged(code) => Ok(Decided::Unchanged(code)),
@@ -278,14 +287,24 @@ pub(super) async fn decide(
 }
 
 /// What [`decide`] did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Decided {
-    /// A transition was applied; its code.
-    Moved(ResponseCode),
+    /// A transition was applied; its code and the order as it now stands.
+    Moved(ResponseCode, Box<Order>),
     /// Allowed, nothing written yet.
     Proceed,
     /// Nothing to do; answer this.
     Unchanged(ResponseCode),
+}
+
+impl Decided {
+    /// The order after the decision: the updated row when it moved, else `before` unchanged.
+    pub(super) fn order_after<'a>(&'a self, before: &'a Order) -> &'a Order {
+        match self {
+            Decided::Moved(_, moved) => moved,
+            Decided::Proceed | Decided::Unchanged(_) => before,
+        }
+    }
 }
 
 /// What a transition's work needs besides the order (see [`Apply`]).
@@ -486,10 +505,13 @@ impl OrderService {
         let mut tx = self.store.begin().await?;
         let inserted = tx
             .query_opt(
-                "INSERT INTO orders (order_id, origin, mid, tid, operator, acquirer, txn_type, batch, voucher, amount_minor, \
-                 currency, reference, payload, state, created_at_ms, expires_at_ms, updated_at_ms) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 'CREATED', $14, $15, $14) \
-                 ON CONFLICT DO NOTHING RETURNING order_id",
+                concat!(
+                    "INSERT INTO orders (order_id, origin, mid, tid, operator, acquirer, txn_type, batch, voucher, amount_minor, \
+                     currency, reference, payload, state, created_at_ms, expires_at_ms, updated_at_ms) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 'CREATED', $14, $15, $14) \
+                     ON CONFLICT DO NOTHING RETURNING ",
+                    order_store::order_own_columns!()
+                ),
                 &[
                     order_id.as_str().into(),
                     new.origin.as_str().into(),
@@ -509,14 +531,14 @@ impl OrderService {
                 ],
             )
             .await?;
-        if inserted.is_none() {
+        let Some(inserted) = inserted else {
             return Err(OrderError::refused(
                 ResponseCode::Duplicate,
                 "an order for this terminal, batch and voucher exists already",
             ));
-        }
+        };
+        let order = order_store::order_from_own_row(&inserted, merchant.name, merchant.city)?;
         order_store::record_event(&mut tx, &order_id, None, OrderState::Created, "created").await?;
-        let order = order_store::reload(&mut tx, &order_id).await?;
         tx.commit().await?;
         Ok(order)
     }
@@ -639,8 +661,12 @@ impl OrderService {
             store_idempotent_result(&mut tx, &request, &result).await?;
         }
         tx.commit().await?;
-        if let Some(order_id) = changed_order {
-            self.notifier.changed(&order_id);
+        match (changed_order, &result.order) {
+            (Some(order_id), Some(order)) if order.order_id == order_id => {
+                self.notifier.changed_to(order);
+            }
+            (Some(order_id), _) => self.notifier.changed(&order_id),
+            (None, _) => {}
         }
         Ok(result)
     }
@@ -680,9 +706,10 @@ impl OrderService {
         };
         match decide(tx, &order, Event::PayAttempt, Details::default()).await? {
             Decided::Proceed => {}
-            Decided::Moved(code) | Decided::Unchanged(code) => {
+            decided @ (Decided::Moved(code, _) | Decided::Unchanged(code)) => {
+                let now = decided.order_after(&order);
                 let result = self
-                    .attempt_result(tx, &order, request, pan_hash, code, "order expired")
+                    .attempt_result(tx, now, request, pan_hash, code, "order expired")
                     .await?;
                 return Ok(Step::Done(Box::new(result), Some(order.order_id.clone())));
             }
@@ -690,11 +717,7 @@ impl OrderService {
         if let Some(upstream) = &self.upstream
             && let Some((link, prepared)) = route
         {
-            let merchant = crate::registry::merchant(tx, &order.mid)
-                .await?
-                .ok_or_else(|| {
-                    OrderError::refused(ResponseCode::InvalidMerchant, "merchant vanished")
-                })?;
+            let merchant = self.merchant_in(tx, &order.mid).await?;
             let armed = forward::arm(
                 tx,
                 upstream,
@@ -733,12 +756,12 @@ impl OrderService {
                 .refused_payment(tx, &order, request, pan_hash, event)
                 .await;
         }
-        let merchant_account = self.merchant_account(tx, &order.mid).await?;
-        match ledger::transfer(
+        let merchant = self.merchant_in(tx, &order.mid).await?;
+        match ledger::transfer_from_locked(
             tx,
             &order.order_id,
-            &payer.account_id,
-            &merchant_account,
+            &payer,
+            (&merchant.account_id, merchant.currency),
             order.amount,
             "sale",
         )
@@ -764,13 +787,14 @@ impl OrderService {
             paid: Some(paid),
             ..Details::default()
         };
-        decide(tx, &order, Event::LocalApproved, details).await?;
+        let decided = decide(tx, &order, Event::LocalApproved, details).await?;
+        let paid_order = decided.order_after(&order);
         let created_at_ms = order.created_at_ms;
         tx.after_commit(move || crate::infra::metrics::record_sale_since_ms(created_at_ms));
         let result = self
             .attempt_result(
                 tx,
-                &order,
+                paid_order,
                 request,
                 pan_hash,
                 ResponseCode::Approved,
@@ -941,10 +965,11 @@ impl OrderService {
             forward_id: Some(&armed.forward_id),
             ..Details::default()
         };
-        let code = match decide(&mut tx, &order, event, details).await {
-            Ok(Decided::Moved(code) | Decided::Unchanged(code)) => code,
-            Ok(Decided::Proceed) => ResponseCode::SystemError,
-            Err(OrderError::Refused { code, .. }) => code,
+        let (code, order) = match decide(&mut tx, &order, event, details).await {
+            Ok(Decided::Moved(code, moved)) => (code, *moved),
+            Ok(Decided::Unchanged(code)) => (code, order),
+            Ok(Decided::Proceed) => (ResponseCode::SystemError, order),
+            Err(OrderError::Refused { code, .. }) => (code, order),
             Err(other) => return Err(other),
         };
         let reason = if code == ResponseCode::IssuerTimeout && event == Event::HostApproved {
@@ -953,11 +978,14 @@ impl OrderService {
             reason
         };
         let result = self
-            .attempt_result(&mut tx, &armed.order, request, pan_hash, code, &reason)
+            .attempt_result(&mut tx, &order, request, pan_hash, code, &reason)
             .await?;
         store_idempotent_result(&mut tx, request, &result).await?;
         tx.commit().await?;
-        self.notifier.changed(order_id);
+        match &result.order {
+            Some(order) => self.notifier.changed_to(order),
+            None => self.notifier.changed(order_id),
+        }
         Ok(result)
     }
 
@@ -1127,8 +1155,11 @@ impl OrderService {
                 ));
             }
         };
-        let tries =
-            ledger::record_pin_result(tx, &payer.account_id, correct, MAX_PIN_TRIES).await?;
+        let tries = if correct && payer.pin_tries == 0 && payer.pin_locked_at_ms.is_none() {
+            0 // nothing to reset: the row (locked and read in this transaction) stays as it is
+        } else {
+            ledger::record_pin_result(tx, &payer.account_id, correct, MAX_PIN_TRIES).await?
+        };
         Ok(match (correct, tries >= MAX_PIN_TRIES) {
             (true, _) => None,
             (false, true) => Some(ResponseCode::PinTriesExceeded),
@@ -1136,6 +1167,8 @@ impl OrderService {
         })
     }
 
+    /// Records the attempt on `order` (as it stands after the attempt's decision) and makes
+    /// its result.
     async fn attempt_result(
         &self,
         tx: &mut Tx,
@@ -1146,8 +1179,29 @@ impl OrderService {
         reason: &str,
     ) -> Result<PaymentResult, OrderError> {
         let attempt_id = record_attempt(tx, Some(order), request, pan_hash, code, reason).await?;
-        let order = order_store::reload(tx, &order.order_id).await?;
-        Ok(refusal(code, reason.to_owned(), Some(order), attempt_id))
+        Ok(refusal(
+            code,
+            reason.to_owned(),
+            Some(order.clone()),
+            attempt_id,
+        ))
+    }
+
+    /// [`OrderService::merchant`] inside a transaction (see [`RegistryCache::merchant_in`]).
+    ///
+    /// [`RegistryCache::merchant_in`]: crate::registry::cache::RegistryCache::merchant_in
+    async fn merchant_in(
+        &self,
+        tx: &mut Tx,
+        mid: &str,
+    ) -> Result<crate::registry::Merchant, OrderError> {
+        let merchant = self.registry.merchant_in(tx, mid).await?;
+        merchant.ok_or_else(|| {
+            OrderError::refused(
+                ResponseCode::InvalidMerchant,
+                format!("unknown merchant {mid}"),
+            )
+        })
     }
 
     async fn merchant(&self, mid: &str) -> Result<crate::registry::Merchant, OrderError> {
@@ -1158,16 +1212,6 @@ impl OrderService {
                 format!("unknown merchant {mid}"),
             )
         })
-    }
-
-    async fn merchant_account(&self, tx: &mut Tx, mid: &str) -> Result<String, OrderError> {
-        let merchant = crate::registry::merchant(tx, mid).await?.ok_or_else(|| {
-            OrderError::refused(
-                ResponseCode::InvalidMerchant,
-                format!("unknown merchant {mid}"),
-            )
-        })?;
-        Ok(merchant.account_id)
     }
 
     /// Cancels an unpaid order (terminal gone, operator); returns the order as it now stands.
@@ -1258,7 +1302,7 @@ impl OrderService {
             ..Details::default()
         };
         let code = match decide(&mut tx, &order, event, details).await? {
-            Decided::Moved(_) | Decided::Proceed => ResponseCode::Approved,
+            Decided::Moved(..) | Decided::Proceed => ResponseCode::Approved,
             Decided::Unchanged(code) => code,
         };
         if let Some(key) = &voucher.request {
@@ -1301,7 +1345,7 @@ impl OrderService {
         for row in rows {
             let order_id = row.text(0)?;
             let order = order_store::reload(&mut tx, &order_id).await?;
-            if let Decided::Moved(_) =
+            if let Decided::Moved(..) =
                 decide(&mut tx, &order, Event::Expire, Details::default()).await?
             {
                 expired.push(order_id);
@@ -1324,11 +1368,11 @@ impl OrderService {
         pan_hash: &[u8],
         event: Event,
     ) -> Result<Step, OrderError> {
-        let (code, reason) = match decide(tx, order, event, Details::default()).await {
-            Ok(Decided::Moved(code)) => (code, "declined"),
-            Err(OrderError::Refused { code, .. }) => (code, CARD_OR_PIN),
+        let (code, reason, moved) = match decide(tx, order, event, Details::default()).await {
+            Ok(Decided::Moved(code, moved)) => (code, "declined", Some(moved)),
+            Err(OrderError::Refused { code, .. }) => (code, CARD_OR_PIN, None),
             Ok(Decided::Proceed | Decided::Unchanged(_)) => {
-                (ResponseCode::SystemError, "no decision")
+                (ResponseCode::SystemError, "no decision", None)
             }
             Err(other) => return Err(other),
         };
@@ -1337,8 +1381,9 @@ impl OrderService {
             ResponseCode::PinTriesExceeded => "PIN tries exceeded",
             _ => reason,
         };
+        let now = moved.as_deref().unwrap_or(order);
         let result = self
-            .attempt_result(tx, order, request, pan_hash, code, reason)
+            .attempt_result(tx, now, request, pan_hash, code, reason)
             .await?;
         Ok(Step::Done(Box::new(result), Some(order.order_id.clone())))
     }
@@ -1349,23 +1394,60 @@ impl OrderService {
         order_id: &str,
         timeout: Duration,
     ) -> Result<Option<Order>, OrderError> {
+        self.wait(order_id, None, timeout).await
+    }
+
+    /// [`OrderService::wait_final`] for an order the caller has just read: that read is
+    /// answered from if nothing changed since, instead of reading the order again.
+    pub async fn wait_final_after(
+        &self,
+        read: ReadAt,
+        timeout: Duration,
+    ) -> Result<Option<Order>, OrderError> {
+        let order_id = read.order.order_id.clone();
+        self.wait(&order_id, Some(read), timeout).await
+    }
+
+    /// The sequence number to take before reading an order for [`ReadAt`].
+    pub fn read_sequence(&self) -> u64 {
+        self.notifier.sequence()
+    }
+
+    /// Each round: the wake-up is armed first, then the order is had, from the fastest source
+    /// that is certainly current: the caller's read if no change was learnt since it (first
+    /// round), the order as this gateway committed it when its change woke us, else the journal.
+    async fn wait(
+        &self,
+        order_id: &str,
+        mut known: Option<ReadAt>,
+        timeout: Duration,
+    ) -> Result<Option<Order>, OrderError> {
         let handle = self.notifier.subscribe(order_id);
         let deadline = tokio::time::Instant::now() + timeout;
+        let mut woken = false;
         let result = loop {
             let notified = handle.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let order = self.order(order_id).await?;
+            let current = match known.take() {
+                Some(read) if self.notifier.sequence() == read.sequence => Some(read.order),
+                _ if woken => handle.latest(),
+                _ => None,
+            };
+            let order = match current {
+                Some(order) => Some(order),
+                None => self.order(order_id).await?,
+            };
             match &order {
                 Some(order)
                     if !order.state().is_final() && tokio::time::Instant::now() < deadline => {}
                 _ => break order,
             }
             let wake = (tokio::time::Instant::now() + self.settings.poll_interval).min(deadline);
-            tokio::select! {
-                () = &mut notified => {}
-                () = tokio::time::sleep_until(wake) => {}
-            }
+            woken = tokio::select! {
+                () = &mut notified => true,
+                () = tokio::time::sleep_until(wake) => false,
+            };
         };
         self.notifier.release(order_id, handle);
         Ok(result)
@@ -1429,7 +1511,7 @@ async fn record_attempt(
 ) -> Result<String, JournalError> {
     let attempt_id = new_id();
     let amount = order.map(|o| o.amount).or(request.amount);
-    tx.execute(
+    tx.execute_later(
         "INSERT INTO attempts (attempt_id, order_id, reference, app_id, pan_truncated, pan_hash, amount_minor, currency, \
          response_code, reason, created_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
         &[
@@ -1472,12 +1554,17 @@ async fn claim_idempotency_key(
     request: &PayRequest,
     request_hash: &[u8],
 ) -> Result<Option<PaymentResult>, OrderError> {
-    tx.execute(
+    let claimed = tx.execute(
         "INSERT INTO idempotency (app_id, idem_key, request_hash, created_at_ms) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
         &[request.app_id.as_str().into(), request.idempotency_key.as_str().into(), request_hash.to_vec().into(), now_ms().into()],
     )
     .await?;
-    // On PostgreSQL a concurrent request with the same key waits here until the first commits.
+    if claimed == 1 {
+        // The key is new and ours until this transaction ends: nothing to compare or return.
+        return Ok(None);
+    }
+    // The key exists. On PostgreSQL the insert above waited for a concurrent request with the
+    // same key to commit; its row is read (and locked) here.
     let sql = format!(
         "SELECT request_hash, response FROM idempotency WHERE app_id = $1 AND idem_key = $2{}",
         tx.for_update()
@@ -1517,7 +1604,7 @@ async fn store_idempotent_result(
 ) -> Result<(), OrderError> {
     let json = serde_json::to_string(result)
         .map_err(|e| OrderError::Journal(JournalError::Internal(e.to_string())))?;
-    tx.execute(
+    tx.execute_later(
         "UPDATE idempotency SET response = $3 WHERE app_id = $1 AND idem_key = $2",
         &[
             request.app_id.as_str().into(),

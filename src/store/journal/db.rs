@@ -247,6 +247,20 @@ impl Tx {
         }
     }
 
+    /// Runs a write whose result nobody reads (an event, an attempt, a transfer its trigger
+    /// posts). On PostgreSQL it is sent with the transaction's next statement or its commit, in
+    /// the same round trip, and an error it meets is returned there (the transaction is then
+    /// lost, as with any error); SQLite runs it now.
+    pub async fn execute_later(&mut self, sql: &str, params: &[Value]) -> Result<(), JournalError> {
+        match &mut self.engine {
+            TxEngine::Pg(tx) => {
+                tx.execute_later(sql, params);
+                Ok(())
+            }
+            TxEngine::Sqlite(tx) => tx.execute(sql, params).map(|_| ()),
+        }
+    }
+
     /// Runs a query, returns all rows.
     pub async fn query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>, JournalError> {
         match &mut self.engine {
@@ -409,51 +423,118 @@ impl PgStore {
 
     async fn begin(&self) -> Result<PgTx, JournalError> {
         let client = self.pool.get().await.map_err(pool_error)?;
-        client.batch_execute("BEGIN").await.map_err(pg_error)?;
         Ok(PgTx {
             client: Some(client),
+            begun: false,
+            deferred: Vec::new(),
+            failed: std::sync::atomic::AtomicBool::new(false),
         })
     }
 }
 
-/// A PostgreSQL transaction holding one pooled connection.
+/// A PostgreSQL transaction holding one pooled connection. Its `BEGIN` travels with its first
+/// statement, and writes nobody reads the result of ([`Tx::execute_later`]) travel with the
+/// statement after them or with the `COMMIT`: all are sent before any answer is read
+/// (pipelined), in order, so a transaction costs fewer round trips. A transaction that runs no
+/// statement sends nothing.
 pub struct PgTx {
     client: Option<deadpool_postgres::Object>,
+    begun: bool,
+    /// Writes waiting for the next statement or the commit.
+    deferred: Vec<(String, Vec<Value>)>,
+    /// A statement failed: the transaction is lost, whatever a caller does next (deferred
+    /// writes may have gone with it).
+    failed: std::sync::atomic::AtomicBool,
 }
 
 impl PgTx {
-    fn client(&self) -> Result<&deadpool_postgres::Object, JournalError> {
-        self.client
-            .as_ref()
-            .ok_or_else(|| JournalError::Internal("transaction already finished".into()))
+    /// Runs `statement` on the transaction's connection, preceded in the same pipeline by the
+    /// `BEGIN` (the first time) and the deferred writes. tokio-postgres writes requests in the
+    /// order their futures are first polled, and `try_join3` / `try_join_all` poll in order;
+    /// every deferred write is prepared before any is sent (no round trip once the connection
+    /// has it cached), since one still being prepared would be sent after those behind it.
+    /// An error anywhere in the pipeline aborts the transaction: whatever follows in it fails
+    /// too (a `COMMIT` then rolls back), and the first error is returned.
+    async fn run<'c, T, F>(
+        &'c mut self,
+        statement: impl FnOnce(&'c deadpool_postgres::Object) -> F,
+    ) -> Result<T, JournalError>
+    where
+        F: std::future::Future<Output = Result<T, JournalError>> + 'c,
+    {
+        use std::sync::atomic::Ordering;
+        let begin = !std::mem::replace(&mut self.begun, true);
+        let deferred = std::mem::take(&mut self.deferred);
+        let (client, failed) = (self.client.as_ref(), &self.failed);
+        let client =
+            client.ok_or_else(|| JournalError::Internal("transaction already finished".into()))?;
+        if failed.load(Ordering::Relaxed) {
+            return Err(JournalError::Internal(
+                "an earlier statement of this transaction failed".into(),
+            ));
+        }
+        let outcome =
+            async {
+                if !begin && deferred.is_empty() {
+                    return statement(client).await;
+                }
+                let prepared = futures_util::future::try_join_all(
+                    deferred.iter().map(|(sql, _)| client.prepare_cached(sql)),
+                )
+                .await
+                .map_err(pg_error)?;
+                let ahead = async {
+                    if begin {
+                        client.batch_execute("BEGIN").await.map_err(pg_error)?;
+                    }
+                    Ok(())
+                };
+                let writes =
+                    futures_util::future::try_join_all(prepared.iter().zip(&deferred).map(
+                        |(prepared, (_, params))| pg_execute_prepared(client, prepared, params),
+                    ));
+                let ((), _, out) =
+                    futures_util::future::try_join3(ahead, writes, statement(client)).await?;
+                Ok(out)
+            }
+            .await;
+        if outcome.is_err() {
+            failed.store(true, Ordering::Relaxed);
+        }
+        outcome
     }
 
     async fn execute(&mut self, sql: &str, params: &[Value]) -> Result<u64, JournalError> {
-        let client = self.client()?;
-        let statement = client.prepare_cached(sql).await.map_err(pg_error)?;
-        let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = params
-            .iter()
-            .map(|p| p as &(dyn tokio_postgres::types::ToSql + Sync))
-            .collect();
-        client.execute(&statement, &refs).await.map_err(pg_error)
+        self.run(|client| pg_execute(client, sql, params)).await
     }
 
     async fn query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>, JournalError> {
-        pg_query(self.client()?, sql, params).await
+        self.run(|client| pg_query(client, sql, params)).await
+    }
+
+    fn execute_later(&mut self, sql: &str, params: &[Value]) {
+        self.deferred.push((sql.to_owned(), params.to_vec()));
     }
 
     async fn commit(mut self) -> Result<(), JournalError> {
+        if !self.begun && self.deferred.is_empty() {
+            // Nothing was sent: there is nothing to commit.
+            return Ok(());
+        }
+        let committed = self
+            .run(|client| async move { client.batch_execute("COMMIT").await.map_err(pg_error) })
+            .await;
         let client = self
             .client
             .take()
             .ok_or_else(|| JournalError::Internal("transaction already finished".into()))?;
-        match client.batch_execute("COMMIT").await {
+        match committed {
             Ok(()) => Ok(()),
             Err(error) => {
                 // The outcome of a failed COMMIT is unknown to us; never return such a
                 // connection to the pool.
                 drop(deadpool_postgres::Object::take(client));
-                Err(pg_error(error))
+                Err(error)
             }
         }
     }
@@ -461,13 +542,36 @@ impl PgTx {
 
 impl Drop for PgTx {
     fn drop(&mut self) {
-        if let Some(client) = self.client.take() {
+        if let Some(client) = self.client.take()
+            && self.begun
+        {
             // Dropped mid-transaction (an error or a cancelled request): detach the connection
             // from the pool and close it, so the server rolls back and no later user inherits
             // an open transaction.
             drop(deadpool_postgres::Object::take(client));
         }
     }
+}
+
+async fn pg_execute(
+    client: &deadpool_postgres::Object,
+    sql: &str,
+    params: &[Value],
+) -> Result<u64, JournalError> {
+    let statement = client.prepare_cached(sql).await.map_err(pg_error)?;
+    pg_execute_prepared(client, &statement, params).await
+}
+
+async fn pg_execute_prepared(
+    client: &deadpool_postgres::Object,
+    statement: &tokio_postgres::Statement,
+    params: &[Value],
+) -> Result<u64, JournalError> {
+    let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = params
+        .iter()
+        .map(|p| p as &(dyn tokio_postgres::types::ToSql + Sync))
+        .collect();
+    client.execute(statement, &refs).await.map_err(pg_error)
 }
 
 async fn pg_query(

@@ -124,6 +124,18 @@ const MIGRATIONS: &[Migration] = &[
         postgres: "",
         sqlite: "",
     },
+    Migration {
+        version: 13,
+        portable: "",
+        postgres: include_str!("migrations/0013_quiet_creation.postgres.sql"),
+        sqlite: "",
+    },
+    Migration {
+        version: 14,
+        portable: "",
+        postgres: include_str!("migrations/0014_lean_ledger_triggers.postgres.sql"),
+        sqlite: "",
+    },
 ];
 
 /// Applies the migrations not yet recorded in `schema_migrations`. Several gateways starting
