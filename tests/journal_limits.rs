@@ -108,3 +108,105 @@ async fn rrns_are_unique_across_gateways_and_restarts() {
         assert_eq!(all.len(), drawn, "{backend:?}: an RRN was handed out twice");
     }
 }
+
+/// Writes nobody reads the result of (`Tx::execute_later`) travel with the transaction's next
+/// statement or its COMMIT on PostgreSQL. What that must not change: a later statement of the
+/// same transaction sees them, in the order written; a deferred write that fails fails the
+/// statement it travels with, or the COMMIT, and nothing of the transaction is kept; and a
+/// transaction whose first statement fails leaves nothing behind either.
+async fn deferred_writes_keep_order_and_fail_their_transaction(backend: Backend) {
+    let journal = TestJournal::new(backend);
+    let store = journal::open(&journal.config).await.unwrap();
+    let insert = "INSERT INTO counters (name, value) VALUES ($1, $2)";
+    let count = |store: journal::Store| async move {
+        let rows = store
+            .read(
+                "SELECT COUNT(*) FROM counters WHERE name LIKE 'deferred-%'",
+                &[],
+            )
+            .await
+            .unwrap();
+        rows[0].i64(0).unwrap()
+    };
+    // In order, and seen by the statement they travel with.
+    let mut tx = store.begin().await.unwrap();
+    tx.execute_later(insert, &["deferred-a".into(), 1i64.into()])
+        .await
+        .unwrap();
+    tx.execute_later(
+        "UPDATE counters SET value = value + 10 WHERE name = $1",
+        &["deferred-a".into()],
+    )
+    .await
+    .unwrap();
+    let rows = tx
+        .query(
+            "SELECT value FROM counters WHERE name = $1",
+            &["deferred-a".into()],
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows[0].i64(0).unwrap(), 11, "both writes, in order");
+    tx.execute_later(insert, &["deferred-b".into(), 2i64.into()])
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(
+        count(store.clone()).await,
+        2,
+        "the write sent with COMMIT is kept"
+    );
+    // A failing deferred write (a duplicate key) fails the COMMIT it travels with.
+    let mut tx = store.begin().await.unwrap();
+    tx.execute(insert, &["deferred-c".into(), 3i64.into()])
+        .await
+        .unwrap();
+    let duplicate = tx
+        .execute_later(insert, &["deferred-a".into(), 4i64.into()])
+        .await;
+    match backend {
+        // PostgreSQL has not sent it yet: the COMMIT reports it, and rolls back.
+        Backend::Postgres => {
+            duplicate.unwrap();
+            assert!(tx.commit().await.is_err(), "the COMMIT must fail");
+        }
+        // SQLite runs it at once; the transaction is dropped (rolled back), which also frees
+        // the embedded journal's one connection for the count below.
+        Backend::Sqlite => {
+            assert!(duplicate.is_err());
+            drop(tx);
+        }
+    }
+    assert_eq!(count(store.clone()).await, 2, "nothing of it was kept");
+    // ... and the statement it travels with, and every statement after that.
+    let mut tx = store.begin().await.unwrap();
+    let duplicate = tx
+        .execute_later(insert, &["deferred-a".into(), 5i64.into()])
+        .await;
+    if backend == Backend::Postgres {
+        duplicate.unwrap();
+        let next = tx
+            .execute(insert, &["deferred-d".into(), 6i64.into()])
+            .await;
+        assert!(
+            next.is_err(),
+            "the statement after a failed write must fail"
+        );
+        let after = tx
+            .execute(insert, &["deferred-e".into(), 7i64.into()])
+            .await;
+        assert!(after.is_err(), "the transaction is lost");
+        assert!(tx.commit().await.is_err());
+    } else {
+        assert!(duplicate.is_err());
+        drop(tx);
+    }
+    assert_eq!(count(store.clone()).await, 2, "nothing of it was kept");
+    // A transaction that ran nothing commits nothing and returns its connection.
+    store.begin().await.unwrap().commit().await.unwrap();
+    assert_eq!(count(store).await, 2);
+}
+on_both_journals!(
+    deferred_writes_keep_order_and_fail_their_transaction,
+    super::deferred_writes_keep_order_and_fail_their_transaction
+);

@@ -982,3 +982,53 @@ async fn a_card_cannot_be_bound_to_an_unknown_wallet_app() {
         "{refused:?}"
     );
 }
+
+/// A held terminal request answers from the read it made before it subscribed only if no change
+/// was learnt since (the notifier's sequence). Here the order is paid between that read and the
+/// wait: the wait must not trust the stale CREATED read. Trusted, it would sit until its deadline
+/// (an hour, with an hour's poll interval: no re-read before) and the guard below would fail the
+/// test; not trusted, it reads PAID at once.
+async fn a_change_between_the_read_and_the_wait_is_not_missed(backend: Backend) {
+    let journal = TestJournal::new(backend);
+    let mut config = config(&journal);
+    config.gateway.poll_interval_ms = 3_600_000;
+    let s = seed(posbridge::app::server::open(config).await.unwrap()).await;
+    let order = s.orders.create(new_order("000091", 300)).await.unwrap();
+    let sequence = s.orders.read_sequence();
+    let read = s.orders.order(&order.order_id).await.unwrap().unwrap();
+    assert_eq!(read.state(), OrderState::Created);
+    let result = pay(&s.orders, &order.payload, Some(PAYER_PIN), "between").await;
+    assert_eq!(result.code(), ResponseCode::Approved, "{result:?}");
+    let stale = posbridge::service::orders::ReadAt {
+        order: read,
+        sequence,
+    };
+    let waited = s.orders.wait_final_after(stale, Duration::from_secs(3_600));
+    let seen = tokio::time::timeout(Duration::from_secs(120), waited)
+        .await
+        .expect("the stale read was trusted: the wait sat on it")
+        .unwrap()
+        .unwrap();
+    assert_eq!(seen.state(), OrderState::Paid);
+    // A read taken with no change since is trusted as it is (nothing final to wait for here:
+    // the paid order is answered at once either way).
+    let sequence = s.orders.read_sequence();
+    let fresh = s.orders.order(&order.order_id).await.unwrap().unwrap();
+    let seen = s
+        .orders
+        .wait_final_after(
+            posbridge::service::orders::ReadAt {
+                order: fresh,
+                sequence,
+            },
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(seen.state(), OrderState::Paid);
+}
+on_both_journals!(
+    a_change_between_the_read_and_the_wait_is_not_missed,
+    super::a_change_between_the_read_and_the_wait_is_not_missed
+);

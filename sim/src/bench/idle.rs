@@ -6,7 +6,8 @@
 //! Each connection costs a file descriptor in the gateway, and in this process too; with the
 //! gateway in this process (`--spawn`) two. The soft `RLIMIT_NOFILE` (`ulimit -n`) must allow
 //! it; this module reads the limit from `/proc/self/limits` and says what to raise rather than
-//! failing half-way.
+//! failing half-way. On a loopback gateway they come from several source addresses (127.1.0.1
+//! upwards, 200 each), under the gateway's per-address connection cap.
 
 use serde::Serialize;
 use std::net::SocketAddr;
@@ -72,6 +73,37 @@ impl std::fmt::Display for IdleReport {
     }
 }
 
+/// Idle connections per source address: below the gateway's default per-address cap
+/// (`terminal.max_connections_per_address`, 256), as terminals come from many addresses.
+const PER_SOURCE: usize = 200;
+
+/// The source address of idle connection `index`: on a loopback gateway, one of 127.1.0.1,
+/// 127.1.0.2, ... (all of 127.0.0.0/8 is this machine) for every [`PER_SOURCE`] connections;
+/// elsewhere whatever the system picks.
+fn source_for(terminal: SocketAddr, index: usize) -> Option<std::net::Ipv4Addr> {
+    match terminal.ip() {
+        std::net::IpAddr::V4(ip) if ip.is_loopback() => {
+            let n = u32::try_from(index / PER_SOURCE).ok()?;
+            Some(std::net::Ipv4Addr::from(
+                u32::from(std::net::Ipv4Addr::new(127, 1, 0, 1)) + n,
+            ))
+        }
+        _ => None,
+    }
+}
+
+async fn connect_from(
+    terminal: SocketAddr,
+    source: Option<std::net::Ipv4Addr>,
+) -> std::io::Result<TcpStream> {
+    let Some(source) = source else {
+        return TcpStream::connect(terminal).await;
+    };
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::new(source.into(), 0))?;
+    socket.connect(terminal).await
+}
+
 /// Idle connections held open.
 #[derive(Debug)]
 pub struct IdleSet {
@@ -94,7 +126,10 @@ impl IdleSet {
             let burst = OPEN_AT_ONCE.min(count - streams.len());
             let mut set = tokio::task::JoinSet::new();
             for _ in 0..burst {
-                set.spawn(TcpStream::connect(terminal));
+                set.spawn(connect_from(
+                    terminal,
+                    source_for(terminal, streams.len() + set.len()),
+                ));
             }
             while let Some(opened) = set.join_next().await {
                 let stream = opened??;
