@@ -5,7 +5,7 @@
 //! changes and the order's state change, so the sum of all balances never changes.
 
 use crate::domain::money::Money;
-use crate::store::journal::{JournalError, Row, Tx, new_id, now_ms};
+use crate::store::journal::{JournalError, Later, Row, Tx, new_id, now_ms};
 
 /// What kind of holder an account belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -180,13 +180,28 @@ pub async fn payer_by_pan_hash_for_update(
     tx: &mut Tx,
     pan_hash: &[u8],
 ) -> Result<Option<Account>, JournalError> {
+    let later = payer_by_pan_hash_for_update_later(tx, pan_hash).await?;
+    payer_found(tx, later).await
+}
+
+/// [`payer_by_pan_hash_for_update`] sent ahead ([`Tx::query_later`]), to travel with the
+/// transaction's next statement; [`payer_found`] gives the account.
+pub async fn payer_by_pan_hash_for_update_later(
+    tx: &mut Tx,
+    pan_hash: &[u8],
+) -> Result<Later, JournalError> {
     let sql = format!(
         "SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE pan_hash = $1 AND kind = 'payer'{}",
         tx.for_update()
     );
-    tx.query_opt(&sql, &[pan_hash.to_vec().into()])
+    tx.query_later(&sql, &[pan_hash.to_vec().into()]).await
+}
+
+/// The payer read by [`payer_by_pan_hash_for_update_later`].
+pub async fn payer_found(tx: &mut Tx, later: Later) -> Result<Option<Account>, JournalError> {
+    tx.rows(later)
         .await?
-        .as_ref()
+        .first()
         .map(account_from_row)
         .transpose()
 }

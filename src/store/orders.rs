@@ -7,7 +7,7 @@ use crate::domain::lifecycle::{self, Context, Settlement, Transition, Work};
 use crate::domain::money::Money;
 use crate::domain::order::{Order, OrderState, Origin};
 use crate::domain::response::ResponseCode;
-use crate::store::journal::{Dialect, JournalError, Row, Store, Tx, Value, new_id, now_ms};
+use crate::store::journal::{Dialect, JournalError, Later, Row, Store, Tx, Value, new_id, now_ms};
 use crate::store::ledger::{self, TransferOutcome};
 
 /// An order's own columns, in the order [`order_from_own_row`] reads them (for `RETURNING`), as
@@ -99,18 +99,43 @@ pub async fn load(
     params: &[Value],
     lock: bool,
 ) -> Result<Option<Order>, JournalError> {
-    let lock = match (lock, tx.dialect()) {
-        (true, Dialect::Postgres) => " FOR UPDATE OF o",
-        _ => "",
-    };
-    let sql = format!(
-        "SELECT {ORDER_COLUMNS} FROM orders o JOIN merchants m ON m.mid = o.mid WHERE {condition}{lock}"
-    );
+    let sql = load_sql(tx, condition, lock);
     tx.query_opt(&sql, params)
         .await?
         .as_ref()
         .map(order_from_row)
         .transpose()
+}
+
+/// [`load`] sent ahead ([`Tx::query_later`]), to travel with the transaction's next statement;
+/// [`loaded`] gives the order.
+pub async fn load_later(
+    tx: &mut Tx,
+    condition: &str,
+    params: &[Value],
+    lock: bool,
+) -> Result<Later, JournalError> {
+    let sql = load_sql(tx, condition, lock);
+    tx.query_later(&sql, params).await
+}
+
+/// The order read by [`load_later`].
+pub async fn loaded(tx: &mut Tx, later: Later) -> Result<Option<Order>, JournalError> {
+    tx.rows(later)
+        .await?
+        .first()
+        .map(order_from_row)
+        .transpose()
+}
+
+fn load_sql(tx: &Tx, condition: &str, lock: bool) -> String {
+    let lock = match (lock, tx.dialect()) {
+        (true, Dialect::Postgres) => " FOR UPDATE OF o",
+        _ => "",
+    };
+    format!(
+        "SELECT {ORDER_COLUMNS} FROM orders o JOIN merchants m ON m.mid = o.mid WHERE {condition}{lock}"
+    )
 }
 
 /// Reads an order by id inside a transaction, without a lock; an error if it is gone.

@@ -13,7 +13,7 @@ pub use crate::domain::order::Order;
 use crate::infra::clock::new_auth_code;
 use crate::infra::security::Security;
 use crate::service::terminal_keys::{KeyError, Keyring};
-use crate::store::journal::{Dialect, JournalError, Store, Tx, new_id, now_ms};
+use crate::store::journal::{Dialect, JournalError, Later, Store, Tx, new_id, now_ms};
 use crate::store::ledger::{self, TransferOutcome};
 use crate::store::orders::{self as order_store, Apply, ApplyError, Paid};
 use crate::store::terminal_requests::{self, RequestKey};
@@ -242,6 +242,14 @@ pub struct ReadAt {
     pub order: Order,
     /// The notifier's sequence number taken before the read.
     pub sequence: u64,
+}
+
+/// A payment's row locks sent ahead ([`Tx::query_later`]), taken in this order.
+struct Ahead {
+    /// The dynamic code's order.
+    order: Option<Later>,
+    /// The payer's account (sales settled here).
+    payer: Option<Later>,
 }
 
 /// What a payment attempt leads to inside its first transaction.
@@ -635,12 +643,24 @@ impl OrderService {
         let pin = self.pin_check(&request, &pan_hash).await?;
         let route = self.prepare_route(&request.pan).await?;
         let mut tx = self.store.begin().await?;
-        if let Some(previous) = claim_idempotency_key(&mut tx, &request, &request_hash).await? {
+        // The idempotency claim, the order's row lock and the payer's row lock travel together,
+        // in this order, in one round trip: each is needed whatever the others find, except
+        // after a repeated key, whose locks go with the rolled-back transaction.
+        let claim = claim_later(&mut tx, &request, &request_hash).await?;
+        let ahead = self
+            .locks_later(&mut tx, &request, &pan_hash, &route)
+            .await?;
+        if let Some(previous) =
+            claim_idempotency_key(&mut tx, &request, &request_hash, claim).await?
+        {
             return Ok(previous);
         }
         let outcome = match self.over_velocity(&mut tx, &request, &pan_hash).await? {
             Some(reason) => Err(OrderError::refused(ResponseCode::TooFrequent, reason)),
-            None => self.pay_in(&mut tx, &request, &pan_hash, &pin, route).await,
+            None => {
+                self.pay_in(&mut tx, &request, &pan_hash, &pin, route, ahead)
+                    .await
+            }
         };
         let (result, changed_order) = match outcome {
             Ok(Step::Done(result, changed)) => (*result, changed),
@@ -690,6 +710,31 @@ impl OrderService {
         Ok(Some((link, prepared)))
     }
 
+    /// The row locks a payment takes, sent ahead: the dynamic code's order (a static code's
+    /// order is made in the transaction) and, for a sale settled here, the payer's account.
+    async fn locks_later(
+        &self,
+        tx: &mut Tx,
+        request: &PayRequest,
+        pan_hash: &[u8],
+        route: &Option<(&HostLink, forward::Prepared)>,
+    ) -> Result<Ahead, OrderError> {
+        let reference = payload::parse(&request.payload)
+            .ok()
+            .and_then(|scanned| scanned.reference);
+        let order = match reference {
+            Some(reference) => Some(
+                order_store::load_later(tx, "o.reference = $1", &[reference.into()], true).await?,
+            ),
+            None => None,
+        };
+        let payer = match route {
+            None => Some(ledger::payer_by_pan_hash_for_update_later(tx, pan_hash).await?),
+            Some(_) => None,
+        };
+        Ok(Ahead { order, payer })
+    }
+
     async fn pay_in(
         &self,
         tx: &mut Tx,
@@ -697,12 +742,19 @@ impl OrderService {
         pan_hash: &[u8],
         pin: &PinCheck,
         route: Option<(&HostLink, forward::Prepared)>,
+        ahead: Ahead,
     ) -> Result<Step, OrderError> {
         let scanned = payload::parse(&request.payload)
             .map_err(|e| OrderError::refused(ResponseCode::FormatError, e))?;
-        let order = match scanned.reference.as_deref() {
-            Some(reference) => self.lock_dynamic_order(tx, reference, request).await?,
-            None => self.static_order(tx, &scanned, request).await?,
+        let order = match (scanned.reference.as_deref(), ahead.order) {
+            (Some(_), Some(lock)) => self.lock_dynamic_order(tx, lock, request).await?,
+            (Some(reference), None) => {
+                let lock =
+                    order_store::load_later(tx, "o.reference = $1", &[reference.into()], true)
+                        .await?;
+                self.lock_dynamic_order(tx, lock, request).await?
+            }
+            (None, _) => self.static_order(tx, &scanned, request).await?,
         };
         match decide(tx, &order, Event::PayAttempt, Details::default()).await? {
             Decided::Proceed => {}
@@ -734,15 +786,16 @@ impl OrderService {
         }
         // An unknown card, and a card enrolled by another app, get the wrong-PIN answer: the
         // answer must not tell a prober which card numbers exist.
-        let Some(payer) = ledger::payer_by_pan_hash_for_update(tx, pan_hash)
-            .await?
-            .filter(|payer| {
-                payer
-                    .app_id
-                    .as_deref()
-                    .is_none_or(|app| app == request.app_id)
-            })
-        else {
+        let payer = match ahead.payer {
+            Some(lock) => ledger::payer_found(tx, lock).await?,
+            None => ledger::payer_by_pan_hash_for_update(tx, pan_hash).await?,
+        };
+        let Some(payer) = payer.filter(|payer| {
+            payer
+                .app_id
+                .as_deref()
+                .is_none_or(|app| app == request.app_id)
+        }) else {
             return self
                 .refused_payment(tx, &order, request, pan_hash, Event::WrongPin)
                 .await;
@@ -807,10 +860,10 @@ impl OrderService {
     async fn lock_dynamic_order(
         &self,
         tx: &mut Tx,
-        reference: &str,
+        lock: Later,
         request: &PayRequest,
     ) -> Result<Order, OrderError> {
-        let order = order_store::load(tx, "o.reference = $1", &[reference.into()], true)
+        let order = order_store::loaded(tx, lock)
             .await?
             .ok_or_else(|| OrderError::refused(ResponseCode::NotFound, "no order for this code"))?;
         if order.payload != request.payload {
@@ -1546,20 +1599,36 @@ fn refusal(
     }
 }
 
-/// Claims the idempotency key for this request inside the payment's transaction. Returns the
-/// stored result of an earlier request with the same key; refuses a different request reusing
-/// a key.
+/// Sends the claim of the request's idempotency key ahead (see [`claim_idempotency_key`]).
+async fn claim_later(
+    tx: &mut Tx,
+    request: &PayRequest,
+    request_hash: &[u8],
+) -> Result<Later, OrderError> {
+    Ok(tx
+        .query_later(
+            "INSERT INTO idempotency (app_id, idem_key, request_hash, created_at_ms) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT DO NOTHING RETURNING app_id",
+            &[
+                request.app_id.as_str().into(),
+                request.idempotency_key.as_str().into(),
+                request_hash.to_vec().into(),
+                now_ms().into(),
+            ],
+        )
+        .await?)
+}
+
+/// Claims the idempotency key for this request inside the payment's transaction (the insert
+/// sent ahead by [`claim_later`]). Returns the stored result of an earlier request with the
+/// same key; refuses a different request reusing a key.
 async fn claim_idempotency_key(
     tx: &mut Tx,
     request: &PayRequest,
     request_hash: &[u8],
+    claim: Later,
 ) -> Result<Option<PaymentResult>, OrderError> {
-    let claimed = tx.execute(
-        "INSERT INTO idempotency (app_id, idem_key, request_hash, created_at_ms) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
-        &[request.app_id.as_str().into(), request.idempotency_key.as_str().into(), request_hash.to_vec().into(), now_ms().into()],
-    )
-    .await?;
-    if claimed == 1 {
+    if tx.rows(claim).await?.len() == 1 {
         // The key is new and ours until this transaction ends: nothing to compare or return.
         return Ok(None);
     }

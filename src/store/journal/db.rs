@@ -213,6 +213,19 @@ impl Store {
     }
 }
 
+/// A query sent ahead ([`Tx::query_later`]); [`Tx::rows`] gives its rows.
+#[derive(Debug)]
+#[must_use = "a read sent ahead is had with Tx::rows"]
+pub struct Later(LaterRows);
+
+#[derive(Debug)]
+enum LaterRows {
+    /// Queued or sent on PostgreSQL: its slot in the transaction.
+    Slot(usize),
+    /// Run already (SQLite).
+    Ready(Vec<Row>),
+}
+
 /// A transaction; dropped without [`Tx::commit`] it rolls back, and what it meant to tell the
 /// world after its commit ([`Tx::after_commit`]) is forgotten with it.
 pub struct Tx {
@@ -258,6 +271,33 @@ impl Tx {
                 Ok(())
             }
             TxEngine::Sqlite(tx) => tx.execute(sql, params).map(|_| ()),
+        }
+    }
+
+    /// Sends a query ahead: on PostgreSQL it travels with the transaction's next statement (or
+    /// with [`Tx::rows`], whichever comes first), in the same round trip and in order; its rows
+    /// are had with [`Tx::rows`]. Several sent ahead one after the other cost one round trip.
+    /// SQLite runs it now.
+    pub async fn query_later(
+        &mut self,
+        sql: &str,
+        params: &[Value],
+    ) -> Result<Later, JournalError> {
+        match &mut self.engine {
+            TxEngine::Pg(tx) => Ok(Later(LaterRows::Slot(tx.query_later(sql, params)))),
+            TxEngine::Sqlite(tx) => Ok(Later(LaterRows::Ready(tx.query(sql, params)?))),
+        }
+    }
+
+    /// The rows of a query sent ahead with [`Tx::query_later`] (an error it met, or one met by
+    /// what travelled with it, is returned here).
+    pub async fn rows(&mut self, later: Later) -> Result<Vec<Row>, JournalError> {
+        match (later.0, &mut self.engine) {
+            (LaterRows::Ready(rows), _) => Ok(rows),
+            (LaterRows::Slot(slot), TxEngine::Pg(tx)) => tx.rows(slot).await,
+            (LaterRows::Slot(_), TxEngine::Sqlite(_)) => Err(JournalError::Internal(
+                "a read sent ahead on another journal".into(),
+            )),
         }
     }
 
@@ -427,9 +467,18 @@ impl PgStore {
             client: Some(client),
             begun: false,
             deferred: Vec::new(),
+            fetched: std::sync::Mutex::new(Vec::new()),
             failed: std::sync::atomic::AtomicBool::new(false),
         })
     }
+}
+
+/// A statement waiting to travel with the next one.
+struct Deferred {
+    sql: String,
+    params: Vec<Value>,
+    /// Where its rows go, for a read sent ahead; `None` for a write.
+    slot: Option<usize>,
 }
 
 /// A PostgreSQL transaction holding one pooled connection. Its `BEGIN` travels with its first
@@ -440,8 +489,10 @@ impl PgStore {
 pub struct PgTx {
     client: Option<deadpool_postgres::Object>,
     begun: bool,
-    /// Writes waiting for the next statement or the commit.
-    deferred: Vec<(String, Vec<Value>)>,
+    /// Writes (and reads sent ahead) waiting for the next statement or the commit.
+    deferred: Vec<Deferred>,
+    /// Rows of the reads sent ahead ([`Tx::query_later`]), by slot, until taken.
+    fetched: std::sync::Mutex<Vec<Option<Vec<Row>>>>,
     /// A statement failed: the transaction is lost, whatever a caller does next (deferred
     /// writes may have gone with it).
     failed: std::sync::atomic::AtomicBool,
@@ -465,7 +516,7 @@ impl PgTx {
         use std::sync::atomic::Ordering;
         let begin = !std::mem::replace(&mut self.begun, true);
         let deferred = std::mem::take(&mut self.deferred);
-        let (client, failed) = (self.client.as_ref(), &self.failed);
+        let (client, failed, fetched) = (self.client.as_ref(), &self.failed, &self.fetched);
         let client =
             client.ok_or_else(|| JournalError::Internal("transaction already finished".into()))?;
         if failed.load(Ordering::Relaxed) {
@@ -473,31 +524,40 @@ impl PgTx {
                 "an earlier statement of this transaction failed".into(),
             ));
         }
-        let outcome =
-            async {
-                if !begin && deferred.is_empty() {
-                    return statement(client).await;
-                }
-                let prepared = futures_util::future::try_join_all(
-                    deferred.iter().map(|(sql, _)| client.prepare_cached(sql)),
-                )
-                .await
-                .map_err(pg_error)?;
-                let ahead = async {
-                    if begin {
-                        client.batch_execute("BEGIN").await.map_err(pg_error)?;
-                    }
-                    Ok(())
-                };
-                let writes =
-                    futures_util::future::try_join_all(prepared.iter().zip(&deferred).map(
-                        |(prepared, (_, params))| pg_execute_prepared(client, prepared, params),
-                    ));
-                let ((), _, out) =
-                    futures_util::future::try_join3(ahead, writes, statement(client)).await?;
-                Ok(out)
+        let outcome = async {
+            if !begin && deferred.is_empty() {
+                return statement(client).await;
             }
-            .await;
+            let prepared = futures_util::future::try_join_all(
+                deferred.iter().map(|d| client.prepare_cached(&d.sql)),
+            )
+            .await
+            .map_err(pg_error)?;
+            let ahead = async {
+                if begin {
+                    client.batch_execute("BEGIN").await.map_err(pg_error)?;
+                }
+                Ok(())
+            };
+            let ahead_of_it = futures_util::future::try_join_all(
+                prepared
+                    .iter()
+                    .zip(&deferred)
+                    .map(|(prepared, d)| pg_deferred(client, prepared, d)),
+            );
+            let ((), rows, out) =
+                futures_util::future::try_join3(ahead, ahead_of_it, statement(client)).await?;
+            let mut fetched = fetched
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            for (slot, rows) in rows.into_iter().flatten() {
+                if let Some(place) = fetched.get_mut(slot) {
+                    *place = Some(rows);
+                }
+            }
+            Ok(out)
+        }
+        .await;
         if outcome.is_err() {
             failed.store(true, Ordering::Relaxed);
         }
@@ -513,7 +573,39 @@ impl PgTx {
     }
 
     fn execute_later(&mut self, sql: &str, params: &[Value]) {
-        self.deferred.push((sql.to_owned(), params.to_vec()));
+        self.deferred.push(Deferred {
+            sql: sql.to_owned(),
+            params: params.to_vec(),
+            slot: None,
+        });
+    }
+
+    fn query_later(&mut self, sql: &str, params: &[Value]) -> usize {
+        let fetched = self
+            .fetched
+            .get_mut()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let slot = fetched.len();
+        fetched.push(None);
+        self.deferred.push(Deferred {
+            sql: sql.to_owned(),
+            params: params.to_vec(),
+            slot: Some(slot),
+        });
+        slot
+    }
+
+    async fn rows(&mut self, slot: usize) -> Result<Vec<Row>, JournalError> {
+        if self.deferred.iter().any(|d| d.slot == Some(slot)) {
+            // Not sent yet: send it (and what is queued with it) now.
+            self.run(|_| async { Ok(()) }).await?;
+        }
+        self.fetched
+            .get_mut()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get_mut(slot)
+            .and_then(Option::take)
+            .ok_or_else(|| JournalError::Internal("a read sent ahead was taken twice".into()))
     }
 
     async fn commit(mut self) -> Result<(), JournalError> {
@@ -560,6 +652,30 @@ async fn pg_execute(
 ) -> Result<u64, JournalError> {
     let statement = client.prepare_cached(sql).await.map_err(pg_error)?;
     pg_execute_prepared(client, &statement, params).await
+}
+
+/// Sends one deferred statement: a write (no rows kept) or a read sent ahead (its rows, for its
+/// slot).
+async fn pg_deferred(
+    client: &deadpool_postgres::Object,
+    statement: &tokio_postgres::Statement,
+    deferred: &Deferred,
+) -> Result<Option<(usize, Vec<Row>)>, JournalError> {
+    match deferred.slot {
+        None => pg_execute_prepared(client, statement, &deferred.params)
+            .await
+            .map(|_| None),
+        Some(slot) => {
+            let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = deferred
+                .params
+                .iter()
+                .map(|p| p as &(dyn tokio_postgres::types::ToSql + Sync))
+                .collect();
+            let rows = client.query(statement, &refs).await.map_err(pg_error)?;
+            let rows = rows.iter().map(pg_row).collect::<Result<Vec<_>, _>>()?;
+            Ok(Some((slot, rows)))
+        }
+    }
 }
 
 async fn pg_execute_prepared(

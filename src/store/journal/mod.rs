@@ -6,7 +6,7 @@
 
 pub mod db;
 
-pub use db::{Dialect, Row, Store, Tx, Value};
+pub use db::{Dialect, Later, Row, Store, Tx, Value};
 
 /// Journal errors, by who is at fault.
 #[derive(Debug, thiserror::Error)]
