@@ -110,8 +110,9 @@ async fn rrns_are_unique_across_gateways_and_restarts() {
 }
 
 /// Writes nobody reads the result of (`Tx::execute_later`) travel with the transaction's next
-/// statement or its COMMIT on PostgreSQL. What that must not change: a later statement of the
-/// same transaction sees them, in the order written; a deferred write that fails fails the
+/// statement or its COMMIT on PostgreSQL, and reads sent ahead (`Tx::query_later`) with the
+/// next statement. What that must not change: a later statement of the same transaction sees
+/// them, in the order written; a deferred write that fails fails the
 /// statement it travels with, or the COMMIT, and nothing of the transaction is kept; and a
 /// transaction whose first statement fails leaves nothing behind either.
 async fn deferred_writes_keep_order_and_fail_their_transaction(backend: Backend) {
@@ -147,6 +148,31 @@ async fn deferred_writes_keep_order_and_fail_their_transaction(backend: Backend)
         .await
         .unwrap();
     assert_eq!(rows[0].i64(0).unwrap(), 11, "both writes, in order");
+    // Reads sent ahead travel in order too: each sees the writes queued before it, not after.
+    let before = tx
+        .query_later(
+            "SELECT value FROM counters WHERE name = $1",
+            &["deferred-a".into()],
+        )
+        .await
+        .unwrap();
+    tx.execute_later(
+        "UPDATE counters SET value = value + 100 WHERE name = $1",
+        &["deferred-a".into()],
+    )
+    .await
+    .unwrap();
+    let after = tx
+        .query_later(
+            "SELECT value FROM counters WHERE name = $1",
+            &["deferred-a".into()],
+        )
+        .await
+        .unwrap();
+    let after = tx.rows(after).await.unwrap();
+    let before = tx.rows(before).await.unwrap();
+    assert_eq!(before[0].i64(0).unwrap(), 11);
+    assert_eq!(after[0].i64(0).unwrap(), 111);
     tx.execute_later(insert, &["deferred-b".into(), 2i64.into()])
         .await
         .unwrap();
