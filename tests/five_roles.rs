@@ -667,11 +667,19 @@ fn a_sale_interrupted_by_sigkill_is_reversed_after_restart() {
             .await
             .unwrap()
     });
-    let done = runtime.block_on(count(
-        &store,
-        "SELECT COUNT(*) FROM reversals WHERE status = 'DONE'",
+    // The host reverses before it answers; the gateway records the reversal as delivered once
+    // the answer is in, so that is waited for, not assumed.
+    runtime.block_on(until(
+        "the journal records the reversal as delivered",
+        async || {
+            count(
+                &store,
+                "SELECT COUNT(*) FROM reversals WHERE status = 'DONE'",
+            )
+            .await
+                == 1
+        },
     ));
-    assert_eq!(done, 1);
     let declined = runtime.block_on(count(
         &store,
         "SELECT COUNT(*) FROM orders WHERE state = 'DECLINED'",

@@ -748,13 +748,13 @@ impl OrderService {
             .map_err(|e| OrderError::refused(ResponseCode::FormatError, e))?;
         let order = match (scanned.reference.as_deref(), ahead.order) {
             (Some(_), Some(lock)) => self.lock_dynamic_order(tx, lock, request).await?,
-            (Some(reference), None) => {
-                let lock =
-                    order_store::load_later(tx, "o.reference = $1", &[reference.into()], true)
-                        .await?;
-                self.lock_dynamic_order(tx, lock, request).await?
-            }
             (None, _) => self.static_order(tx, &scanned, request).await?,
+            (Some(_), None) => {
+                // locks_later parsed the same payload: a dynamic code always has its lock.
+                return Err(OrderError::Journal(JournalError::Internal(
+                    "the order's lock was not sent ahead".into(),
+                )));
+            }
         };
         match decide(tx, &order, Event::PayAttempt, Details::default()).await? {
             Decided::Proceed => {}
