@@ -23,11 +23,18 @@ pub(crate) use order_own_columns;
 
 /// The same columns of `orders o`, then its merchant's name and city (`JOIN merchants m`), as
 /// [`order_from_row`] reads them.
-pub(crate) const ORDER_COLUMNS: &str = "o.order_id, o.origin, o.mid, o.tid, o.operator, o.acquirer, o.txn_type, \
-     o.batch, o.voucher, o.amount_minor, o.currency, o.reference, o.payload, o.state, o.response_code, o.rrn, \
-     o.auth_code, o.payer_pan_masked, o.created_at_ms, o.expires_at_ms, o.updated_at_ms, m.name, m.city";
+pub(crate) fn order_columns() -> &'static str {
+    static COLUMNS: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        let own: Vec<String> = order_own_columns!()
+            .split(',')
+            .map(|column| format!("o.{}", column.trim()))
+            .collect();
+        format!("{}, m.name, m.city", own.join(", "))
+    });
+    &COLUMNS
+}
 
-/// An order from a row of [`ORDER_COLUMNS`].
+/// An order from a row of [`order_columns`].
 pub(crate) fn order_from_row(row: &Row) -> Result<Order, JournalError> {
     order_from_own_row(row, row.text(21)?, row.text(22)?)
 }
@@ -81,7 +88,8 @@ pub async fn read(
     params: &[Value],
 ) -> Result<Option<Order>, JournalError> {
     let sql = format!(
-        "SELECT {ORDER_COLUMNS} FROM orders o JOIN merchants m ON m.mid = o.mid WHERE {condition}"
+        "SELECT {} FROM orders o JOIN merchants m ON m.mid = o.mid WHERE {condition}",
+        order_columns()
     );
     store
         .read_opt(&sql, params)
@@ -99,12 +107,8 @@ pub async fn load(
     params: &[Value],
     lock: bool,
 ) -> Result<Option<Order>, JournalError> {
-    let sql = load_sql(tx, condition, lock);
-    tx.query_opt(&sql, params)
-        .await?
-        .as_ref()
-        .map(order_from_row)
-        .transpose()
+    let later = load_later(tx, condition, params, lock).await?;
+    loaded(tx, later).await
 }
 
 /// [`load`] sent ahead ([`Tx::query_later`]), to travel with the transaction's next statement;
@@ -134,7 +138,8 @@ fn load_sql(tx: &Tx, condition: &str, lock: bool) -> String {
         _ => "",
     };
     format!(
-        "SELECT {ORDER_COLUMNS} FROM orders o JOIN merchants m ON m.mid = o.mid WHERE {condition}{lock}"
+        "SELECT {} FROM orders o JOIN merchants m ON m.mid = o.mid WHERE {condition}{lock}",
+        order_columns()
     )
 }
 

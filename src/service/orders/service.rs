@@ -244,8 +244,11 @@ pub struct ReadAt {
     pub sequence: u64,
 }
 
-/// A payment's row locks sent ahead ([`Tx::query_later`]), taken in this order.
+/// A payment's scanned code and its row locks sent ahead ([`Tx::query_later`]), taken in this
+/// order.
 struct Ahead {
+    /// The code as parsed (once, for the locks and the payment).
+    scanned: Result<ScannedPayload, String>,
     /// The dynamic code's order.
     order: Option<Later>,
     /// The payer's account (sales settled here).
@@ -719,9 +722,8 @@ impl OrderService {
         pan_hash: &[u8],
         route: &Option<(&HostLink, forward::Prepared)>,
     ) -> Result<Ahead, OrderError> {
-        let reference = payload::parse(&request.payload)
-            .ok()
-            .and_then(|scanned| scanned.reference);
+        let scanned = payload::parse(&request.payload);
+        let reference = scanned.as_ref().ok().and_then(|s| s.reference.as_deref());
         let order = match reference {
             Some(reference) => Some(
                 order_store::load_later(tx, "o.reference = $1", &[reference.into()], true).await?,
@@ -732,7 +734,11 @@ impl OrderService {
             None => Some(ledger::payer_by_pan_hash_for_update_later(tx, pan_hash).await?),
             Some(_) => None,
         };
-        Ok(Ahead { order, payer })
+        Ok(Ahead {
+            scanned,
+            order,
+            payer,
+        })
     }
 
     async fn pay_in(
@@ -744,7 +750,8 @@ impl OrderService {
         route: Option<(&HostLink, forward::Prepared)>,
         ahead: Ahead,
     ) -> Result<Step, OrderError> {
-        let scanned = payload::parse(&request.payload)
+        let scanned = ahead
+            .scanned
             .map_err(|e| OrderError::refused(ResponseCode::FormatError, e))?;
         let order = match (scanned.reference.as_deref(), ahead.order) {
             (Some(_), Some(lock)) => self.lock_dynamic_order(tx, lock, request).await?,
@@ -1512,7 +1519,7 @@ impl OrderService {
         let sql = format!(
             "SELECT {} FROM orders o JOIN merchants m ON m.mid = o.mid WHERE o.mid = $1 \
              ORDER BY o.created_at_ms DESC LIMIT $2",
-            order_store::ORDER_COLUMNS
+            order_store::order_columns()
         );
         let rows = tx.query(&sql, &[mid.into(), limit.into()]).await?;
         tx.commit().await?;

@@ -467,8 +467,8 @@ impl PgStore {
             client: Some(client),
             begun: false,
             deferred: Vec::new(),
-            fetched: std::sync::Mutex::new(Vec::new()),
-            failed: std::sync::atomic::AtomicBool::new(false),
+            fetched: Vec::new(),
+            failed: false,
         })
     }
 }
@@ -492,10 +492,10 @@ pub struct PgTx {
     /// Writes (and reads sent ahead) waiting for the next statement or the commit.
     deferred: Vec<Deferred>,
     /// Rows of the reads sent ahead ([`Tx::query_later`]), by slot, until taken.
-    fetched: std::sync::Mutex<Vec<Option<Vec<Row>>>>,
+    fetched: Vec<Option<Vec<Row>>>,
     /// A statement failed: the transaction is lost, whatever a caller does next (deferred
     /// writes may have gone with it).
-    failed: std::sync::atomic::AtomicBool,
+    failed: bool,
 }
 
 impl PgTx {
@@ -513,55 +513,38 @@ impl PgTx {
     where
         F: std::future::Future<Output = Result<T, JournalError>> + 'c,
     {
-        use std::sync::atomic::Ordering;
-        let begin = !std::mem::replace(&mut self.begun, true);
-        let deferred = std::mem::take(&mut self.deferred);
-        let (client, failed, fetched) = (self.client.as_ref(), &self.failed, &self.fetched);
-        let client =
-            client.ok_or_else(|| JournalError::Internal("transaction already finished".into()))?;
-        if failed.load(Ordering::Relaxed) {
+        // Split into its fields: the statement borrows the connection while the others change.
+        let PgTx {
+            client,
+            begun,
+            deferred,
+            fetched,
+            failed,
+        } = self;
+        let client = client
+            .as_ref()
+            .ok_or_else(|| JournalError::Internal("transaction already finished".into()))?;
+        if *failed {
             return Err(JournalError::Internal(
                 "an earlier statement of this transaction failed".into(),
             ));
         }
-        let outcome = async {
-            if !begin && deferred.is_empty() {
-                return statement(client).await;
-            }
-            let prepared = futures_util::future::try_join_all(
-                deferred.iter().map(|d| client.prepare_cached(&d.sql)),
-            )
-            .await
-            .map_err(pg_error)?;
-            let ahead = async {
-                if begin {
-                    client.batch_execute("BEGIN").await.map_err(pg_error)?;
+        let begin = !std::mem::replace(begun, true);
+        let deferred = std::mem::take(deferred);
+        match pipeline(client, begin, &deferred, statement).await {
+            Ok((out, rows)) => {
+                for (slot, rows) in rows {
+                    if let Some(place) = fetched.get_mut(slot) {
+                        *place = Some(rows);
+                    }
                 }
-                Ok(())
-            };
-            let ahead_of_it = futures_util::future::try_join_all(
-                prepared
-                    .iter()
-                    .zip(&deferred)
-                    .map(|(prepared, d)| pg_deferred(client, prepared, d)),
-            );
-            let ((), rows, out) =
-                futures_util::future::try_join3(ahead, ahead_of_it, statement(client)).await?;
-            let mut fetched = fetched
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            for (slot, rows) in rows.into_iter().flatten() {
-                if let Some(place) = fetched.get_mut(slot) {
-                    *place = Some(rows);
-                }
+                Ok(out)
             }
-            Ok(out)
+            Err(error) => {
+                *failed = true;
+                Err(error)
+            }
         }
-        .await;
-        if outcome.is_err() {
-            failed.store(true, Ordering::Relaxed);
-        }
-        outcome
     }
 
     async fn execute(&mut self, sql: &str, params: &[Value]) -> Result<u64, JournalError> {
@@ -581,12 +564,8 @@ impl PgTx {
     }
 
     fn query_later(&mut self, sql: &str, params: &[Value]) -> usize {
-        let fetched = self
-            .fetched
-            .get_mut()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let slot = fetched.len();
-        fetched.push(None);
+        let slot = self.fetched.len();
+        self.fetched.push(None);
         self.deferred.push(Deferred {
             sql: sql.to_owned(),
             params: params.to_vec(),
@@ -601,8 +580,6 @@ impl PgTx {
             self.run(|_| async { Ok(()) }).await?;
         }
         self.fetched
-            .get_mut()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
             .get_mut(slot)
             .and_then(Option::take)
             .ok_or_else(|| JournalError::Internal("a read sent ahead was taken twice".into()))
@@ -645,6 +622,43 @@ impl Drop for PgTx {
     }
 }
 
+/// The pipeline of [`PgTx::run`]: the deferred statements prepared (no round trip once the
+/// connection has them cached), then `BEGIN` (if `begin`), the deferred statements and
+/// `statement`, sent in that order before any answer is read. Returns the statement's outcome
+/// and the rows of the reads sent ahead, by slot.
+async fn pipeline<'c, T, F>(
+    client: &'c deadpool_postgres::Object,
+    begin: bool,
+    deferred: &[Deferred],
+    statement: impl FnOnce(&'c deadpool_postgres::Object) -> F,
+) -> Result<(T, Vec<(usize, Vec<Row>)>), JournalError>
+where
+    F: std::future::Future<Output = Result<T, JournalError>> + 'c,
+{
+    if !begin && deferred.is_empty() {
+        return Ok((statement(client).await?, Vec::new()));
+    }
+    let prepared =
+        futures_util::future::try_join_all(deferred.iter().map(|d| client.prepare_cached(&d.sql)))
+            .await
+            .map_err(pg_error)?;
+    let ahead = async {
+        if begin {
+            client.batch_execute("BEGIN").await.map_err(pg_error)?;
+        }
+        Ok(())
+    };
+    let ahead_of_it = futures_util::future::try_join_all(
+        prepared
+            .iter()
+            .zip(deferred)
+            .map(|(prepared, d)| pg_deferred(client, prepared, d)),
+    );
+    let ((), rows, out) =
+        futures_util::future::try_join3(ahead, ahead_of_it, statement(client)).await?;
+    Ok((out, rows.into_iter().flatten().collect()))
+}
+
 async fn pg_execute(
     client: &deadpool_postgres::Object,
     sql: &str,
@@ -665,16 +679,9 @@ async fn pg_deferred(
         None => pg_execute_prepared(client, statement, &deferred.params)
             .await
             .map(|_| None),
-        Some(slot) => {
-            let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = deferred
-                .params
-                .iter()
-                .map(|p| p as &(dyn tokio_postgres::types::ToSql + Sync))
-                .collect();
-            let rows = client.query(statement, &refs).await.map_err(pg_error)?;
-            let rows = rows.iter().map(pg_row).collect::<Result<Vec<_>, _>>()?;
-            Ok(Some((slot, rows)))
-        }
+        Some(slot) => pg_query_prepared(client, statement, &deferred.params)
+            .await
+            .map(|rows| Some((slot, rows))),
     }
 }
 
@@ -683,11 +690,18 @@ async fn pg_execute_prepared(
     statement: &tokio_postgres::Statement,
     params: &[Value],
 ) -> Result<u64, JournalError> {
-    let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = params
+    client
+        .execute(statement, &sql_params(params))
+        .await
+        .map_err(pg_error)
+}
+
+/// The parameters as tokio-postgres takes them.
+fn sql_params(params: &[Value]) -> Vec<&(dyn tokio_postgres::types::ToSql + Sync)> {
+    params
         .iter()
         .map(|p| p as &(dyn tokio_postgres::types::ToSql + Sync))
-        .collect();
-    client.execute(statement, &refs).await.map_err(pg_error)
+        .collect()
 }
 
 async fn pg_query(
@@ -696,11 +710,18 @@ async fn pg_query(
     params: &[Value],
 ) -> Result<Vec<Row>, JournalError> {
     let statement = client.prepare_cached(sql).await.map_err(pg_error)?;
-    let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = params
-        .iter()
-        .map(|p| p as &(dyn tokio_postgres::types::ToSql + Sync))
-        .collect();
-    let rows = client.query(&statement, &refs).await.map_err(pg_error)?;
+    pg_query_prepared(client, &statement, params).await
+}
+
+async fn pg_query_prepared(
+    client: &deadpool_postgres::Object,
+    statement: &tokio_postgres::Statement,
+    params: &[Value],
+) -> Result<Vec<Row>, JournalError> {
+    let rows = client
+        .query(statement, &sql_params(params))
+        .await
+        .map_err(pg_error)?;
     rows.iter().map(pg_row).collect()
 }
 
