@@ -1032,3 +1032,100 @@ on_both_journals!(
     a_change_between_the_read_and_the_wait_is_not_missed,
     super::a_change_between_the_read_and_the_wait_is_not_missed
 );
+
+/// Regression: a refund locked its two accounts in identifier order, while a sale locks the
+/// payer's and then (through its transfer's trigger) the merchant's; a refund and a sale between
+/// the same two accounts at once could each hold one and wait for the other, and PostgreSQL
+/// aborted one of them. A refund now takes the payer's lock first, as a sale does. Replayed step
+/// by step: the sale holds the payer's lock, the refund is seen waiting for a lock, then the sale
+/// moves its money and commits; both must commit, and the balances show both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refund_and_a_sale_between_the_same_accounts_do_not_deadlock() {
+    use posbridge::store::journal::{self, Value};
+    use posbridge::store::ledger::{self, AccountKind, NewAccount, TransferOutcome};
+    let journal = TestJournal::new(Backend::Postgres);
+    let store = journal::open(&journal.config).await.unwrap();
+    let cny = |amount_minor| Money {
+        amount_minor,
+        currency: CNY,
+    };
+    // The merchant's identifier sorts first: identifier order would lock it before the payer.
+    let (merchant, payer, pan_hash) = ("a-merchant", "b-payer", vec![7u8; 32]);
+    let mut tx = store.begin().await.unwrap();
+    for (id, kind, hash, opening) in [
+        (merchant, AccountKind::Merchant, None, 100),
+        (payer, AccountKind::Payer, Some(pan_hash.clone()), 1_000),
+    ] {
+        let account = NewAccount {
+            account_id: id.into(),
+            kind,
+            holder: id.into(),
+            pan_truncated: None,
+            pan_hash: hash,
+            opening: cny(opening),
+            pvv: None,
+            pvki: None,
+            app_id: None,
+        };
+        ledger::create_account(&mut tx, &account).await.unwrap();
+    }
+    tx.commit().await.unwrap();
+
+    // The sale's first lock: the payer's row.
+    let mut sale = store.begin().await.unwrap();
+    let locked = ledger::payer_by_pan_hash_for_update(&mut sale, &pan_hash)
+        .await
+        .unwrap()
+        .expect("the payer exists");
+
+    // The refund, from its own connection, until it waits for a lock.
+    let (pid_tx, pid_rx) = tokio::sync::oneshot::channel();
+    let refund_store = store.clone();
+    let refund = tokio::spawn(async move {
+        let mut tx = refund_store.begin().await?;
+        let pid = tx.query_opt("SELECT pg_backend_pid()", &[]).await?;
+        let _ = pid_tx.send(pid.map(|row| row.i64(0)));
+        let outcome =
+            ledger::transfer(&mut tx, "order-r", merchant, payer, cny(1), "refund").await?;
+        tx.commit().await?;
+        Ok::<_, journal::JournalError>(outcome)
+    });
+    let pid = pid_rx.await.unwrap().unwrap().unwrap();
+    loop {
+        let waiting = store
+            .read_opt(
+                "SELECT wait_event_type FROM pg_stat_activity WHERE pid = $1",
+                &[Value::I64(pid)],
+            )
+            .await
+            .unwrap()
+            .and_then(|row| row.opt_text(0).ok().flatten());
+        if waiting.as_deref() == Some("Lock") {
+            break;
+        }
+        assert!(
+            !refund.is_finished(),
+            "the refund did not wait for the sale's lock"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+
+    // The sale moves its money (its trigger locks the merchant's row) and commits.
+    let moved = ledger::transfer_from_locked(
+        &mut sale,
+        "order-s",
+        &locked,
+        (merchant, CNY),
+        cny(5),
+        "sale",
+    )
+    .await
+    .unwrap();
+    assert_eq!(moved, TransferOutcome::Done);
+    sale.commit().await.expect("the sale commits");
+    let refunded = refund.await.unwrap().expect("the refund commits");
+    assert_eq!(refunded, TransferOutcome::Done);
+    assert_eq!(common::balance(&store, merchant).await, 100 + 5 - 1);
+    assert_eq!(common::balance(&store, payer).await, 1_000 - 5 + 1);
+    assert_ledger_conserved(&store).await;
+}

@@ -242,9 +242,11 @@ pub enum TransferOutcome {
     CurrencyMismatch,
 }
 
-/// Moves `amount` from account `from` to account `to` for `order_id` (a sale: from to
-/// to; a refund: to to from): two balance updates and two postings. Both accounts
-/// are locked in identifier order, so concurrent payments to the same to never deadlock.
+/// Moves `amount` from account `from` to account `to` for `order_id` (a refund or a
+/// reversal: merchant to payer): two balance updates and two postings. Both accounts are locked
+/// first, in one statement, a payer's account before any other: the order every sale takes them
+/// in (the payer's row lock, then the merchant's through the transfer's trigger), so a refund
+/// and a sale between the same two accounts never deadlock.
 pub async fn transfer(
     tx: &mut Tx,
     order_id: &str,
@@ -255,27 +257,27 @@ pub async fn transfer(
 ) -> Result<TransferOutcome, JournalError> {
     assert!(amount.amount_minor > 0, "transfers move a positive amount");
     assert_ne!(from, to, "an account cannot pay itself");
-    let mut ids = [from, to];
-    ids.sort_unstable();
     let lock_sql = format!(
-        "SELECT balance_minor, currency FROM accounts WHERE account_id = $1{}",
+        "SELECT account_id, balance_minor, currency FROM accounts WHERE account_id IN ($1, $2) \
+         ORDER BY CASE WHEN kind = 'payer' THEN 0 ELSE 1 END, account_id{}",
         tx.for_update()
     );
+    let rows = tx.query(&lock_sql, &[from.into(), to.into()]).await?;
     let mut from_state = None;
     let mut to_currency = None;
-    for id in ids {
-        let row = tx
-            .query_opt(&lock_sql, &[id.into()])
-            .await?
-            .ok_or_else(|| JournalError::Internal(format!("account {id} missing")))?;
+    for row in &rows {
+        let id = row.text(0)?;
         if id == from {
-            from_state = Some((row.i64(0)?, row.i64(1)?));
+            from_state = Some((row.i64(1)?, row.i64(2)?));
         } else {
-            to_currency = Some(row.i64(1)?);
+            to_currency = Some(row.i64(2)?);
         }
     }
+    if to_currency.is_none() {
+        return Err(JournalError::Internal(format!("account {to} missing")));
+    }
     let (balance, currency) =
-        from_state.ok_or_else(|| JournalError::Internal("source account not locked".into()))?;
+        from_state.ok_or_else(|| JournalError::Internal(format!("account {from} missing")))?;
     if currency != i64::from(amount.currency) {
         return Ok(TransferOutcome::CurrencyMismatch);
     }

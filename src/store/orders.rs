@@ -19,7 +19,6 @@ macro_rules! order_own_columns {
          created_at_ms, expires_at_ms, updated_at_ms"
     };
 }
-pub(crate) use order_own_columns;
 
 /// The same columns of `orders o`, then its merchant's name and city (`JOIN merchants m`), as
 /// [`order_from_row`] reads them.
@@ -190,6 +189,108 @@ pub async fn context(tx: &mut Tx, order: &Order) -> Result<Context, JournalError
     context.advice_sent = row.i64(4)? > 0;
     Ok(context)
 }
+
+/// A new order's columns, as its creation writes them (state CREATED).
+#[derive(Debug, Clone, Copy)]
+pub struct NewRow<'a> {
+    /// The new order's identifier.
+    pub order_id: &'a str,
+    /// Who made its code.
+    pub origin: Origin,
+    /// Merchant.
+    pub mid: &'a str,
+    /// Terminal, batch, voucher and operator of a terminal's sale.
+    pub tid: Option<&'a str>,
+    /// Batch number.
+    pub batch: Option<&'a str>,
+    /// Voucher number.
+    pub voucher: Option<&'a str>,
+    /// Operator.
+    pub operator: Option<&'a str>,
+    /// Acquirer.
+    pub acquirer: Option<&'a str>,
+    /// Transaction type.
+    pub txn_type: &'a str,
+    /// Amount and currency.
+    pub amount: Money,
+    /// The code's one-time reference.
+    pub reference: &'a str,
+    /// The code as issued.
+    pub payload: &'a str,
+    /// Creation time (ms).
+    pub now_ms: i64,
+    /// Expiry time (ms).
+    pub expires_at_ms: i64,
+}
+
+/// Writes a new order and its creation event as one durable step, and returns the order's own
+/// columns as written; `None` when an order for the same terminal, batch and voucher exists
+/// already (then nothing is written). On PostgreSQL one statement on its own (the event inserted
+/// by a data-modifying `WITH`): one round trip, no `BEGIN` or `COMMIT`.
+pub async fn insert_created(store: &Store, new: &NewRow<'_>) -> Result<Option<Row>, JournalError> {
+    const INSERT: &str = concat!(
+        "INSERT INTO orders (order_id, origin, mid, tid, operator, acquirer, txn_type, batch, voucher, amount_minor, \
+         currency, reference, payload, state, created_at_ms, expires_at_ms, updated_at_ms) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 'CREATED', $14, $15, $14) \
+         ON CONFLICT DO NOTHING RETURNING ",
+        order_own_columns!()
+    );
+    let mut params: Vec<Value> = vec![
+        new.order_id.into(),
+        new.origin.as_str().into(),
+        new.mid.into(),
+        new.tid.into(),
+        new.operator.into(),
+        new.acquirer.into(),
+        new.txn_type.into(),
+        new.batch.into(),
+        new.voucher.into(),
+        new.amount.amount_minor.into(),
+        i64::from(new.amount.currency).into(),
+        new.reference.into(),
+        new.payload.into(),
+        new.now_ms.into(),
+        new.expires_at_ms.into(),
+    ];
+    let inserted = match store.dialect() {
+        Dialect::Postgres => {
+            static CREATE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+                format!(
+                    "WITH created AS ({INSERT}), event AS (\
+                     INSERT INTO order_events (event_id, order_id, from_state, to_state, detail, at_ms) \
+                     SELECT $16, order_id, NULL, 'CREATED', '{CREATED_DETAIL}', created_at_ms FROM created) \
+                     SELECT * FROM created"
+                )
+            });
+            params.push(new_id().into());
+            store.write_one(&CREATE, &params).await?.into_iter().next()
+        }
+        Dialect::Sqlite => {
+            // No data-modifying WITH in SQLite: the same two writes in one transaction.
+            let mut tx = store.begin().await?;
+            let inserted = tx.query_opt(INSERT, &params).await?;
+            if inserted.is_some() {
+                record_event(
+                    &mut tx,
+                    new.order_id,
+                    None,
+                    OrderState::Created,
+                    CREATED_DETAIL,
+                )
+                .await?;
+            }
+            tx.commit().await?;
+            return Ok(inserted);
+        }
+    };
+    if inserted.is_some() {
+        crate::infra::metrics::record_order_state(OrderState::Created.as_str());
+    }
+    Ok(inserted)
+}
+
+/// The creation event's detail.
+const CREATED_DETAIL: &str = "created";
 
 /// What a transition to PAID records besides the state.
 #[derive(Debug, Clone, Copy)]

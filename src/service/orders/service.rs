@@ -13,6 +13,7 @@ pub use crate::domain::order::Order;
 use crate::infra::clock::new_auth_code;
 use crate::infra::security::Security;
 use crate::service::terminal_keys::{KeyError, Keyring};
+use crate::store::counters;
 use crate::store::journal::{Dialect, JournalError, Later, Store, Tx, new_id, now_ms};
 use crate::store::ledger::{self, TransferOutcome};
 use crate::store::orders::{self as order_store, Apply, ApplyError, Paid};
@@ -253,6 +254,8 @@ struct Ahead {
     order: Option<Later>,
     /// The payer's account (sales settled here).
     payer: Option<Later>,
+    /// The sale's retrieval reference number (sales settled here).
+    rrn: Option<Later>,
 }
 
 /// What a payment attempt leads to inside its first transaction.
@@ -513,45 +516,33 @@ impl OrderService {
             }
         };
         let order_id = new_id();
-        let mut tx = self.store.begin().await?;
-        let inserted = tx
-            .query_opt(
-                concat!(
-                    "INSERT INTO orders (order_id, origin, mid, tid, operator, acquirer, txn_type, batch, voucher, amount_minor, \
-                     currency, reference, payload, state, created_at_ms, expires_at_ms, updated_at_ms) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 'CREATED', $14, $15, $14) \
-                     ON CONFLICT DO NOTHING RETURNING ",
-                    order_store::order_own_columns!()
-                ),
-                &[
-                    order_id.as_str().into(),
-                    new.origin.as_str().into(),
-                    new.mid.as_str().into(),
-                    new.tid.clone().into(),
-                    new.operator.clone().into(),
-                    new.acquirer.clone().into(),
-                    new.txn_type.as_str().into(),
-                    new.batch.clone().into(),
-                    new.voucher.clone().into(),
-                    new.amount.amount_minor.into(),
-                    i64::from(new.amount.currency).into(),
-                    reference.as_str().into(),
-                    payload.as_str().into(),
-                    now.into(),
-                    expires.into(),
-                ],
-            )
-            .await?;
-        let Some(inserted) = inserted else {
+        let row = order_store::NewRow {
+            order_id: &order_id,
+            origin: new.origin,
+            mid: &new.mid,
+            tid: new.tid.as_deref(),
+            batch: new.batch.as_deref(),
+            voucher: new.voucher.as_deref(),
+            operator: new.operator.as_deref(),
+            acquirer: new.acquirer.as_deref(),
+            txn_type: &new.txn_type,
+            amount: new.amount,
+            reference: &reference,
+            payload: &payload,
+            now_ms: now,
+            expires_at_ms: expires,
+        };
+        let Some(inserted) = order_store::insert_created(&self.store, &row).await? else {
             return Err(OrderError::refused(
                 ResponseCode::Duplicate,
                 "an order for this terminal, batch and voucher exists already",
             ));
         };
-        let order = order_store::order_from_own_row(&inserted, merchant.name, merchant.city)?;
-        order_store::record_event(&mut tx, &order_id, None, OrderState::Created, "created").await?;
-        tx.commit().await?;
-        Ok(order)
+        Ok(order_store::order_from_own_row(
+            &inserted,
+            merchant.name,
+            merchant.city,
+        )?)
     }
 
     async fn check_terminal_payload(
@@ -730,14 +721,18 @@ impl OrderService {
             ),
             None => None,
         };
-        let payer = match route {
-            None => Some(ledger::payer_by_pan_hash_for_update_later(tx, pan_hash).await?),
-            Some(_) => None,
+        let (payer, rrn) = match route {
+            None => (
+                Some(ledger::payer_by_pan_hash_for_update_later(tx, pan_hash).await?),
+                Some(counters::next_rrn_later(tx).await?),
+            ),
+            Some(_) => (None, None),
         };
         Ok(Ahead {
             scanned,
             order,
             payer,
+            rrn,
         })
     }
 
@@ -835,7 +830,13 @@ impl OrderService {
                     .await;
             }
         }
-        let rrn = crate::store::counters::next_rrn(tx).await?;
+        // locks_later drew it for every sale settled here, with the payer's lock.
+        let drawn = ahead.rrn.ok_or_else(|| {
+            OrderError::Journal(JournalError::Internal(
+                "the sale's RRN was not drawn ahead".into(),
+            ))
+        })?;
+        let rrn = counters::rrn(tx, drawn).await?;
         let (auth_code, masked) = (new_auth_code(), request.pan.masked());
         let paid = Paid {
             rrn: &rrn,

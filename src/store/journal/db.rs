@@ -202,6 +202,23 @@ impl Store {
         }
     }
 
+    /// Runs one statement on its own (autocommit), a write or a read: PostgreSQL commits it
+    /// before it answers, in one round trip and with no `BEGIN` and `COMMIT` statements. It is a
+    /// durable step like a transaction's commit, and the commit failpoints apply to it as to
+    /// [`Tx::commit`].
+    pub async fn write_one(&self, sql: &str, params: &[Value]) -> Result<Vec<Row>, JournalError> {
+        if crate::infra::failpoint::fails("journal.commit.refused") {
+            return Err(JournalError::Internal("injected: COMMIT refused".into()));
+        }
+        let rows = self.read(sql, params).await?;
+        if crate::infra::failpoint::fails("journal.commit.lost") {
+            return Err(JournalError::Internal(
+                "injected: COMMIT acknowledgement lost (it committed)".into(),
+            ));
+        }
+        Ok(rows)
+    }
+
     /// [`Store::read`] expecting at most one row.
     pub async fn read_opt(&self, sql: &str, params: &[Value]) -> Result<Option<Row>, JournalError> {
         Ok(self.read(sql, params).await?.into_iter().next())
