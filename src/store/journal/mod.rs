@@ -136,6 +136,12 @@ const MIGRATIONS: &[Migration] = &[
         postgres: include_str!("migrations/0014_lean_ledger_triggers.postgres.sql"),
         sqlite: "",
     },
+    Migration {
+        version: 15,
+        portable: include_str!("migrations/0015_open_orders_index.sql"),
+        postgres: "",
+        sqlite: "",
+    },
 ];
 
 /// Applies the migrations not yet recorded in `schema_migrations`. Several gateways starting
