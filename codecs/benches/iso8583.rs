@@ -9,9 +9,10 @@
 //!
 //! Three operations per codec: `decode` (parse and validate the whole message), `encode` (write an
 //! already built message into a reused buffer) and `build+encode` (set every field from its value,
-//! then encode). posbridge's builder writes each field's wire form when the field is set, so its
-//! `encode` is one copy of pre-encoded bytes; `build+encode` is the like-for-like comparison of
-//! encoding work.
+//! then encode). posbridge's builder checks each value when it is set and writes the wire form
+//! when it encodes, like the other codecs, so `encode` includes the conversions (binary values to
+//! hex text for fields 52, 55 and 64, which the other codecs are given as text already);
+//! `build+encode` is the like-for-like comparison of encoding work.
 //!
 //! Before criterion runs, the bench counts heap allocations of one decode and one encode per
 //! codec with a counting global allocator (`stats_alloc`: the workspace forbids `unsafe`, which a

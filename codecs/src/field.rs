@@ -575,19 +575,13 @@ pub(crate) fn parse_value_text(def: &FieldDef, text: &str) -> Result<Vec<u8>, En
     }
 }
 
-/// Checks a value and appends its wire form (prefix and data) to `out`. ASCII and binary fields,
-/// the bulk of most messages, take a short path; the rest go through [`check_value`] and
-/// [`write_field`]. On error nothing is appended.
+/// Checks a value against the field (length, characters), as [`check_value`] does. ASCII and
+/// binary fields, the bulk of most messages, take a short path that only falls back to
+/// [`check_value`] to report what is wrong.
 #[inline]
-pub(crate) fn encode_value(
-    def: &FieldDef,
-    cp: CodePage,
-    value: &[u8],
-    out: &mut Vec<u8>,
-) -> Result<(), EncodeError> {
+pub(crate) fn check(def: &FieldDef, cp: CodePage, value: &[u8]) -> Result<(), EncodeError> {
     if matches!(def.data, DataEncoding::Ascii | DataEncoding::Binary) {
-        let units = def.units_of_value(value.len());
-        let fits = match units {
+        let fits = match def.units_of_value(value.len()) {
             Ok(u) if def.is_fixed() => u == def.max,
             Ok(u) => u <= def.max,
             Err(_) => false,
@@ -595,17 +589,33 @@ pub(crate) fn encode_value(
         let digits_ok = def.data == DataEncoding::Binary
             || def.charset != Charset::Numeric
             || all_ascii_digits(value);
-        if let (true, true, Ok(units)) = (fits, digits_ok, units) {
-            if let Some(prefix) = &def.prefix {
-                write_prefix(prefix, units, out);
-            }
-            out.extend_from_slice(value);
+        if fits && digits_ok {
             return Ok(());
         }
     }
-    let units = check_value(def, cp, value)?;
-    write_field(def, cp, value, units, out);
-    Ok(())
+    check_value(def, cp, value).map(|_| ())
+}
+
+/// Writes the wire form (prefix and data) of a value that passed [`check`] or came from a
+/// decoded field. A value of impossible length is refused, as [`check_value`] refuses it.
+#[inline]
+pub(crate) fn write_value<B: EncodeBuffer>(
+    def: &FieldDef,
+    cp: CodePage,
+    value: &[u8],
+    out: &mut B,
+) -> Result<(), EncodeError> {
+    match def.units_of_value(value.len()) {
+        Ok(units) => {
+            write_field(def, cp, value, units, out);
+            Ok(())
+        }
+        Err(why) => Err(EncodeError::BadCharacter {
+            field: def.number,
+            what: why.into(),
+            position: value.len(),
+        }),
+    }
 }
 
 /// Checks a value against the field and returns its length in `counts` units.
@@ -697,6 +707,15 @@ pub(crate) fn write_field<B: EncodeBuffer>(
     if let Some(prefix) = &def.prefix {
         write_prefix(prefix, units, out);
     }
+    match def.data {
+        DataEncoding::Ascii | DataEncoding::Binary => out.put(value),
+        _ => write_converted(def, cp, value, out),
+    }
+}
+
+/// Writes the data of a field whose wire form is not its value (EBCDIC, hex text, BCD). Kept
+/// out of line: the copy of ASCII and binary data, most fields, stays a few instructions.
+fn write_converted<B: EncodeBuffer>(def: &FieldDef, cp: CodePage, value: &[u8], out: &mut B) {
     match def.data {
         DataEncoding::Ascii | DataEncoding::Binary => out.put(value),
         // Converted through a stack chunk so the buffer sees a few large writes, not one per byte.

@@ -36,9 +36,9 @@
 //!   `field(n)` ([`Field`]: `wire()`, `value()`, `text()`, `as_str()`, `as_u64()`), `raw(n)`,
 //!   `get("60.2")` / `get("55.9F26")` for sub-fields, `mac_range()` / `mac_input()` (the exact
 //!   bytes the MAC covers), `to_builder()`.
-//! - [`MessageBuilder`] (`spec.builder(mti)`; `clear(mti)` to reuse it without allocating): each
-//!   field is checked and encoded when it is set, so encoding is a copy. `set(n, bytes)`,
-//!   `set_str(n, &str)`,
+//! - [`MessageBuilder`] (`spec.builder(mti)`; `clear(mti)` to reuse it): each field is checked
+//!   when it is set and written when the message is encoded; a new builder with up to 32
+//!   fields set from borrowed values does not allocate. `set(n, bytes)`, `set_str(n, &str)`,
 //!   `set_text(n, text-or-hex)`, `set_sub("60.2", ..)`, `set_header(..)`, `encode_into(&mut
 //!   Vec<u8> | &mut BytesMut)` -> [`Encoded`] (offsets, [`MacSpan`]), `encode_with_mac(buf,
 //!   |covered| mac)` which writes a placeholder, computes over the covered bytes and patches.

@@ -1,11 +1,14 @@
 //! Whole messages: [`decode`] borrows the input and records where each field lies (a fixed array
-//! on the stack, no heap allocation); [`MessageBuilder`] holds values (borrowed or owned) and
-//! encodes into a caller's reusable buffer. Both expose the exact bytes a MAC covers, so a MAC is
-//! computed over what travels, never over a re-encoding.
+//! on the stack, no heap allocation); [`MessageBuilder`] holds values (borrowed or owned, inline
+//! for the usual number of fields) and writes their wire form straight into a caller's reusable
+//! buffer when it encodes. Both expose the exact bytes a MAC covers, so a MAC is computed over
+//! what travels, never over a re-encoding.
 
 use std::borrow::Cow;
 use std::fmt;
 use std::ops::Range;
+
+use arrayvec::ArrayVec;
 
 use crate::bitmap::Bitmap;
 use crate::ebcdic::CodePage;
@@ -479,26 +482,19 @@ impl<'a> Message<'a> {
     }
 
     /// A builder holding this message's values (borrowed where the wire form is the value), to
-    /// change some fields and encode a reply or a re-send.
+    /// change some fields and encode a reply or a re-send. The decoder accepts only canonical
+    /// encodings, so the values re-encode to the bytes received.
     pub fn to_builder(&self) -> MessageBuilder<'a> {
-        let mut wire = Vec::with_capacity(self.input.len());
-        let mut entries = Vec::with_capacity(self.bitmap.len());
+        let mut values = Values::default();
         let mut bitmap = Bitmap::new();
+        let mut last = 0;
         for f in self.fields() {
-            // The wire form travels as received: prefix and data, copied once.
-            let prefix = f.def.prefix.map_or(0, |p| usize::from(p.width));
-            let bytes = self
-                .input
-                .get(f.offset - prefix..f.offset + f.wire.len())
-                .unwrap_or_default();
-            let start = wire.len();
-            wire.extend_from_slice(bytes);
             bitmap.insert(f.number());
-            entries.push(Entry {
-                number: f.number(),
+            values.push(Value {
+                def: f.def(),
                 value: f.value(),
-                wire: start..wire.len(),
             });
+            last = f.number();
         }
         // Keep a secondary/tertiary bitmap the sender included even if it announces nothing, so
         // the message re-encodes byte for byte.
@@ -514,9 +510,9 @@ impl<'a> Message<'a> {
             spec: self.spec,
             mti: self.mti,
             header: Cow::Borrowed(self.header()),
-            entries,
-            wire,
             bitmap,
+            values,
+            last,
             min_bitmaps,
         }
     }
@@ -547,30 +543,134 @@ pub struct Encoded {
 /// A message built in code (or from a decoded one): MTI, header and field values, checked
 /// against the dialect as they are set. Values are the field's value, not its wire form: text,
 /// digits (ASCII digit bytes, `=` in track 2) or bytes. Its `Debug` masks sensitive fields.
+///
+/// The builder keeps the values (borrowed, or owned when given as a `Vec`) in field order,
+/// inline for up to 32 fields, and writes their wire form only when it encodes, straight into
+/// the caller's buffer: building and encoding a message of up to 32 fields from borrowed values
+/// does not allocate, whether the builder is new or reused.
 #[derive(Clone)]
 pub struct MessageBuilder<'a> {
     spec: &'a Spec,
     mti: [u8; 4],
     header: Cow<'a, [u8]>,
-    /// Sorted by field number.
-    entries: Vec<Entry<'a>>,
-    /// Every entry's wire form (length prefix and data), encoded when the value is set; entries
-    /// point into it. Encoding a message copies these bytes: one copy when the fields were set
-    /// in ascending order, which is the usual case.
-    wire: Vec<u8>,
-    /// The fields in `entries`, kept up to date so encoding does not rebuild it.
+    /// The data elements set (never bits 1 or 65: encoding adds the bitmap bits it writes).
     bitmap: Bitmap,
+    /// One value per field in `bitmap`, in field order: a field's index is its rank in `bitmap`.
+    values: Values<'a>,
+    /// The highest field number set (0 when none): where a field set in ascending order goes.
+    last: u16,
     /// Bitmaps written even when no field needs them (kept from a decoded message).
     min_bitmaps: u8,
 }
 
-/// One field of a builder.
-#[derive(Debug, Clone)]
-struct Entry<'a> {
-    number: u16,
+/// Field values a builder keeps inline before it moves them to the heap: more than most messages
+/// carry (the reference 0200 of the benchmark has 21), so a new builder costs no allocation.
+const INLINE_FIELDS: usize = 32;
+
+/// A builder's values in field order: inline while they fit, then all on the heap. Once on the
+/// heap they stay there (`clear` keeps the capacity), so a reused builder does not allocate
+/// again. Kept out of `smallvec` because its type is invariant in the values' lifetime, which
+/// would change what callers may do with a `MessageBuilder<'a>`.
+#[derive(Clone, Default)]
+struct Values<'a> {
+    inline: ArrayVec<Value<'a>, INLINE_FIELDS>,
+    /// Every value, once more than `INLINE_FIELDS` were set at once (`inline` is then empty).
+    heap: Vec<Value<'a>>,
+}
+
+/// One field's value with its definition, looked up once when the value is set so that
+/// encoding goes straight to it.
+#[derive(Clone)]
+struct Value<'a> {
+    def: &'a FieldDef,
     value: Cow<'a, [u8]>,
-    /// Where the field's wire form lies in the builder's `wire`.
-    wire: Range<usize>,
+}
+
+impl<'a> Values<'a> {
+    fn on_heap(&self) -> bool {
+        self.heap.capacity() != 0
+    }
+
+    fn as_slice(&self) -> &[Value<'a>] {
+        if self.on_heap() {
+            &self.heap
+        } else {
+            &self.inline
+        }
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [Value<'a>] {
+        if self.on_heap() {
+            &mut self.heap
+        } else {
+            &mut self.inline
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.as_slice().len()
+    }
+
+    /// Appends a value (a field above all those set).
+    #[inline]
+    fn push(&mut self, value: Value<'a>) {
+        if !self.on_heap() {
+            match self.inline.try_push(value) {
+                Ok(()) => return,
+                Err(full) => {
+                    self.spill();
+                    self.heap.push(full.element());
+                    return;
+                }
+            }
+        }
+        self.heap.push(value);
+    }
+
+    /// Moves the inline values to the heap, where they stay.
+    #[cold]
+    fn spill(&mut self) {
+        self.heap.reserve(2 * INLINE_FIELDS);
+        self.heap.extend(self.inline.drain(..));
+    }
+
+    /// Inserts at `index` (at most `len()`: the caller's bitmap rank guarantees it).
+    fn insert(&mut self, index: usize, value: Value<'a>) {
+        if !self.on_heap() {
+            if !self.inline.is_full() {
+                self.inline.insert(index, value);
+                return;
+            }
+            self.spill();
+        }
+        self.heap.insert(index, value);
+    }
+
+    fn remove(&mut self, index: usize) {
+        if self.on_heap() {
+            self.heap.remove(index);
+        } else {
+            self.inline.remove(index);
+        }
+    }
+
+    fn clear(&mut self) {
+        self.inline.clear();
+        self.heap.clear();
+    }
+
+    /// Heap bytes held: owned values and the spilled list.
+    fn heap_bytes(&self) -> usize {
+        let owned: usize = self
+            .as_slice()
+            .iter()
+            .map(|v| match &v.value {
+                Cow::Borrowed(_) => 0,
+                Cow::Owned(v) => v.capacity(),
+            })
+            .sum();
+        owned + self.heap.capacity() * std::mem::size_of::<Value<'a>>()
+    }
 }
 
 fn parse_mti(mti: &str) -> Result<[u8; 4], EncodeError> {
@@ -587,9 +687,9 @@ impl<'a> MessageBuilder<'a> {
             spec,
             mti: parse_mti(mti)?,
             header: Cow::Borrowed(ZERO_HEADER.get(..spec.header.length).unwrap_or_default()),
-            entries: Vec::new(),
-            wire: Vec::new(),
             bitmap: Bitmap::new(),
+            values: Values::default(),
+            last: 0,
             min_bitmaps: 1,
         })
     }
@@ -631,6 +731,7 @@ impl<'a> MessageBuilder<'a> {
         Ok(self)
     }
 
+    #[inline]
     fn def(&self, number: u16) -> Result<&'a FieldDef, EncodeError> {
         if self.spec.is_bitmap_bit(number) {
             return Err(EncodeError::UnknownField(number));
@@ -640,7 +741,9 @@ impl<'a> MessageBuilder<'a> {
             .ok_or(EncodeError::UnknownField(number))
     }
 
-    /// Sets a field's value (checked against the dialect: length, characters).
+    /// Sets a field's value (checked against the dialect: length, characters). The value is
+    /// kept as given (a borrowed slice is not copied); its wire form is written when the message
+    /// is encoded.
     pub fn set(
         &mut self,
         number: u16,
@@ -648,75 +751,31 @@ impl<'a> MessageBuilder<'a> {
     ) -> Result<&mut Self, EncodeError> {
         let def = self.def(number)?;
         let value = value.into();
-        let mut start = self.wire.len();
-        field::encode_value(def, self.spec.code_page, &value, &mut self.wire)?;
-        self.bitmap.insert(number);
-        let found = self.find(number);
-        if let Ok(i) = found {
-            // Re-setting the field encoded last reuses its place; otherwise its old bytes stay
-            // unused until compaction or `clear`.
-            let old = self.entries.get(i).map(|e| e.wire.clone());
-            if let Some(old) = old.filter(|old| old.end == start) {
-                self.wire.copy_within(start.., old.start);
-                self.wire.truncate(self.wire.len() - (start - old.start));
-                start = old.start;
-            }
-        }
-        let entry = Entry {
-            number,
-            value,
-            wire: start..self.wire.len(),
-        };
-        match found {
-            Ok(i) => {
-                if let Some(e) = self.entries.get_mut(i) {
-                    *e = entry;
-                }
-                self.compact_if_wasteful();
-            }
-            Err(i) if i == self.entries.len() => self.entries.push(entry),
-            Err(i) => self.entries.insert(i, entry),
+        field::check(def, self.spec.code_page, &value)?;
+        // Fields are usually set in ascending order: then the value goes at the end.
+        let value = Value { def, value };
+        if number > self.last {
+            self.bitmap.insert(number);
+            self.values.push(value);
+            self.last = number;
+        } else {
+            self.put_before_last(number, value);
         }
         Ok(self)
     }
 
-    /// Replaced fields leave their old bytes behind; once those outweigh the live ones, rewrite
-    /// the wire buffer in field order, so a long-lived builder that is edited stays bounded.
-    fn compact_if_wasteful(&mut self) {
-        let live: usize = self.entries.iter().map(|e| e.wire.len()).sum();
-        if self.wire.len() <= 2 * live + 256 {
-            return;
-        }
-        let mut wire = Vec::with_capacity(live);
-        for e in &mut self.entries {
-            let start = wire.len();
-            wire.extend_from_slice(self.wire.get(e.wire.clone()).unwrap_or_default());
-            e.wire = start..wire.len();
-        }
-        self.wire = wire;
-    }
-
-    /// Index of a field in `entries` (or where it would go). Fields are usually set in
-    /// ascending order, so the end is checked first.
-    #[inline]
-    fn find(&self, number: u16) -> Result<usize, usize> {
-        match self.entries.last() {
-            None => Err(0),
-            Some(last) if last.number < number => Err(self.entries.len()),
-            _ => self.entries.binary_search_by_key(&number, |e| e.number),
-        }
-    }
-
-    /// True when the entries' wire bytes lie back to back in field order and fill `wire`.
-    fn wire_in_order(&self) -> bool {
-        let mut next = 0;
-        for e in &self.entries {
-            if e.wire.start != next {
-                return false;
+    /// Stores the value of a field at or below the highest one set: replaces it, or inserts it
+    /// at its rank.
+    fn put_before_last(&mut self, number: u16, value: Value<'a>) {
+        let index = self.bitmap.rank(number);
+        if self.bitmap.contains(number) {
+            if let Some(slot) = self.values.as_mut_slice().get_mut(index) {
+                *slot = value;
             }
-            next = e.wire.end;
+        } else {
+            self.bitmap.insert(number);
+            self.values.insert(index, value);
         }
-        next == self.wire.len()
     }
 
     /// Sets a text or digit field from a string (borrowed, no copy).
@@ -736,25 +795,32 @@ impl<'a> MessageBuilder<'a> {
     /// reused per message does not allocate.
     pub fn clear(&mut self, mti: &str) -> Result<&mut Self, EncodeError> {
         self.mti = parse_mti(mti)?;
-        self.entries.clear();
-        self.wire.clear();
+        self.values.clear();
         self.bitmap = Bitmap::new();
+        self.last = 0;
         self.min_bitmaps = 1;
         Ok(self)
     }
 
     /// Removes a field.
     pub fn remove(&mut self, number: u16) -> &mut Self {
-        self.entries.retain(|e| e.number != number);
-        self.bitmap.remove(number);
-        self.compact_if_wasteful();
+        if self.bitmap.contains(number) {
+            self.values.remove(self.bitmap.rank(number));
+            self.bitmap.remove(number);
+            self.last = self.bitmap.iter().last().unwrap_or(0);
+        }
         self
     }
 
     /// A field's value, if set.
     pub fn value(&self, number: u16) -> Option<&[u8]> {
-        let i = self.find(number).ok()?;
-        self.entries.get(i).map(|e| e.value.as_ref())
+        if !self.bitmap.contains(number) {
+            return None;
+        }
+        self.values
+            .as_slice()
+            .get(self.bitmap.rank(number))
+            .map(|v| v.value.as_ref())
     }
 
     /// A field's text form (see [`Field::text`]).
@@ -765,15 +831,17 @@ impl<'a> MessageBuilder<'a> {
         ))
     }
 
-    /// Bytes the builder holds for its fields' pre-encoded wire form (live and replaced ones;
-    /// bounded by compaction), for callers that watch memory.
+    /// Heap bytes the builder holds for its fields: the values it owns (those given as a `Vec`;
+    /// borrowed ones cost nothing) and its field list once more than 32 fields were set, for
+    /// callers that watch memory. A replaced value is freed at once, so this stays bounded
+    /// however often a long-lived builder is edited.
     pub fn retained_bytes(&self) -> usize {
-        self.wire.len()
+        self.values.heap_bytes()
     }
 
     /// Numbers of the fields set, ascending.
     pub fn numbers(&self) -> impl Iterator<Item = u16> + '_ {
-        self.entries.iter().map(|e| e.number)
+        self.bitmap.iter()
     }
 
     /// A sub-field (or whole field) by path; `Ok(None)` if absent.
@@ -810,27 +878,21 @@ impl<'a> MessageBuilder<'a> {
     }
 
     /// Makes every value owned, detaching the builder from the input it was built from.
-    pub fn into_owned(self) -> MessageBuilder<'a> {
+    pub fn into_owned(mut self) -> MessageBuilder<'a> {
+        for v in self.values.as_mut_slice() {
+            if let Cow::Borrowed(bytes) = v.value {
+                v.value = Cow::Owned(bytes.to_vec());
+            }
+        }
         MessageBuilder {
-            spec: self.spec,
-            mti: self.mti,
             header: Cow::Owned(self.header.into_owned()),
-            entries: self
-                .entries
-                .into_iter()
-                .map(|e| Entry {
-                    value: Cow::Owned(e.value.into_owned()),
-                    ..e
-                })
-                .collect(),
-            wire: self.wire,
-            bitmap: self.bitmap,
-            min_bitmaps: self.min_bitmaps,
+            ..self
         }
     }
 
-    /// Encodes the message (header, MTI, bitmaps, fields) appended to `out`. Does not allocate
-    /// once `out` has the capacity. The MAC field is written as set.
+    /// Encodes the message (header, MTI, bitmaps, fields) appended to `out`, writing each
+    /// field's wire form from its value. Does not allocate once `out` has the capacity. The MAC
+    /// field is written as set.
     pub fn encode_into<B: EncodeBuffer>(&self, out: &mut B) -> Result<Encoded, EncodeError> {
         self.encode_inner(out, false)
     }
@@ -889,27 +951,32 @@ impl<'a> MessageBuilder<'a> {
                 actual: self.header.len(),
             });
         }
+        // A programmer's error, never the caller's: `set`, `remove` and `to_builder` keep one
+        // value per bitmap bit.
+        assert_eq!(
+            self.values.len(),
+            self.bitmap.len(),
+            "builder values and bitmap out of step"
+        );
         let mac_number = spec.mac.map(|m| m.field);
-        let mut placeholder = if mac_placeholder { mac_number } else { None };
+        let placeholder = if mac_placeholder { mac_number } else { None };
 
-        let mut bitmap = self.bitmap;
+        // The data elements to write: those set, and the MAC placeholder (which replaces a MAC
+        // set by the caller).
+        let mut fields = self.bitmap;
         if let Some(m) = placeholder {
-            bitmap.insert(m);
+            fields.insert(m);
         }
-        // Entries are sorted, so the highest field is the last one (or the MAC placeholder).
-        let highest = self
-            .entries
-            .last()
-            .map_or(0, |e| e.number)
-            .max(placeholder.unwrap_or(0));
-        let count = if highest > 128 {
+        let [_, secondary, tertiary] = fields.words();
+        let count = if tertiary != 0 {
             3
-        } else if highest > 64 {
+        } else if secondary != 0 {
             2
         } else {
             1
         }
         .max(self.min_bitmaps.min(spec.max_bitmaps));
+        let mut bitmap = fields;
         if count >= 2 {
             bitmap.insert(1);
         }
@@ -932,46 +999,37 @@ impl<'a> MessageBuilder<'a> {
         };
         let mut mac = None;
         let mut record = |number: u16, field_start: usize, end: usize| {
-            if mac_number == Some(number) {
-                let prefix = spec
-                    .field(number)
-                    .and_then(|d| d.prefix)
-                    .map_or(0, |p| usize::from(p.width));
-                mac = Some(MacSpan {
-                    covered: covered_start..field_start,
-                    value: field_start + prefix..end,
-                });
-            }
+            let prefix = spec
+                .field(number)
+                .and_then(|d| d.prefix)
+                .map_or(0, |p| usize::from(p.width));
+            mac = Some(MacSpan {
+                covered: covered_start..field_start,
+                value: field_start + prefix..end,
+            });
         };
-        let placeholder_last =
-            placeholder.is_none_or(|m| self.entries.last().is_none_or(|e| e.number < m));
-        if placeholder_last && self.wire_in_order() {
-            // The usual case: one copy of every field's pre-encoded bytes.
-            let body = out.written().len();
-            out.put(&self.wire);
-            for e in &self.entries {
-                record(e.number, body + e.wire.start, body + e.wire.end);
-            }
-        } else {
-            for e in &self.entries {
-                match placeholder {
-                    Some(m) if m <= e.number => {
-                        let field_start = out.written().len();
-                        write_placeholder(spec.field(m), cp, out)?;
-                        record(m, field_start, out.written().len());
-                        placeholder = None;
-                        if m == e.number {
-                            continue;
-                        }
-                    }
-                    _ => {}
-                }
+        // The placeholder, while not yet written, goes before the first field above it; it
+        // replaces a MAC the caller set.
+        let mut pending = placeholder;
+        for (number, value) in self.bitmap.iter().zip(self.values.as_slice()) {
+            if let Some(m) = pending
+                && m <= number
+            {
                 let field_start = out.written().len();
-                out.put(self.wire.get(e.wire.clone()).unwrap_or_default());
-                record(e.number, field_start, out.written().len());
+                write_placeholder(spec.field(m), cp, out)?;
+                record(m, field_start, out.written().len());
+                pending = None;
+                if m == number {
+                    continue;
+                }
+            }
+            let field_start = out.written().len();
+            field::write_value(value.def, cp, &value.value, out)?;
+            if mac_number == Some(number) {
+                record(number, field_start, out.written().len());
             }
         }
-        if let Some(m) = placeholder {
+        if let Some(m) = pending {
             let field_start = out.written().len();
             write_placeholder(spec.field(m), cp, out)?;
             record(m, field_start, out.written().len());
@@ -1132,14 +1190,11 @@ impl fmt::Debug for Message<'_> {
 impl fmt::Debug for MessageBuilder<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mti = self.mti;
-        let spec = self.spec;
         let fields: std::collections::BTreeMap<u16, String> = self
-            .entries
+            .bitmap
             .iter()
-            .filter_map(|e| {
-                let def = spec.field(e.number)?;
-                Some((e.number, mask::masked_text(def, &mti, &e.value)))
-            })
+            .zip(self.values.as_slice())
+            .map(|(number, v)| (number, mask::masked_text(v.def, &mti, &v.value)))
             .collect();
         f.debug_struct("MessageBuilder")
             .field("dialect", &self.spec.name)

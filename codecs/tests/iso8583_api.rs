@@ -291,12 +291,12 @@ fn editing_a_builder_many_times_keeps_it_bounded_and_correct() {
     let mut m = cups_pos_sale(&spec);
     let reference = m.to_bytes().unwrap();
     for i in 0..10_000u32 {
-        // Re-set an early field (its old bytes become garbage) and a late one.
+        // Re-set an early field (its old value must be freed, not kept) and a late one.
         m.set_str(3, if i % 2 == 0 { "310000" } else { "000000" })
             .unwrap();
         m.set_sub("60.2", format!("{:06}", i % 1000).as_bytes())
             .unwrap();
-        // Re-setting the field encoded last reuses its place.
+        // Re-setting the highest field replaces it in place.
         m.set_sub("60.1", if i % 3 == 0 { b"23" } else { b"22" })
             .unwrap();
     }
@@ -307,6 +307,26 @@ fn editing_a_builder_many_times_keeps_it_bounded_and_correct() {
     assert!(
         size < 2 * reference.len() + 300,
         "builder holds {size} bytes"
+    );
+}
+
+/// A builder of values borrowed for `'long` can take values that live shorter: callers rely on
+/// `MessageBuilder<'a>` being covariant in `'a`. Fails to compile otherwise.
+#[test]
+fn a_builder_can_borrow_values_shorter_than_its_spec() {
+    fn shorten<'short, 'long: 'short>(
+        m: posbridge_codecs::MessageBuilder<'long>,
+    ) -> posbridge_codecs::MessageBuilder<'short> {
+        m
+    }
+    let spec = Spec::builtin("iso87ascii").unwrap();
+    let m = spec.builder("0800").unwrap();
+    let stan = String::from("000321");
+    let mut m = shorten(m);
+    m.set_str(11, &stan).unwrap();
+    assert_eq!(
+        decode(&spec, &m.to_bytes().unwrap()).unwrap().str(11),
+        Some("000321")
     );
 }
 

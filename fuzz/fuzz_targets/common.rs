@@ -1,8 +1,9 @@
 //! Shared by the dialect targets: decode → re-encode → compare.
 //!
 //! For every input the dialect accepts, re-encoding the decoded message must give back exactly the
-//! input bytes, both through `Message::to_builder` (received wire forms copied) and from the
-//! decoded values alone through a fresh builder (every value encoder at work): posbridge's decoder
+//! input bytes, both through `Message::to_builder` (the decoded values, unchecked) and from the
+//! decoded values set one by one on a fresh builder (each checked as a caller's would be); both
+//! write every field through the value encoders at encode time: posbridge's decoder
 //! accepts only canonical encodings (uppercase hex data, the spec's pad nibble, lengths within
 //! limits), so a MAC computed over received bytes and one over a re-encoding agree.
 //!
@@ -20,7 +21,7 @@ pub fn round_trip(spec: &Spec, data: &[u8]) {
         return;
     };
 
-    // 1. Through `to_builder` (fields travel in their received wire form).
+    // 1. Through `to_builder` (the decoded values, re-encoded).
     let mut copied = Vec::with_capacity(data.len());
     message
         .to_builder()
