@@ -185,7 +185,11 @@ async fn next_frame(
     read_timeout: Duration,
 ) -> anyhow::Result<Option<BytesMut>> {
     if framed.read_buffer().is_empty() {
-        tokio::time::timeout(idle, framed.get_ref().readable())
+        // Wait for the request's first byte (or the end of the stream). A peek, because a
+        // readiness wait (`readable`) may return with nothing to read: the read timeout below
+        // would then run from the start of the silence and close an idle terminal early.
+        let mut first = [0u8; 1];
+        tokio::time::timeout(idle, framed.get_ref().peek(&mut first))
             .await
             .map_err(|_| anyhow::anyhow!("idle timeout"))??;
     }
