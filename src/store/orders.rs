@@ -199,7 +199,7 @@ pub struct NewRow<'a> {
     pub origin: Origin,
     /// Merchant.
     pub mid: &'a str,
-    /// Terminal, batch, voucher and operator of a terminal's sale.
+    /// Terminal (a terminal's sale).
     pub tid: Option<&'a str>,
     /// Batch number.
     pub batch: Option<&'a str>,
@@ -252,7 +252,7 @@ pub async fn insert_created(store: &Store, new: &NewRow<'_>) -> Result<Option<Ro
         new.now_ms.into(),
         new.expires_at_ms.into(),
     ];
-    let inserted = match store.dialect() {
+    match store.dialect() {
         Dialect::Postgres => {
             static CREATE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
                 format!(
@@ -263,7 +263,11 @@ pub async fn insert_created(store: &Store, new: &NewRow<'_>) -> Result<Option<Ro
                 )
             });
             params.push(new_id().into());
-            store.write_one(&CREATE, &params).await?.into_iter().next()
+            let inserted = store.write_one(&CREATE, &params).await?.into_iter().next();
+            if inserted.is_some() {
+                crate::infra::metrics::record_order_state(OrderState::Created.as_str());
+            }
+            Ok(inserted)
         }
         Dialect::Sqlite => {
             // No data-modifying WITH in SQLite: the same two writes in one transaction.
@@ -279,14 +283,11 @@ pub async fn insert_created(store: &Store, new: &NewRow<'_>) -> Result<Option<Ro
                 )
                 .await?;
             }
+            // record_event counts the new state once the transaction commits.
             tx.commit().await?;
-            return Ok(inserted);
+            Ok(inserted)
         }
-    };
-    if inserted.is_some() {
-        crate::infra::metrics::record_order_state(OrderState::Created.as_str());
     }
-    Ok(inserted)
 }
 
 /// The creation event's detail.
