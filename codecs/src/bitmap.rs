@@ -72,6 +72,19 @@ impl Bitmap {
         }
     }
 
+    /// The highest field present (bitmap bits included), `None` when empty.
+    #[inline]
+    pub fn highest(&self) -> Option<u16> {
+        let (w, word) = self
+            .words
+            .iter()
+            .enumerate()
+            .rev()
+            .find(|(_, w)| **w != 0)?;
+        // The lowest set bit of a word is its highest field.
+        Some((w * 64) as u16 + 64 - word.trailing_zeros() as u16)
+    }
+
     /// Number of set bits.
     pub fn len(&self) -> usize {
         self.words.iter().map(|w| w.count_ones() as usize).sum()
@@ -119,6 +132,19 @@ impl Iterator for BitmapIter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn highest_is_the_last_field_iterated() {
+        let mut b = Bitmap::new();
+        assert_eq!(b.highest(), None);
+        for field in [2, 64, 65, 128, 129, 192] {
+            b.insert(field);
+            assert_eq!(b.highest(), Some(field));
+            assert_eq!(b.highest(), b.iter().last());
+        }
+        b.remove(192);
+        assert_eq!(b.highest(), Some(129));
+    }
 
     #[test]
     fn insert_iterate_rank() {

@@ -487,14 +487,12 @@ impl<'a> Message<'a> {
     pub fn to_builder(&self) -> MessageBuilder<'a> {
         let mut values = Values::default();
         let mut bitmap = Bitmap::new();
-        let mut last = 0;
         for f in self.fields() {
             bitmap.insert(f.number());
             values.push(Value {
                 def: f.def(),
                 value: f.value(),
             });
-            last = f.number();
         }
         // Keep a secondary/tertiary bitmap the sender included even if it announces nothing, so
         // the message re-encodes byte for byte.
@@ -512,7 +510,6 @@ impl<'a> Message<'a> {
             header: Cow::Borrowed(self.header()),
             bitmap,
             values,
-            last,
             min_bitmaps,
         }
     }
@@ -557,8 +554,6 @@ pub struct MessageBuilder<'a> {
     bitmap: Bitmap,
     /// One value per field in `bitmap`, in field order: a field's index is its rank in `bitmap`.
     values: Values<'a>,
-    /// The highest field number set (0 when none): where a field set in ascending order goes.
-    last: u16,
     /// Bitmaps written even when no field needs them (kept from a decoded message).
     min_bitmaps: u8,
 }
@@ -689,7 +684,6 @@ impl<'a> MessageBuilder<'a> {
             header: Cow::Borrowed(ZERO_HEADER.get(..spec.header.length).unwrap_or_default()),
             bitmap: Bitmap::new(),
             values: Values::default(),
-            last: 0,
             min_bitmaps: 1,
         })
     }
@@ -754,10 +748,9 @@ impl<'a> MessageBuilder<'a> {
         field::check(def, self.spec.code_page, &value)?;
         // Fields are usually set in ascending order: then the value goes at the end.
         let value = Value { def, value };
-        if number > self.last {
+        if self.bitmap.highest().is_none_or(|highest| number > highest) {
             self.bitmap.insert(number);
             self.values.push(value);
-            self.last = number;
         } else {
             self.put_before_last(number, value);
         }
@@ -797,7 +790,6 @@ impl<'a> MessageBuilder<'a> {
         self.mti = parse_mti(mti)?;
         self.values.clear();
         self.bitmap = Bitmap::new();
-        self.last = 0;
         self.min_bitmaps = 1;
         Ok(self)
     }
@@ -807,7 +799,6 @@ impl<'a> MessageBuilder<'a> {
         if self.bitmap.contains(number) {
             self.values.remove(self.bitmap.rank(number));
             self.bitmap.remove(number);
-            self.last = self.bitmap.iter().last().unwrap_or(0);
         }
         self
     }

@@ -15,8 +15,8 @@ pub async fn next_stan(tx: &mut Tx) -> Result<String, JournalError> {
 /// The next retrieval reference number (F37, twelve digits, cycling after 10^12 - 1): unique per
 /// journal, so per acquirer; the journal's unique index per acquirer stays as the backstop.
 pub async fn next_rrn(tx: &mut Tx) -> Result<String, JournalError> {
-    let value = next(tx, "rrn", 999_999_999_999).await?;
-    Ok(format!("{value:012}"))
+    let later = next_rrn_later(tx).await?;
+    rrn(tx, later).await
 }
 
 /// [`next_rrn`] sent ahead ([`Tx::query_later`]), for a transaction that will need it: it travels

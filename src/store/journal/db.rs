@@ -207,15 +207,9 @@ impl Store {
     /// durable step like a transaction's commit, and the commit failpoints apply to it as to
     /// [`Tx::commit`].
     pub async fn write_one(&self, sql: &str, params: &[Value]) -> Result<Vec<Row>, JournalError> {
-        if crate::infra::failpoint::fails("journal.commit.refused") {
-            return Err(JournalError::Internal("injected: COMMIT refused".into()));
-        }
+        injected_commit_refusal()?;
         let rows = self.read(sql, params).await?;
-        if crate::infra::failpoint::fails("journal.commit.lost") {
-            return Err(JournalError::Internal(
-                "injected: COMMIT acknowledgement lost (it committed)".into(),
-            ));
-        }
+        injected_commit_loss()?;
         Ok(rows)
     }
 
@@ -228,6 +222,24 @@ impl Store {
     pub async fn ping(&self) -> Result<(), JournalError> {
         self.read("SELECT 1", &[]).await.map(|_| ())
     }
+}
+
+/// The `journal.commit.refused` failpoint: a durable step's commit fails before it is made.
+fn injected_commit_refusal() -> Result<(), JournalError> {
+    if crate::infra::failpoint::fails("journal.commit.refused") {
+        return Err(JournalError::Internal("injected: COMMIT refused".into()));
+    }
+    Ok(())
+}
+
+/// The `journal.commit.lost` failpoint: a durable step committed, but its caller hears an error.
+fn injected_commit_loss() -> Result<(), JournalError> {
+    if crate::infra::failpoint::fails("journal.commit.lost") {
+        return Err(JournalError::Internal(
+            "injected: COMMIT acknowledgement lost (it committed)".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// A query sent ahead ([`Tx::query_later`]); [`Tx::rows`] gives its rows.
@@ -341,19 +353,13 @@ impl Tx {
             engine,
             after_commit,
         } = self;
-        if crate::infra::failpoint::fails("journal.commit.refused") {
-            // Dropped unfinished: rolled back.
-            return Err(JournalError::Internal("injected: COMMIT refused".into()));
-        }
+        // Refused: the transaction is dropped unfinished, so it rolls back.
+        injected_commit_refusal()?;
         match engine {
             TxEngine::Pg(tx) => (*tx).commit().await?,
             TxEngine::Sqlite(tx) => tx.commit()?,
         }
-        if crate::infra::failpoint::fails("journal.commit.lost") {
-            return Err(JournalError::Internal(
-                "injected: COMMIT acknowledgement lost (it committed)".into(),
-            ));
-        }
+        injected_commit_loss()?;
         for action in after_commit {
             action();
         }
