@@ -146,10 +146,8 @@ pub fn cups_xor(data: &[u8]) -> [u8; 8] {
 fn cups_ecb(key: &dyn KeyOps, data: &[u8]) -> Result<Vec<u8>> {
     key.require_family(Family::Des, "the UnionPay ECB MAC")?;
     let expanded = hex::encode_upper(cups_xor(data)).into_bytes();
-    let mut step = key.ecb_encrypt(&expanded[..8])?;
-    for (s, e) in step.iter_mut().zip(&expanded[8..]) {
-        *s ^= e;
-    }
-    let last = key.ecb_encrypt(&step)?;
+    // E(K, E(K, first half) XOR second half) is the last block of a zero-IV CBC encryption of
+    // the 16 bytes: one operation in the module instead of two ECB encryptions.
+    let last = key.cbc_last(&[0; 8], &expanded)?;
     Ok(hex::encode_upper(&last[..]).into_bytes()[..8].to_vec())
 }
