@@ -1033,6 +1033,83 @@ on_both_journals!(
     super::a_change_between_the_read_and_the_wait_is_not_missed
 );
 
+/// The other half: a change of *another* order between the read and the wait leaves the read
+/// trusted (under load some order changes during almost every read, and the held request would
+/// otherwise read its order again). Observed through a change the notifier never hears of: the
+/// order's operator rewritten in the journal behind the gateway's back. A wait with no time left
+/// answers from the one source its first round picks: the trusted read (the old operator), or the
+/// journal (the new one).
+async fn a_change_of_another_order_leaves_the_read_trusted(backend: Backend) {
+    let journal = TestJournal::new(backend);
+    let s = seeded(&journal).await;
+    let held = s.orders.create(new_order("000093", 300)).await.unwrap();
+    let other = s.orders.create(new_order("000094", 400)).await.unwrap();
+    let sequence = s.orders.read_sequence();
+    let read = s.orders.order(&held.order_id).await.unwrap().unwrap();
+    let result = pay(&s.orders, &other.payload, Some(PAYER_PIN), "other").await;
+    assert_eq!(result.code(), ResponseCode::Approved, "{result:?}");
+    let rewritten = s
+        .orders
+        .store()
+        .write_one(
+            "UPDATE orders SET operator = 'behind-its-back' WHERE order_id = $1",
+            &[held.order_id.as_str().into()],
+        )
+        .await;
+    rewritten.unwrap();
+    let read_at = |order| posbridge::service::orders::ReadAt { order, sequence };
+    let seen = s
+        .orders
+        .wait_final_after(read_at(read.clone()), Duration::ZERO)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(seen.operator, read.operator, "the read was not trusted");
+    // The same read after a change of its own order (announced here) is not trusted.
+    s.orders.notifier().changed(&held.order_id);
+    let seen = s
+        .orders
+        .wait_final_after(read_at(read), Duration::ZERO)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(seen.operator.as_deref(), Some("behind-its-back"));
+}
+on_both_journals!(
+    a_change_of_another_order_leaves_the_read_trusted,
+    super::a_change_of_another_order_leaves_the_read_trusted
+);
+
+/// The journal's notification of a commit this gateway made (it arrives after the commit, and
+/// so after the waiters were handed the order) does not make them read a final order back; it
+/// does make them read an order that is not final, which another gateway may have moved.
+#[tokio::test]
+async fn a_notification_keeps_a_final_order_committed_here() {
+    let journal = TestJournal::new(Backend::Sqlite);
+    let s = seeded(&journal).await;
+    let order = s.orders.create(new_order("000095", 300)).await.unwrap();
+    let notifier = s.orders.notifier();
+    let watch = notifier.subscribe(&order.order_id);
+    notifier.changed_to(&order);
+    notifier.changed_elsewhere(&order.order_id);
+    assert!(
+        watch.latest().is_none(),
+        "a CREATED order must be read again"
+    );
+    let result = pay(&s.orders, &order.payload, Some(PAYER_PIN), "final").await;
+    let paid = result.order.clone().expect("the paid order");
+    assert_eq!(paid.state(), OrderState::Paid);
+    notifier.changed_to(&paid);
+    notifier.changed_elsewhere(&order.order_id);
+    assert_eq!(watch.latest().map(|o| o.state()), Some(OrderState::Paid));
+    notifier.resumed();
+    assert!(
+        watch.latest().is_none(),
+        "after a gap in notifications, everything is read"
+    );
+    notifier.release(&order.order_id, watch);
+}
+
 /// Regression: a refund locked its two accounts in identifier order, while a sale locks the
 /// payer's and then (through its transfer's trigger) the merchant's; a refund and a sale between
 /// the same two accounts at once could each hold one and wait for the other, and PostgreSQL

@@ -74,6 +74,8 @@ pub async fn serve(
             },
             _ = stop.changed() => break,
         };
+        // An answer is one small write: sent at once, not held for the peer's delayed ACK.
+        let _ = stream.set_nodelay(true);
         let (router, acceptor, stop) = (router.clone(), acceptor.clone(), stop.clone());
         connections.spawn(async move {
             let _permit = permit;

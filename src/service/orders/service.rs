@@ -1475,8 +1475,8 @@ impl OrderService {
     }
 
     /// Each round: the wake-up is armed first, then the order is had, from the fastest source
-    /// that is certainly current: the caller's read if no change was learnt since it (first
-    /// round), the order as this gateway committed it when its change woke us, else the journal.
+    /// that is certainly current: the caller's read if no change of its order was learnt since
+    /// it (first round), the order as this gateway committed it when its change woke us, else the journal.
     async fn wait(
         &self,
         order_id: &str,
@@ -1491,7 +1491,9 @@ impl OrderService {
             tokio::pin!(notified);
             notified.as_mut().enable();
             let current = match known.take() {
-                Some(read) if self.notifier.sequence() == read.sequence => Some(read.order),
+                Some(read) if !self.notifier.changed_since(order_id, read.sequence) => {
+                    Some(read.order)
+                }
                 _ if woken => handle.latest(),
                 _ => None,
             };
