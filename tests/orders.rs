@@ -1080,6 +1080,74 @@ on_both_journals!(
     super::a_change_of_another_order_leaves_the_read_trusted
 );
 
+/// The one writer's check of a state change: applied to an order that is no longer in the state
+/// it was decided for (here a stale CREATED read of an order cancelled since), nothing commits.
+/// SQLite sees it at once (a conflict); PostgreSQL, where the change travels with the commit,
+/// raises it there (migration 16), and the commit fails. Either way the order keeps its state and
+/// its events.
+async fn a_state_change_on_a_stale_order_commits_nothing(backend: Backend) {
+    use posbridge::domain::lifecycle::{self, Event, Verdict};
+    use posbridge::store::orders::{self as order_store, Apply, ApplyError};
+    let journal = TestJournal::new(backend);
+    let s = seeded(&journal).await;
+    let order = s.orders.create(new_order("000096", 300)).await.unwrap();
+    let stale = s.orders.order(&order.order_id).await.unwrap().unwrap();
+    let cancelled = s
+        .orders
+        .cancel(&order.order_id, "by the test")
+        .await
+        .unwrap();
+    assert_eq!(cancelled.map(|o| o.state()), Some(OrderState::Cancelled));
+    let events = || async {
+        s.orders
+            .store()
+            .read_opt(
+                "SELECT COUNT(*) FROM order_events WHERE order_id = $1",
+                &[order.order_id.as_str().into()],
+            )
+            .await
+            .unwrap()
+            .unwrap()
+            .i64(0)
+            .unwrap()
+    };
+    let before = events().await;
+    let mut tx = s.orders.store().begin().await.unwrap();
+    let context = order_store::context(&mut tx, &stale).await.unwrap();
+    let Verdict::Move(transition) = lifecycle::next(stale.state(), Event::Expire, &context) else {
+        panic!("CREATED expires");
+    };
+    let applied = order_store::apply(&mut tx, Apply::new(&stale, &transition, &context)).await;
+    match backend {
+        Backend::Sqlite => {
+            assert!(
+                matches!(applied, Err(ApplyError::Conflict { .. })),
+                "{applied:?}"
+            );
+            drop(tx); // rolled back (it holds the embedded journal's write lock)
+        }
+        Backend::Postgres => {
+            assert!(
+                applied.is_ok(),
+                "the change travels with the commit: {applied:?}"
+            );
+            let committed = tx.commit().await;
+            let error = committed.expect_err("the database refuses the stale change");
+            assert!(
+                error.to_string().contains("was not in state CREATED"),
+                "{error}"
+            );
+        }
+    }
+    let now = s.orders.order(&order.order_id).await.unwrap().unwrap();
+    assert_eq!(now.state(), OrderState::Cancelled);
+    assert_eq!(events().await, before, "no event row committed");
+}
+on_both_journals!(
+    a_state_change_on_a_stale_order_commits_nothing,
+    super::a_state_change_on_a_stale_order_commits_nothing
+);
+
 /// The journal's notification of a commit this gateway made (it arrives after the commit, and
 /// so after the waiters were handed the order) does not make them read a final order back; it
 /// does make them read an order that is not final, which another gateway may have moved.

@@ -382,69 +382,10 @@ pub async fn apply(tx: &mut Tx, apply: Apply<'_>) -> Result<Order, ApplyError> {
         "a transition is applied to the state it was decided for"
     );
     let now = now_ms();
-    let updated = match apply.paid {
-        Some(paid) => {
-            assert_eq!(
-                transition.to,
-                OrderState::Paid,
-                "receipt data only for PAID"
-            );
-            tx.query(
-                concat!(
-                    "UPDATE orders SET state = $3, response_code = $4, updated_at_ms = $5, rrn = $6, auth_code = $7, \
-                     payer_account_id = COALESCE($8, payer_account_id), payer_pan_masked = $9 \
-                     WHERE order_id = $1 AND state = $2 RETURNING ",
-                    order_own_columns!()
-                ),
-                &[
-                    order.order_id.as_str().into(),
-                    transition.from.as_str().into(),
-                    transition.to.as_str().into(),
-                    transition.code.as_str().into(),
-                    now.into(),
-                    paid.rrn.into(),
-                    paid.auth_code.into(),
-                    paid.payer_account_id.into(),
-                    paid.payer_pan_masked.into(),
-                ],
-            )
-            .await?
-        }
-        None => {
-            // A refund keeps the order's 00; any other move records its code.
-            let code = if transition.from == transition.to && transition.to == OrderState::Paid {
-                ResponseCode::Approved
-            } else {
-                transition.code
-            };
-            tx.query(
-                concat!(
-                    "UPDATE orders SET state = $3, response_code = $4, updated_at_ms = $5 \
-                     WHERE order_id = $1 AND state = $2 RETURNING ",
-                    order_own_columns!()
-                ),
-                &[
-                    order.order_id.as_str().into(),
-                    transition.from.as_str().into(),
-                    transition.to.as_str().into(),
-                    code.as_str().into(),
-                    now.into(),
-                ],
-            )
-            .await?
-        }
+    let updated = match tx.dialect() {
+        Dialect::Postgres => move_later(tx, &apply, now).await?,
+        Dialect::Sqlite => move_now(tx, &apply, now).await?,
     };
-    let [row] = updated.as_slice() else {
-        return Err(ApplyError::Conflict {
-            order_id: order.order_id.clone(),
-            expected: transition.from,
-        });
-    };
-    let updated = order_from_own_row(
-        row,
-        order.merchant_name.clone(),
-        order.merchant_city.clone(),
-    )?;
     let detail = match apply.note {
         Some(note) => format!("{}: {note}", transition.detail),
         None => transition.detail.to_owned(),
@@ -461,6 +402,103 @@ pub async fn apply(tx: &mut Tx, apply: Apply<'_>) -> Result<Order, ApplyError> {
         do_work(tx, &apply, *work).await?;
     }
     Ok(updated)
+}
+
+/// The response code a transition records: a refund keeps the order's 00, any other move
+/// records its own code.
+fn recorded_code(apply: &Apply<'_>) -> ResponseCode {
+    let transition = apply.transition;
+    if apply.paid.is_none() && transition.from == transition.to && transition.to == OrderState::Paid
+    {
+        ResponseCode::Approved
+    } else {
+        transition.code
+    }
+}
+
+/// The order's new column values for a transition: its state, its [`recorded_code`] and, for a
+/// move to PAID, the receipt.
+fn moved_columns(apply: &Apply<'_>, now: i64) -> Vec<Value> {
+    let (order, transition) = (apply.order, apply.transition);
+    let mut values = vec![
+        order.order_id.as_str().into(),
+        transition.from.as_str().into(),
+        transition.to.as_str().into(),
+        recorded_code(apply).as_str().into(),
+        now.into(),
+    ];
+    if let Some(paid) = apply.paid {
+        assert_eq!(
+            transition.to,
+            OrderState::Paid,
+            "receipt data only for PAID"
+        );
+        values.extend([
+            paid.rrn.into(),
+            paid.auth_code.into(),
+            paid.payer_account_id.into(),
+            paid.payer_pan_masked.into(),
+        ]);
+    }
+    values
+}
+
+/// The `SET` list of [`moved_columns`] (`$1` order, `$2` expected state).
+fn moved_set(paid: bool) -> &'static str {
+    if paid {
+        "state = $3, response_code = $4, updated_at_ms = $5, rrn = $6, auth_code = $7, \
+         payer_account_id = COALESCE($8, payer_account_id), payer_pan_masked = $9"
+    } else {
+        "state = $3, response_code = $4, updated_at_ms = $5"
+    }
+}
+
+/// PostgreSQL: the state change travels with the transaction's next statement or its commit
+/// (no round trip of its own), and the order as it now stands is made here from the row read
+/// under its lock and the values written. Its check is the database's: a change of no row
+/// (the order not in the state expected) raises an error there, which aborts the transaction,
+/// so nothing sent with it commits (migration 16).
+async fn move_later(tx: &mut Tx, apply: &Apply<'_>, now: i64) -> Result<Order, ApplyError> {
+    let values = moved_columns(apply, now);
+    let sql = format!(
+        "WITH moved AS (UPDATE orders SET {} WHERE order_id = $1 AND state = $2 RETURNING 1) \
+         SELECT posbridge_expect_moved((SELECT COUNT(*) FROM moved), $1, $2)",
+        moved_set(apply.paid.is_some())
+    );
+    tx.execute_later(&sql, &values).await?;
+    let mut updated = apply.order.clone();
+    updated.state = apply.transition.to;
+    updated.response_code = Some(recorded_code(apply).as_str().to_owned());
+    updated.updated_at_ms = now;
+    if let Some(paid) = apply.paid {
+        updated.rrn = Some(paid.rrn.to_owned());
+        updated.auth_code = paid.auth_code.map(str::to_owned);
+        updated.payer_pan_masked = Some(paid.payer_pan_masked.to_owned());
+    }
+    Ok(updated)
+}
+
+/// SQLite (statements run at once): the state change, and the order as it now stands from the
+/// updated row itself; no row changed is a conflict.
+async fn move_now(tx: &mut Tx, apply: &Apply<'_>, now: i64) -> Result<Order, ApplyError> {
+    let order = apply.order;
+    let sql = format!(
+        "UPDATE orders SET {} WHERE order_id = $1 AND state = $2 RETURNING {}",
+        moved_set(apply.paid.is_some()),
+        order_own_columns!()
+    );
+    let updated = tx.query(&sql, &moved_columns(apply, now)).await?;
+    let [row] = updated.as_slice() else {
+        return Err(ApplyError::Conflict {
+            order_id: order.order_id.clone(),
+            expected: apply.transition.from,
+        });
+    };
+    Ok(order_from_own_row(
+        row,
+        order.merchant_name.clone(),
+        order.merchant_city.clone(),
+    )?)
 }
 
 async fn do_work(tx: &mut Tx, apply: &Apply<'_>, work: Work) -> Result<(), ApplyError> {

@@ -802,8 +802,13 @@ impl tokio_postgres::types::ToSql for Value {
     tokio_postgres::types::to_sql_checked!();
 }
 
+/// The database's own message and SQLSTATE when it has one (tokio-postgres says only "db
+/// error"); never its detail, which may quote the values of a row.
 fn pg_error(error: tokio_postgres::Error) -> JournalError {
-    JournalError::Database(error.to_string())
+    match error.as_db_error() {
+        Some(db) => JournalError::Database(format!("{} ({})", db.message(), db.code().code())),
+        None => JournalError::Database(error.to_string()),
+    }
 }
 
 fn pool_error(error: deadpool_postgres::PoolError) -> JournalError {

@@ -142,6 +142,12 @@ const MIGRATIONS: &[Migration] = &[
         postgres: "",
         sqlite: "",
     },
+    Migration {
+        version: 16,
+        portable: "",
+        postgres: include_str!("migrations/0016_expect_moved.postgres.sql"),
+        sqlite: "",
+    },
 ];
 
 /// Applies the migrations not yet recorded in `schema_migrations`. Several gateways starting
