@@ -64,6 +64,9 @@ fn check_counts(report: &serde_json::Value, journal: &str) {
     assert_eq!(report["completed"], 20, "{report}");
     assert_eq!(report["errors"], serde_json::json!({}), "{report}");
     assert!(report["sales_per_s"].as_f64().unwrap() > 0.0);
+    // A count has no steady part: its rate is over the whole run.
+    assert!(report["steady_s"].is_null(), "{report}");
+    assert_eq!(report["sales_per_s"], report["sales_per_s_overall"]);
     for step in ["order", "resolve", "pay", "result", "sale"] {
         let latency = &report["latency"][step];
         assert_eq!(latency["count"], 20, "{step}: {report}");
@@ -87,6 +90,35 @@ fn smoke_run_on_sqlite_completes_every_sale() {
     assert!(report["ceiling"].is_null() && report["ceiling_ratio"].is_null());
     // A second run on the same journal reuses the bench's registrations and a fresh batch.
     check_counts(&self::report(&bench(&config, &[], "warn")), "sqlite");
+}
+
+/// A timed run reports its rate over the steady part of the duration (from a fifth of it to its
+/// end), and beside it the rate over the whole run, drain included.
+#[test]
+fn a_timed_run_reports_its_steady_part() {
+    let journal = TestJournal::new(Backend::Sqlite);
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_file(dir.path(), &journal);
+    let output = Command::new(env!("CARGO_BIN_EXE_posbridge"))
+        .args(["bench", "--spawn", "--config"])
+        .arg(&config)
+        .args(["--duration", "2s", "--terminals", "2", "--json"])
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report = report(&output);
+    assert_eq!(report["bound"]["duration_s"], 2.0);
+    assert_eq!(report["steady_s"], 1.6, "{report}");
+    assert_eq!(report["errors"], serde_json::json!({}), "{report}");
+    let completed = report["completed"].as_f64().unwrap();
+    assert!(completed > 0.0, "{report}");
+    let overall = completed / report["elapsed_s"].as_f64().unwrap();
+    assert!((report["sales_per_s_overall"].as_f64().unwrap() - overall).abs() < 1e-9);
 }
 
 #[test]

@@ -24,6 +24,10 @@ pub(crate) struct LoadResult {
     pub attempted: u64,
     /// Sales approved end to end (the terminal's result is 00).
     pub completed: u64,
+    /// With a duration: the sales completed in its steady part (from a fifth of it to its end,
+    /// so neither the first sales' start nor the drain of the last ones after it), and that
+    /// part's length.
+    pub steady: Option<(u64, Duration)>,
     /// Failed sales by step and response code (`pay/51`, `order/io`, ...).
     pub errors: BTreeMap<String, u64>,
     /// Latencies.
@@ -37,6 +41,10 @@ struct Shared {
     bound: Bound,
     started: AtomicU64,
     deadline: Option<Instant>,
+    /// Where the steady part of a duration begins (it ends at the deadline).
+    steady_from: Option<Instant>,
+    /// Sales completed in the steady part.
+    steady: AtomicU64,
     progress: Arc<Progress>,
 }
 
@@ -68,6 +76,11 @@ pub(crate) async fn run(
             Bound::Duration(d) => Some(start + d),
             Bound::Count(_) => None,
         },
+        steady_from: match bound {
+            Bound::Duration(d) => Some(start + d / STEADY_AFTER),
+            Bound::Count(_) => None,
+        },
+        steady: AtomicU64::new(0),
         progress,
     });
     let mut tasks = tokio::task::JoinSet::new();
@@ -98,6 +111,7 @@ pub(crate) async fn run(
         elapsed: Duration::ZERO,
         attempted: 0,
         completed: 0,
+        steady: None,
         errors: BTreeMap::new(),
         histograms: Histograms::new()?,
         payload_len: 0,
@@ -113,6 +127,10 @@ pub(crate) async fn run(
         total.payload_len = total.payload_len.max(lane.payload_len);
     }
     total.elapsed = start.elapsed();
+    total.steady = match (shared.steady_from, shared.deadline) {
+        (Some(from), Some(to)) => Some((shared.steady.load(Ordering::Relaxed), to - from)),
+        _ => None,
+    };
     Ok(total)
 }
 
@@ -210,6 +228,9 @@ async fn run_lane(
         match outcome {
             Ok(payload_len) => {
                 result.completed += 1;
+                if in_steady_part(&shared) {
+                    shared.steady.fetch_add(1, Ordering::Relaxed);
+                }
                 result.payload_len = result.payload_len.max(payload_len);
             }
             Err(failure) => {
@@ -224,6 +245,15 @@ async fn run_lane(
         }
     }
     result
+}
+
+/// The steady part of a duration starts after its first 1/STEADY_AFTER.
+const STEADY_AFTER: u32 = 5;
+
+/// Whether now is in the steady part of the duration.
+fn in_steady_part(shared: &Shared) -> bool {
+    let now = Instant::now();
+    matches!((shared.steady_from, shared.deadline), (Some(from), Some(to)) if from <= now && now < to)
 }
 
 fn may_start(shared: &Shared) -> bool {

@@ -147,8 +147,15 @@ pub struct Report {
     pub attempted: u64,
     /// Sales approved end to end.
     pub completed: u64,
-    /// Completed sales per second.
+    /// Completed sales per second: with a duration, in its steady part (the sales completed
+    /// from a fifth of the duration to its end, over that time), else `sales_per_s_overall`.
     pub sales_per_s: f64,
+    /// Completed sales over the whole wall time (`completed / elapsed_s`), which includes the
+    /// first sales' start and the drain of those still running at the end of the duration (as
+    /// long as a sale takes, which grows with the terminals).
+    pub sales_per_s_overall: f64,
+    /// The steady part's length, seconds (with a duration).
+    pub steady_s: Option<f64>,
     /// Failed sales by `step/response-code`.
     pub errors: BTreeMap<String, u64>,
     /// Latency per step (`order`, `resolve`, `pay`, `result`, `sale`).
@@ -190,6 +197,15 @@ pub struct DbPerSale {
 impl Report {
     pub(crate) fn from_load(options: &BenchOptions, load: &super::load::LoadResult) -> Report {
         let elapsed_s = load.elapsed.as_secs_f64();
+        let overall = if elapsed_s > 0.0 {
+            load.completed as f64 / elapsed_s
+        } else {
+            0.0
+        };
+        let steady = load
+            .steady
+            .filter(|&(_, window)| !window.is_zero())
+            .map(|(sales, window)| (sales as f64 / window.as_secs_f64(), window.as_secs_f64()));
         let mut bound = BTreeMap::new();
         match options.bound {
             Bound::Count(n) => bound.insert("count".to_owned(), n as f64),
@@ -205,11 +221,9 @@ impl Report {
             elapsed_s,
             attempted: load.attempted,
             completed: load.completed,
-            sales_per_s: if elapsed_s > 0.0 {
-                load.completed as f64 / elapsed_s
-            } else {
-                0.0
-            },
+            sales_per_s: steady.map_or(overall, |(rate, _)| rate),
+            sales_per_s_overall: overall,
+            steady_s: steady.map(|(_, window)| window),
             errors: load.errors.clone(),
             latency: Step::ALL
                 .iter()
@@ -253,9 +267,16 @@ impl Report {
             .map_or("as fast as possible".to_owned(), |r| format!("{r} sales/s"));
         let _ = writeln!(
             out,
-            "  {} terminals, {rate}; {} sales started, {} completed in {:.2} s: {:.1} sales/s",
+            "  {} terminals, {rate}; {} sales started, {} completed in {:.2} s; {:.1} sales/s",
             self.terminals, self.attempted, self.completed, self.elapsed_s, self.sales_per_s
         );
+        if let Some(steady) = self.steady_s {
+            let _ = writeln!(
+                out,
+                "  (sales/s over the last {steady:.1} s of the duration; {:.1} over the whole run with its drain)",
+                self.sales_per_s_overall
+            );
+        }
         if self.errors.is_empty() {
             let _ = writeln!(out, "  errors: none");
         } else {
