@@ -27,7 +27,7 @@ pub struct Merchant {
     #[serde(default)]
     pub account_id: String,
     /// Where static-code payments are notified (optional). The secret the notifications are
-    /// signed with is set apart, sealed: [`crate::service::webhooks::set_secret`].
+    /// signed with is set apart, sealed: [`crate::service::webhooks::Secrets::set`].
     #[serde(default)]
     pub webhook_url: Option<String>,
 }

@@ -6,7 +6,7 @@
 //! de-duplication) and `X-Posbridge-Signature: t=<ms>,v1=<hex HMAC-SHA256 of "t.body">` under
 //! the merchant's webhook secret. Retries back off exponentially up to [`MAX_ATTEMPTS`].
 //!
-//! The webhook secret is sealed under the journal's data key ([`set_secret`]) and opened in the
+//! The webhook secret is sealed under the journal's data key ([`Secrets::set`]) and opened in the
 //! security module only to sign a delivery; it is not the merchant's API key (that one is kept
 //! as a hash) and it is never stored in clear.
 

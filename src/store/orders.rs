@@ -1,5 +1,6 @@
 //! The orders table and its one writer. [`apply`] is the only code that changes an order's
-//! state: it checks the state it expects (rows changed = 1, else [`ApplyError::Conflict`]),
+//! state: it checks the state it expects (rows changed = 1; on SQLite at once, else
+//! [`ApplyError::Conflict`]; on PostgreSQL by the database, whose error aborts the transaction),
 //! writes the event row, and applies the transition's follow-up work (ledger transfers, queued
 //! reversals and advices, webhooks) in the caller's transaction, so all of it commits or none.
 
@@ -368,7 +369,8 @@ pub enum ApplyError {
 
 /// Applies a transition in the caller's transaction: the state change against the expected
 /// previous state, its event row, then its work, in order. Returns the order as it now stands
-/// (the updated row itself). Metrics and wake-ups run after the commit.
+/// (the updated row on SQLite; on PostgreSQL, where the change travels with the next statement
+/// or the commit, the locked read with the values written). Metrics and wake-ups run after the commit.
 pub async fn apply(tx: &mut Tx, apply: Apply<'_>) -> Result<Order, ApplyError> {
     let Apply {
         order,
