@@ -236,3 +236,76 @@ on_both_journals!(
     deferred_writes_keep_order_and_fail_their_transaction,
     super::deferred_writes_keep_order_and_fail_their_transaction
 );
+
+/// An order's change reaches the other gateways' listeners only once its transaction has
+/// committed, announced by the gateway itself right after the COMMIT (one notification per
+/// order, however often it was announced), and never for a transaction that rolled back. No
+/// trigger on `order_events` notifies any more: a NOTIFY inside the transaction held
+/// PostgreSQL's notification lock through the commit's flush, so payments committed one after
+/// another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_order_change_is_announced_after_its_commit_and_only_then() {
+    use posbridge::store::journal::db::listen_for_orders;
+    let journal = TestJournal::new(Backend::Postgres);
+    let store = journal::open(&journal.config).await.unwrap();
+    let (heard_tx, mut heard) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let (resumed_tx, mut resumed) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let settings = journal.config.clone();
+    let listener = tokio::spawn(async move {
+        listen_for_orders(
+            &settings,
+            move |payload| {
+                let _ = heard_tx.send(payload.to_owned());
+            },
+            move || {
+                let _ = resumed_tx.send(());
+            },
+            stop_rx,
+        )
+        .await;
+    });
+    resumed.recv().await.expect("the listener listens");
+    // Rolled back: announced, but never heard.
+    let mut tx = store.begin().await.unwrap();
+    tx.announce_order("rolled-back");
+    tx.execute("SELECT 1", &[]).await.unwrap();
+    drop(tx);
+    // Committed: each order once, in the order announced.
+    let mut tx = store.begin().await.unwrap();
+    tx.announce_order("committed-1");
+    tx.announce_order("committed-2");
+    tx.announce_order("committed-1");
+    tx.execute("SELECT 1", &[]).await.unwrap();
+    tx.commit().await.unwrap();
+    let first = heard.recv().await.unwrap();
+    let second = heard.recv().await.unwrap();
+    assert_eq!(
+        (first.as_str(), second.as_str()),
+        ("committed-1", "committed-2")
+    );
+    // A later commit's announcement is the next thing heard: nothing of the rollback came
+    // between, nor a second committed-1.
+    let mut tx = store.begin().await.unwrap();
+    tx.announce_order("marker");
+    tx.execute("SELECT 1", &[]).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(heard.recv().await.unwrap(), "marker");
+    assert!(heard.try_recv().is_err(), "nothing else was announced");
+    let triggers = store
+        .read(
+            "SELECT COUNT(*) FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid \
+             JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE c.relname = 'order_events' AND n.nspname = current_schema() AND NOT t.tgisinternal",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        triggers[0].i64(0).unwrap(),
+        0,
+        "no trigger notifies inside the transaction"
+    );
+    stop.send(true).unwrap();
+    listener.await.unwrap();
+}

@@ -592,6 +592,11 @@ pub async fn record_event(
         ],
     )
     .await?;
+    if from.is_some() {
+        // A held terminal request may wait on it, here or on another gateway (a creation
+        // wakes nobody: nobody waits on an order before it exists).
+        tx.announce_order(order_id);
+    }
     tx.after_commit(move || crate::infra::metrics::record_order_state(to.as_str()));
     Ok(())
 }

@@ -281,6 +281,21 @@ impl Tx {
         self.after_commit.push(Box::new(action));
     }
 
+    /// Announces a change of the order to the other gateways sharing this PostgreSQL journal
+    /// (its id on the channel [`listen_for_orders`] listens to), once this transaction has
+    /// committed; nothing if it rolls back. The notification is sent right after the
+    /// `COMMIT`, in the same round trip but in a transaction of its own: a `NOTIFY` inside a
+    /// transaction takes PostgreSQL's one notification lock for the database at its commit and
+    /// holds it through the commit's flush to disk, which made every payment's commit wait for
+    /// the one before it. SQLite serves one gateway: nothing to announce.
+    pub fn announce_order(&mut self, order_id: &str) {
+        if let TxEngine::Pg(tx) = &mut self.engine
+            && !tx.announce.iter().any(|known| known == order_id)
+        {
+            tx.announce.push(order_id.to_owned());
+        }
+    }
+
     /// Runs a statement, returns the number of rows it changed.
     pub async fn execute(&mut self, sql: &str, params: &[Value]) -> Result<u64, JournalError> {
         match &mut self.engine {
@@ -399,7 +414,18 @@ impl Tx {
 pub struct PgStore {
     pool: deadpool_postgres::Pool,
     schema: Arc<str>,
+    /// The schema's order-change channel ([`order_channel`]).
+    channel: Arc<str>,
 }
+
+/// The PostgreSQL channel on which the gateways sharing the journal's `schema` announce order
+/// changes (payload: the order id) and registry changes (payload: [`super::REGISTRY_CHANGED`]).
+pub fn order_channel(schema: &str) -> String {
+    format!("posbridge_orders_{schema}")
+}
+
+/// One notification per announced order, on the channel `$1` ([`Tx::announce_order`]).
+const ANNOUNCE_ORDERS: &str = "SELECT pg_notify($1, id) FROM unnest($2::text[]) AS id";
 
 impl PgStore {
     /// Connects a pool whose connections use `schema` (created if missing) as search path.
@@ -467,6 +493,7 @@ impl PgStore {
         Ok(PgStore {
             pool,
             schema: schema.into(),
+            channel: order_channel(schema).into(),
         })
     }
 
@@ -492,6 +519,8 @@ impl PgStore {
             deferred: Vec::new(),
             fetched: Vec::new(),
             failed: false,
+            channel: Arc::clone(&self.channel),
+            announce: Vec::new(),
         })
     }
 }
@@ -519,6 +548,10 @@ pub struct PgTx {
     /// A statement failed: the transaction is lost, whatever a caller does next (deferred
     /// writes may have gone with it).
     failed: bool,
+    /// The order-change channel of the store's schema ([`listen_for_orders`]).
+    channel: Arc<str>,
+    /// Orders whose change is announced after the commit ([`Tx::announce_order`]).
+    announce: Vec<String>,
 }
 
 impl PgTx {
@@ -543,6 +576,7 @@ impl PgTx {
             deferred,
             fetched,
             failed,
+            ..
         } = self;
         let client = client
             .as_ref()
@@ -613,8 +647,36 @@ impl PgTx {
             // Nothing was sent: there is nothing to commit.
             return Ok(());
         }
+        let announce = std::mem::take(&mut self.announce);
+        let channel = Arc::clone(&self.channel);
         let committed = self
-            .run(|client| async move { client.batch_execute("COMMIT").await.map_err(pg_error) })
+            .run(|client| async move {
+                let commit = async { client.batch_execute("COMMIT").await.map_err(pg_error) };
+                if announce.is_empty() {
+                    return commit.await;
+                }
+                // Sent behind the COMMIT before any answer is read: it runs after the commit,
+                // in a transaction of its own (see Tx::announce_order). Should the COMMIT fail,
+                // the others only re-read an order that did not change.
+                let notify = async {
+                    let statement = client
+                        .prepare_cached(ANNOUNCE_ORDERS)
+                        .await
+                        .map_err(pg_error)?;
+                    let channel: &str = &channel;
+                    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] =
+                        [&channel, &announce];
+                    client
+                        .execute(&statement, &params)
+                        .await
+                        .map_err(pg_error)
+                };
+                let (committed, announced) = futures_util::future::join(commit, notify).await;
+                if let Err(error) = announced {
+                    tracing::warn!(%error, "order change committed but not announced to the other gateways");
+                }
+                committed
+            })
             .await;
         let client = self
             .client
@@ -1025,8 +1087,9 @@ pub(crate) fn tls_connector(
     Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
 }
 
-/// Listens for order changes made by other gateways sharing this PostgreSQL journal (the
-/// `order_events` trigger notifies `posbridge_orders_<schema>` with the order id) and hands each
+/// Listens for order changes made by other gateways sharing this PostgreSQL journal (each
+/// announces on [`order_channel`] the id of every order whose state its transaction changed,
+/// right after the commit: [`Tx::announce_order`]) and hands each
 /// to `changed`, until `stop`. Notifications can be missed while the connection is down, so it
 /// reconnects with back-off and calls `resumed` each time it listens again (the waiters re-read
 /// then; their periodic re-check stays as the last safety net).
@@ -1039,7 +1102,7 @@ pub async fn listen_for_orders(
     let Some(url) = settings.url.clone() else {
         return;
     };
-    let channel = format!("posbridge_orders_{}", settings.schema);
+    let channel = order_channel(&settings.schema);
     let mut backoff = std::time::Duration::from_millis(200);
     loop {
         let outcome = tokio::select! {

@@ -148,6 +148,12 @@ const MIGRATIONS: &[Migration] = &[
         postgres: include_str!("migrations/0016_expect_moved.postgres.sql"),
         sqlite: "",
     },
+    Migration {
+        version: 17,
+        portable: "",
+        postgres: include_str!("migrations/0017_announce_after_commit.postgres.sql"),
+        sqlite: "",
+    },
 ];
 
 /// Applies the migrations not yet recorded in `schema_migrations`. Several gateways starting
