@@ -402,6 +402,10 @@ async fn event(
         ],
     )
     .await?;
+    if from.is_some() {
+        // Announced after the commit, as the gateway's state changes are.
+        tx.announce_order(order_id);
+    }
     Ok(())
 }
 
