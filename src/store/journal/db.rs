@@ -414,8 +414,6 @@ impl Tx {
 pub struct PgStore {
     pool: deadpool_postgres::Pool,
     schema: Arc<str>,
-    /// The schema's order-change channel ([`order_channel`]).
-    channel: Arc<str>,
 }
 
 /// The PostgreSQL channel on which the gateways sharing the journal's `schema` announce order
@@ -424,8 +422,10 @@ pub fn order_channel(schema: &str) -> String {
     format!("posbridge_orders_{schema}")
 }
 
-/// One notification per announced order, on the channel `$1` ([`Tx::announce_order`]).
-const ANNOUNCE_ORDERS: &str = "SELECT pg_notify($1, id) FROM unnest($2::text[]) AS id";
+/// One notification per announced order ([`Tx::announce_order`]) on [`order_channel`] of the
+/// connection's schema (its search path).
+const ANNOUNCE_ORDERS: &str =
+    "SELECT pg_notify('posbridge_orders_' || current_schema(), id) FROM unnest($1::text[]) AS id";
 
 impl PgStore {
     /// Connects a pool whose connections use `schema` (created if missing) as search path.
@@ -493,7 +493,6 @@ impl PgStore {
         Ok(PgStore {
             pool,
             schema: schema.into(),
-            channel: order_channel(schema).into(),
         })
     }
 
@@ -519,7 +518,6 @@ impl PgStore {
             deferred: Vec::new(),
             fetched: Vec::new(),
             failed: false,
-            channel: Arc::clone(&self.channel),
             announce: Vec::new(),
         })
     }
@@ -548,8 +546,6 @@ pub struct PgTx {
     /// A statement failed: the transaction is lost, whatever a caller does next (deferred
     /// writes may have gone with it).
     failed: bool,
-    /// The order-change channel of the store's schema ([`listen_for_orders`]).
-    channel: Arc<str>,
     /// Orders whose change is announced after the commit ([`Tx::announce_order`]).
     announce: Vec<String>,
 }
@@ -648,35 +644,8 @@ impl PgTx {
             return Ok(());
         }
         let announce = std::mem::take(&mut self.announce);
-        let channel = Arc::clone(&self.channel);
         let committed = self
-            .run(|client| async move {
-                let commit = async { client.batch_execute("COMMIT").await.map_err(pg_error) };
-                if announce.is_empty() {
-                    return commit.await;
-                }
-                // Sent behind the COMMIT before any answer is read: it runs after the commit,
-                // in a transaction of its own (see Tx::announce_order). Should the COMMIT fail,
-                // the others only re-read an order that did not change.
-                let notify = async {
-                    let statement = client
-                        .prepare_cached(ANNOUNCE_ORDERS)
-                        .await
-                        .map_err(pg_error)?;
-                    let channel: &str = &channel;
-                    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] =
-                        [&channel, &announce];
-                    client
-                        .execute(&statement, &params)
-                        .await
-                        .map_err(pg_error)
-                };
-                let (committed, announced) = futures_util::future::join(commit, notify).await;
-                if let Err(error) = announced {
-                    tracing::warn!(%error, "order change committed but not announced to the other gateways");
-                }
-                committed
-            })
+            .run(|client| commit_and_announce(client, announce))
             .await;
         let client = self
             .client
@@ -692,6 +661,35 @@ impl PgTx {
             }
         }
     }
+}
+
+/// `COMMIT`, with the announcement of `announce` sent behind it before any answer is read: it
+/// runs after the commit, in a transaction of its own ([`Tx::announce_order`]). Should the
+/// `COMMIT` fail, the others only re-read an order that did not change; should the
+/// announcement fail, the commit stands and their periodic re-read finds it.
+async fn commit_and_announce(
+    client: &deadpool_postgres::Object,
+    announce: Vec<String>,
+) -> Result<(), JournalError> {
+    let commit = async { client.batch_execute("COMMIT").await.map_err(pg_error) };
+    if announce.is_empty() {
+        return commit.await;
+    }
+    let notify = async {
+        let statement = client
+            .prepare_cached(ANNOUNCE_ORDERS)
+            .await
+            .map_err(pg_error)?;
+        client
+            .execute(&statement, &[&announce])
+            .await
+            .map_err(pg_error)
+    };
+    let (committed, announced) = futures_util::future::join(commit, notify).await;
+    if let Err(error) = announced {
+        tracing::warn!(%error, "order change committed but not announced to the other gateways");
+    }
+    committed
 }
 
 impl Drop for PgTx {
