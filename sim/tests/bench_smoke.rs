@@ -27,12 +27,13 @@ fn config_file(dir: &Path, journal: &TestJournal) -> std::path::PathBuf {
     path
 }
 
-fn bench(config: &Path, extra: &[&str], log_level: &str) -> Output {
+/// `posbridge bench --spawn --config <config> --terminals 2 --json <args>`, which must succeed.
+fn run_bench(config: &Path, args: &[&str], log_level: &str) -> Output {
     let output = Command::new(env!("CARGO_BIN_EXE_posbridge"))
         .args(["bench", "--spawn", "--config"])
         .arg(config)
-        .args(["--count", "20", "--terminals", "2", "--json"])
-        .args(extra)
+        .args(["--terminals", "2", "--json"])
+        .args(args)
         .env("RUST_LOG", log_level)
         .output()
         .unwrap();
@@ -42,6 +43,10 @@ fn bench(config: &Path, extra: &[&str], log_level: &str) -> Output {
         String::from_utf8_lossy(&output.stderr)
     );
     output
+}
+
+fn bench(config: &Path, extra: &[&str], log_level: &str) -> Output {
+    run_bench(config, &[&["--count", "20"], extra].concat(), log_level)
 }
 
 fn report(output: &Output) -> serde_json::Value {
@@ -99,18 +104,7 @@ fn a_timed_run_reports_its_steady_part() {
     let journal = TestJournal::new(Backend::Sqlite);
     let dir = tempfile::tempdir().unwrap();
     let config = config_file(dir.path(), &journal);
-    let output = Command::new(env!("CARGO_BIN_EXE_posbridge"))
-        .args(["bench", "--spawn", "--config"])
-        .arg(&config)
-        .args(["--duration", "2s", "--terminals", "2", "--json"])
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let output = run_bench(&config, &["--duration", "2s"], "warn");
     let report = report(&output);
     assert_eq!(report["bound"]["duration_s"], 2.0);
     assert_eq!(report["steady_s"], 1.6, "{report}");
@@ -119,6 +113,32 @@ fn a_timed_run_reports_its_steady_part() {
     assert!(completed > 0.0, "{report}");
     let overall = completed / report["elapsed_s"].as_f64().unwrap();
     assert!((report["sales_per_s_overall"].as_f64().unwrap() - overall).abs() < 1e-9);
+    // Timed are only the sales started in the steady part: not the first ones (started at 0 s).
+    let timed = report["latency"]["sale"]["count"].as_f64().unwrap();
+    assert!(0.0 < timed && timed < completed, "{report}");
+}
+
+/// With a rate, the ceiling's pgbench is held to the same rate and its two commits' percentiles
+/// stand beside the sale's: no ratio then (both run at the rate), but what the sale adds at p99.
+#[test]
+fn a_rate_with_the_ceiling_holds_pgbench_to_that_rate() {
+    let journal = TestJournal::new(Backend::Postgres);
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_file(dir.path(), &journal);
+    let args = ["--duration", "5s", "--rate", "20", "--ceiling"];
+    let output = run_bench(&config, &args, "warn");
+    let report = report(&output);
+    assert_eq!(report["errors"], serde_json::json!({}), "{report}");
+    let pgbench = &report["ceiling_pgbench"];
+    assert_eq!(pgbench["rate"], 20.0, "{report}");
+    let latency = &pgbench["latency"];
+    assert!(latency["count"].as_u64().unwrap() > 0, "{report}");
+    assert!(latency["p50_ms"].as_f64().unwrap() <= latency["p99_ms"].as_f64().unwrap());
+    assert!(report["ceiling_pgbench_ratio"].is_null(), "{report}");
+    let over = report["sale_p99_over_pgbench_ms"].as_f64().unwrap();
+    let expected =
+        report["latency"]["sale"]["p99_ms"].as_f64().unwrap() - latency["p99_ms"].as_f64().unwrap();
+    assert!((over - expected).abs() < 1e-9, "{report}");
 }
 
 #[test]
@@ -142,6 +162,17 @@ fn smoke_run_on_postgres_with_the_ceiling() {
     let expected =
         report["sales_per_s"].as_f64().unwrap() / ceiling["sales_per_s"].as_f64().unwrap();
     assert!((ratio - expected).abs() < 1e-9);
+    // pgbench as fast as it goes: a ratio, and no latency comparison.
+    let pgbench = &report["ceiling_pgbench"];
+    assert!(
+        pgbench["rate"].is_null() && pgbench["latency"].is_null(),
+        "{report}"
+    );
+    let ratio = report["ceiling_pgbench_ratio"].as_f64().unwrap();
+    let expected =
+        report["sales_per_s"].as_f64().unwrap() / pgbench["sales_per_s"].as_f64().unwrap();
+    assert!((ratio - expected).abs() < 1e-9);
+    assert!(report["sale_p99_over_pgbench_ms"].is_null(), "{report}");
 }
 
 #[test]

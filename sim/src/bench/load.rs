@@ -3,7 +3,7 @@
 //! contend on a shared recorder.
 
 use super::report::{Histograms, Step};
-use super::{Bound, Lane, Plan, Progress};
+use super::{Bound, Lane, Plan, Progress, STEADY_AFTER};
 use crate::terminal::TerminalClient;
 use crate::wallet::WalletClient;
 use anyhow::Context;
@@ -216,14 +216,14 @@ async fn run_lane(
             break;
         }
         result.attempted += 1;
-        let outcome = sale(
-            &mut terminal,
-            &wallet,
-            &lane,
-            shared.amount,
-            &mut result.histograms,
-        )
-        .await;
+        // Timed are the sales started in the steady part (all of a --count run): the first
+        // sales also open the gateway's journal connections and prepare its statements.
+        let timed = shared.steady_from.is_none_or(|from| Instant::now() >= from);
+        let mut times = SaleTimes::default();
+        let outcome = sale(&mut terminal, &wallet, &lane, shared.amount, &mut times).await;
+        if timed {
+            times.record_into(&mut result.histograms);
+        }
         shared.progress.finished.fetch_add(1, Ordering::Relaxed);
         match outcome {
             Ok(payload_len) => {
@@ -247,8 +247,23 @@ async fn run_lane(
     result
 }
 
-/// The steady part of a duration starts after its first 1/STEADY_AFTER.
-const STEADY_AFTER: u32 = 5;
+/// The latencies of one sale's steps, as far as it got.
+#[derive(Default)]
+struct SaleTimes([Option<Duration>; Step::ALL.len()]);
+
+impl SaleTimes {
+    fn set(&mut self, step: Step, elapsed: Duration) {
+        self.0[step as usize] = Some(elapsed);
+    }
+
+    fn record_into(&self, histograms: &mut Histograms) {
+        for (step, elapsed) in Step::ALL.iter().zip(self.0) {
+            if let Some(elapsed) = elapsed {
+                histograms.record(*step, elapsed);
+            }
+        }
+    }
+}
 
 /// Whether now is in the steady part of the duration.
 fn in_steady_part(shared: &Shared) -> bool {
@@ -294,14 +309,14 @@ async fn sale(
     wallet: &WalletClient,
     lane: &Lane,
     amount: Money,
-    histograms: &mut Histograms,
+    times: &mut SaleTimes,
 ) -> Result<usize, Failure> {
     let began = Instant::now();
     let order = terminal
         .request_order(amount)
         .await
         .map_err(|e| Failure::link("order", &e))?;
-    histograms.record(Step::Order, began.elapsed());
+    times.set(Step::Order, began.elapsed());
     if order.response_code != "00" {
         return Err(Failure::code("order", &order.response_code));
     }
@@ -313,7 +328,7 @@ async fn sale(
         .resolve(&payload)
         .await
         .map_err(|_| Failure::code("resolve", "refused"))?;
-    histograms.record(Step::Resolve, resolving.elapsed());
+    times.set(Step::Resolve, resolving.elapsed());
     if view.amount_minor != amount.amount_minor {
         return Err(Failure::code("resolve", "wrong-amount"));
     }
@@ -338,9 +353,9 @@ async fn sale(
     let (paid, pay_time) = paid;
     let (receipt, result_time) = receipt;
     let receipt = receipt.map_err(|e| Failure::link("result", &e))?;
-    histograms.record(Step::Result, result_time);
+    times.set(Step::Result, result_time);
     let paid = paid.map_err(|_| Failure::code("pay", "http"))?;
-    histograms.record(Step::Pay, pay_time);
+    times.set(Step::Pay, pay_time);
     match (paid.response_code(), paid.error_code.as_deref()) {
         (Some("00"), _) => {}
         (Some(code), _) => return Err(Failure::code("pay", code)),
@@ -350,6 +365,6 @@ async fn sale(
     if receipt.response_code != "00" {
         return Err(Failure::code("result", &receipt.response_code));
     }
-    histograms.record(Step::Sale, began.elapsed());
+    times.set(Step::Sale, began.elapsed());
     Ok(payload.len())
 }

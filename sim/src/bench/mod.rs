@@ -63,6 +63,10 @@ pub enum Target {
     },
 }
 
+/// The steady part of a duration starts after its first 1/STEADY_AFTER: the sales started
+/// before it are not timed, nor counted in `sales_per_s` (nor, with a rate, pgbench's scripts).
+pub(crate) const STEADY_AFTER: u32 = 5;
+
 /// How long the load runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Bound {
@@ -352,6 +356,7 @@ async fn measure_with(
                 plan.accounts,
                 load.payload_len,
                 seconds,
+                options.rate,
             )
             .await
             .context("measuring the ceiling with pgbench")?;

@@ -7,6 +7,8 @@
 //! order row, its event) and paying it (the idempotency claim, the order marked paid, both
 //! accounts moved, two postings, the event, the stored result).
 
+use super::STEADY_AFTER;
+use super::report::{Histograms, Latency, Step};
 use anyhow::Context;
 use posbridge::store::journal::JournalConfig;
 use serde::Serialize;
@@ -30,6 +32,13 @@ pub struct PgbenchCeiling {
     pub commits_per_s: f64,
     /// Mean time of one script (both commits), milliseconds.
     pub latency_avg_ms: f64,
+    /// The rate pgbench was held to (`-R`), with a `--rate` load: the same rate as the sales.
+    pub rate: Option<f64>,
+    /// With a rate: the percentiles of one script (both commits) from pgbench's per-transaction
+    /// log, timed from each script's actual start (pgbench's time less its schedule lag, as the
+    /// sales are timed), over the scripts started after the first fifth of the run (as the
+    /// sales' latencies are).
+    pub latency: Option<Latency>,
     /// The script pgbench ran, for the record.
     pub script: String,
 }
@@ -82,6 +91,7 @@ pub async fn measure(
     accounts: usize,
     payload_len: usize,
     duration: Duration,
+    rate: Option<f64>,
 ) -> anyhow::Result<PgbenchCeiling> {
     let url = journal
         .url
@@ -134,7 +144,20 @@ pub async fn measure(
     let text = script(&schema, payload_len, accounts);
     std::fs::write(&file, &text)?;
     let threads = connections.clamp(1, 2);
-    let run = tokio::process::Command::new(&pgbench)
+    let log_dir = std::env::temp_dir().join(format!("posbridge-{schema}-log"));
+    let mut command = tokio::process::Command::new(&pgbench);
+    if let Some(rate) = rate {
+        std::fs::create_dir_all(&log_dir)?;
+        command
+            .arg("-R")
+            .arg(format!("{rate}"))
+            .arg("-l")
+            .arg(format!(
+                "--log-prefix={}",
+                log_dir.join("pgbench_log").display()
+            ));
+    }
+    let run = command
         .args(["-n", "-M", "prepared"])
         .arg("-c")
         .arg(connections.max(1).to_string())
@@ -149,6 +172,8 @@ pub async fn measure(
         .await
         .context("running pgbench");
     let _ = std::fs::remove_file(&file);
+    let latency = rate.map(|_| logged_latency(&log_dir, duration));
+    let _ = std::fs::remove_dir_all(&log_dir);
     let mut tx = posbridge::store::journal::Store::Postgres(admin)
         .begin()
         .await?;
@@ -181,6 +206,69 @@ pub async fn measure(
         sales_per_s,
         commits_per_s: sales_per_s * 2.0,
         latency_avg_ms: number_after("latency average").unwrap_or_default(),
+        rate,
+        latency: latency.transpose()?,
         script: text,
     })
+}
+
+/// The percentiles of the scripts logged in `dir` (pgbench `-l`: one file per thread, a line
+/// per script: client, number, time µs, script, end s, end µs, schedule lag µs), timed from
+/// their actual start, over those started after the first fifth of the run.
+fn logged_latency(dir: &std::path::Path, duration: Duration) -> anyhow::Result<Latency> {
+    let mut scripts = Vec::new();
+    for entry in std::fs::read_dir(dir).context("reading pgbench's log")? {
+        let text = std::fs::read_to_string(entry?.path())?;
+        for line in text.lines() {
+            let fields: Vec<i64> = line
+                .split_whitespace()
+                .map(|f| f.parse().unwrap_or(-1))
+                .collect();
+            let [_, _, time, _, end_s, end_us, lag, ..] = fields[..] else {
+                continue;
+            };
+            if time < 0 || end_s < 0 || end_us < 0 || lag < 0 {
+                continue; // a skipped or failed script
+            }
+            let ran = (time - lag).max(0);
+            scripts.push((end_s * 1_000_000 + end_us - ran, ran));
+        }
+    }
+    let first = scripts.iter().map(|&(start, _)| start).min().unwrap_or(0);
+    let steady_from = first + i64::try_from((duration / STEADY_AFTER).as_micros())?;
+    let mut histograms = Histograms::new()?;
+    for &(start, ran) in &scripts {
+        if start >= steady_from {
+            histograms.record(Step::Sale, Duration::from_micros(ran.unsigned_abs()));
+        }
+    }
+    Ok(histograms.summary(Step::Sale))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// pgbench's log lines (client, number, time µs, script, end s, end µs, lag µs): a script is
+    /// timed from its actual start, and those started in the first fifth are left out.
+    #[test]
+    fn the_logged_scripts_are_timed_from_their_start_after_the_first_fifth() {
+        let dir = tempfile::tempdir().unwrap();
+        // A 10 s run starting at 100.000000 s: the first fifth ends at 102 s.
+        let lines = [
+            "0 0 50000 0 100 50000 0",    // started at 100.0 s: left out
+            "0 1 3000 0 101 903000 1000", // ran 2 ms (lag 1 ms) from 101.901 s: left out
+            "0 2 4000 0 103 4000 1000",   // ran 3 ms from 103.001
+            "1 0 9000 0 105 0 0",         // ran 9 ms
+            "1 1 skipped 0 106 0 0",      // skipped: no time
+            "1 2 2000 0 107 0 500",       // ran 1.5 ms
+        ];
+        std::fs::write(dir.path().join("pgbench_log.1"), lines[..3].join("\n")).unwrap();
+        std::fs::write(dir.path().join("pgbench_log.1.1"), lines[3..].join("\n")).unwrap();
+        let latency = logged_latency(dir.path(), Duration::from_secs(10)).unwrap();
+        assert_eq!(latency.count, 3);
+        assert!((latency.p50_ms - 3.0).abs() < 0.01, "{latency:?}");
+        assert!((latency.max_ms - 9.0).abs() < 0.01, "{latency:?}");
+    }
 }

@@ -27,7 +27,7 @@ pub enum Step {
 }
 
 impl Step {
-    const ALL: [Step; 5] = [
+    pub(crate) const ALL: [Step; 5] = [
         Step::Order,
         Step::Resolve,
         Step::Pay,
@@ -168,8 +168,12 @@ pub struct Report {
     pub idle: Option<IdleReport>,
     /// The ceiling measured by pgbench (PostgreSQL's own tool), with `--ceiling` on PostgreSQL.
     pub ceiling_pgbench: Option<super::pgbench::PgbenchCeiling>,
-    /// `sales_per_s / ceiling_pgbench.sales_per_s`.
+    /// `sales_per_s / ceiling_pgbench.sales_per_s` (not with `--rate`: pgbench is then held to
+    /// the same rate).
     pub ceiling_pgbench_ratio: Option<f64>,
+    /// With `--rate` and `--ceiling`: the sale's p99 less pgbench's p99 at the same rate (what
+    /// the gateway adds at p99 over the database's own two commits), milliseconds.
+    pub sale_p99_over_pgbench_ms: Option<f64>,
     /// CPU time of the gateway processes per completed sale (`--processes`, `--gateway-pid`),
     /// milliseconds.
     pub gateway_cpu_ms_per_sale: Option<f64>,
@@ -234,6 +238,7 @@ impl Report {
             idle: None,
             ceiling_pgbench: None,
             ceiling_pgbench_ratio: None,
+            sale_p99_over_pgbench_ms: None,
             gateway_cpu_ms_per_sale: None,
             bench_process_cpu_ms_per_sale: None,
             db_per_sale: None,
@@ -241,8 +246,15 @@ impl Report {
     }
 
     pub(crate) fn set_pgbench_ceiling(&mut self, ceiling: super::pgbench::PgbenchCeiling) {
-        self.ceiling_pgbench_ratio =
-            (ceiling.sales_per_s > 0.0).then(|| self.sales_per_s / ceiling.sales_per_s);
+        // Held to the sales' rate, pgbench measures the database's latency at that rate, not
+        // its ceiling.
+        self.ceiling_pgbench_ratio = (ceiling.rate.is_none() && ceiling.sales_per_s > 0.0)
+            .then(|| self.sales_per_s / ceiling.sales_per_s);
+        self.sale_p99_over_pgbench_ms = ceiling
+            .latency
+            .zip(self.latency.get(Step::Sale.name()))
+            .filter(|(db, sale)| db.count > 0 && sale.count > 0)
+            .map(|(db, sale)| sale.p99_ms - db.p99_ms);
         self.ceiling_pgbench = Some(ceiling);
     }
 
@@ -273,7 +285,7 @@ impl Report {
         if let Some(steady) = self.steady_s {
             let _ = writeln!(
                 out,
-                "  (sales/s over the last {steady:.1} s of the duration; {:.1} over the whole run with its drain)",
+                "  (sales/s over the last {steady:.1} s of the duration, latencies of the sales started in it; {:.1} sales/s over the whole run with its drain)",
                 self.sales_per_s_overall
             );
         }
@@ -337,9 +349,12 @@ impl Report {
             }
         }
         if let Some(c) = &self.ceiling_pgbench {
+            let held = c
+                .rate
+                .map_or(String::new(), |rate| format!(" held to {rate} sales/s"));
             let _ = writeln!(
                 out,
-                "\n  pgbench ceiling ({}): {} connections, {} threads, {} s, 2 commits per sale: {:.1} sales/s ({:.1} commits/s), mean {:.2} ms",
+                "\n  pgbench ceiling ({}){held}: {} connections, {} threads, {} s, 2 commits per sale: {:.1} sales/s ({:.1} commits/s), mean {:.2} ms",
                 c.pgbench,
                 c.connections,
                 c.threads,
@@ -348,6 +363,19 @@ impl Report {
                 c.commits_per_s,
                 c.latency_avg_ms
             );
+            if let Some(l) = &c.latency {
+                let _ = writeln!(
+                    out,
+                    "  pgbench's two commits, {} scripts after the first fifth: p50 {:.2} ms, p95 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+                    l.count, l.p50_ms, l.p95_ms, l.p99_ms, l.max_ms
+                );
+            }
+            if let Some(over) = self.sale_p99_over_pgbench_ms {
+                let _ = writeln!(
+                    out,
+                    "  the sale's p99 is {over:.2} ms over the database's own at this rate"
+                );
+            }
             if let Some(ratio) = self.ceiling_pgbench_ratio {
                 let _ = writeln!(
                     out,
