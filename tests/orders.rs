@@ -647,6 +647,33 @@ async fn the_database_enforces_the_money_rules(backend: Backend) {
          VALUES ('p-y', 'o-y', 'payer-1', 500, 156, 'sale', 0)",
     )
     .await;
+    // A statement of its own naming a real transfer: a leg it does not have (an account of no
+    // transfer, or one already posted) is refused all the same.
+    let mut tx = s.store.begin().await.unwrap();
+    let transfer = tx
+        .query_opt(
+            "SELECT transfer_id, to_account, amount_minor FROM transfers WHERE kind = 'funding' ORDER BY transfer_id LIMIT 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    let (transfer_id, to_account, amount) = (
+        transfer.text(0).unwrap(),
+        transfer.text(1).unwrap(),
+        transfer.i64(2).unwrap(),
+    );
+    drop(tx);
+    refused(&format!(
+        "INSERT INTO postings (posting_id, order_id, account_id, amount_minor, currency, kind, created_at_ms, transfer_id) \
+         VALUES ('p-z', 'o-z', 'no-such-account', {amount}, 156, 'funding', 0, '{transfer_id}')"
+    ))
+    .await;
+    refused(&format!(
+        "INSERT INTO postings (posting_id, order_id, account_id, amount_minor, currency, kind, created_at_ms, transfer_id) \
+         VALUES ('p-w', 'o-w', '{to_account}', {amount}, 156, 'funding', 0, '{transfer_id}')"
+    ))
+    .await;
     refused("UPDATE postings SET amount_minor = amount_minor + 1").await;
     refused("DELETE FROM postings").await;
     let mut tx = s.store.begin().await.unwrap();

@@ -154,6 +154,12 @@ const MIGRATIONS: &[Migration] = &[
         postgres: include_str!("migrations/0017_announce_after_commit.postgres.sql"),
         sqlite: "",
     },
+    Migration {
+        version: 18,
+        portable: "",
+        postgres: include_str!("migrations/0018_lean_postings.postgres.sql"),
+        sqlite: "",
+    },
 ];
 
 /// Applies the migrations not yet recorded in `schema_migrations`. Several gateways starting
