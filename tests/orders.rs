@@ -676,6 +676,25 @@ async fn the_database_enforces_the_money_rules(backend: Backend) {
     .await;
     refused("UPDATE postings SET amount_minor = amount_minor + 1").await;
     refused("DELETE FROM postings").await;
+    // A transfer names two known accounts, and an account with transfers is kept.
+    refused(
+        "INSERT INTO transfers (transfer_id, order_id, kind, from_account, to_account, amount_minor, currency, created_at_ms) \
+         VALUES ('t-u', 'o-u', 'sale', 'payer-1', 'no-such-account', 10, 156, 0)",
+    )
+    .await;
+    refused(
+        "INSERT INTO transfers (transfer_id, order_id, kind, from_account, to_account, amount_minor, currency, created_at_ms) \
+         VALUES ('t-v', 'o-v', 'sale', 'no-such-account', 'payer-1', 10, 156, 0)",
+    )
+    .await;
+    refused(&format!(
+        "DELETE FROM accounts WHERE account_id = '{to_account}'"
+    ))
+    .await;
+    refused(&format!(
+        "UPDATE accounts SET account_id = 'renamed' WHERE account_id = '{to_account}'"
+    ))
+    .await;
     let mut tx = s.store.begin().await.unwrap();
     tx.execute(
         "INSERT INTO accounts (account_id, kind, holder, currency, balance_minor, pin_tries, created_at_ms) \
