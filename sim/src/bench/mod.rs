@@ -63,8 +63,9 @@ pub enum Target {
     },
 }
 
-/// The steady part of a duration starts after its first 1/STEADY_AFTER: the sales started
-/// before it are not timed, nor counted in `sales_per_s` (nor, with a rate, pgbench's scripts).
+/// The steady part of a duration starts after its first 1/STEADY_AFTER: `sales_per_s` counts
+/// the sales completed in it, and only the sales (and, with a rate, pgbench's scripts) started
+/// in it are timed.
 pub(crate) const STEADY_AFTER: u32 = 5;
 
 /// How long the load runs.

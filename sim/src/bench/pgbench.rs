@@ -1,7 +1,9 @@
 //! The database's ceiling measured by PostgreSQL's own tool, `pgbench`, independently of any
 //! posbridge code: a transaction script with the durable writes of one sale (two commits, rows of
 //! the same sizes as the journal's), from the same number of connections as the load, in a
-//! scratch schema dropped afterwards. One script run is one sale's worth.
+//! scratch schema dropped afterwards. One script run is one sale's worth. With a `--rate` load,
+//! pgbench is held to the same rate and measures the database's own latency for the two commits
+//! at that rate instead of its ceiling.
 //!
 //! The sale's two commits as posbridge makes them (see `ceiling.rs`): creating the order (the
 //! order row, its event) and paying it (the idempotency claim, the order marked paid, both
