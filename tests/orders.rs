@@ -956,6 +956,57 @@ async fn a_card_is_limited_to_its_payments_per_minute() {
     assert_eq!(balance(&s.orders, "payer-1").await, OPENING - 400);
 }
 
+/// Race (journal migration 18): a transfer's trigger reads a funding account, whose balance it
+/// does not move, with a key-share lock, as the foreign key it replaced did. Without it, the
+/// account could be deleted while a transfer from it is being written (the delete's check sees
+/// no committed transfer) and that transfer then commit from a deleted account. Replayed: the
+/// transfer written and not committed, the delete must wait for it (and gives up on its lock
+/// timeout); once it is committed, the delete is refused.
+#[tokio::test]
+async fn an_account_cannot_go_while_a_transfer_from_it_is_written() {
+    let journal = TestJournal::new(Backend::Postgres);
+    let s = seeded(&journal).await;
+    let mut tx = s.store.begin().await.unwrap();
+    tx.execute(
+        "INSERT INTO accounts (account_id, kind, holder, currency, balance_minor, pin_tries, created_at_ms) \
+         VALUES ('funding-978', 'funding', 'EUR funding', 978, 0, 0, 0), ('eur-1', 'payer', 'EUR holder', 978, 0, 0, 0)",
+        &[],
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    let mut writer = s.store.begin().await.unwrap();
+    writer
+        .execute(
+            "INSERT INTO transfers (transfer_id, order_id, kind, from_account, to_account, amount_minor, currency, created_at_ms) \
+             VALUES ('t-eur', 'o-eur', 'funding', 'funding-978', 'eur-1', 100, 978, 0)",
+            &[],
+        )
+        .await
+        .unwrap();
+    let delete = async || {
+        let mut tx = s.store.begin().await.unwrap();
+        tx.execute("SET LOCAL lock_timeout = '200ms'", &[])
+            .await
+            .unwrap();
+        let result = tx
+            .execute("DELETE FROM accounts WHERE account_id = 'funding-978'", &[])
+            .await;
+        let error = result.expect_err("the account must stay").to_string();
+        drop(tx);
+        error
+    };
+    let waited = delete().await;
+    assert!(
+        waited.contains("55P03"),
+        "the delete waits for the transfer: {waited}"
+    );
+    writer.commit().await.unwrap();
+    let refused = delete().await;
+    assert!(refused.contains("has transfers"), "{refused}");
+    assert_eq!(balance(&s.orders, "eur-1").await, 100);
+}
+
 /// Security issue: two gateways sharing a PostgreSQL journal each counted a card's payments
 /// of the last minute before either had written its attempt, so at the same instant both could
 /// let one more through. Now a card's payments are counted one at a time (a transaction-scoped
