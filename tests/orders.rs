@@ -614,6 +614,22 @@ on_both_journals!(
     super::randomised_run_conserves_money
 );
 
+/// A direct insert of a transfer `id` of `amount` (in `currency`) from `from` to `to`.
+fn transfer_sql(id: &str, kind: &str, from: &str, to: &str, amount: i64, currency: i64) -> String {
+    format!(
+        "INSERT INTO transfers (transfer_id, order_id, kind, from_account, to_account, amount_minor, currency, created_at_ms) \
+         VALUES ('t-{id}', 'o-{id}', '{kind}', '{from}', '{to}', {amount}, {currency}, 0)"
+    )
+}
+
+/// A direct insert of a posting `id` of `amount` CNY to `account`, as a leg of `transfer`.
+fn posting_sql(id: &str, kind: &str, account: &str, amount: i64, transfer: &str) -> String {
+    format!(
+        "INSERT INTO postings (posting_id, order_id, account_id, amount_minor, currency, kind, created_at_ms, transfer_id) \
+         VALUES ('p-{id}', 'o-{id}', '{account}', {amount}, 156, '{kind}', 0, '{transfer}')"
+    )
+}
+
 /// Regression (lifecycle issue): postings were written by the application alone, opening
 /// balances were single-sided and nothing enforced that a transfer sums to zero. Now the
 /// database refuses a posting that is not a leg of its transfer, any change to a posting, and a
@@ -637,10 +653,13 @@ async fn the_database_enforces_the_money_rules(backend: Backend) {
         let result = tx.execute(sql, &[]).await;
         assert!(result.is_err(), "the database must refuse: {sql}");
     };
-    refused(
-        "INSERT INTO postings (posting_id, order_id, account_id, amount_minor, currency, kind, created_at_ms, transfer_id) \
-         VALUES ('p-x', 'o-x', 'payer-1', 500, 156, 'sale', 0, 'no-such-transfer')",
-    )
+    refused(&posting_sql(
+        "x",
+        "sale",
+        "payer-1",
+        500,
+        "no-such-transfer",
+    ))
     .await;
     refused(
         "INSERT INTO postings (posting_id, order_id, account_id, amount_minor, currency, kind, created_at_ms) \
@@ -664,28 +683,42 @@ async fn the_database_enforces_the_money_rules(backend: Backend) {
         transfer.i64(2).unwrap(),
     );
     drop(tx);
-    refused(&format!(
-        "INSERT INTO postings (posting_id, order_id, account_id, amount_minor, currency, kind, created_at_ms, transfer_id) \
-         VALUES ('p-z', 'o-z', 'no-such-account', {amount}, 156, 'funding', 0, '{transfer_id}')"
+    refused(&posting_sql(
+        "z",
+        "funding",
+        "no-such-account",
+        amount,
+        &transfer_id,
     ))
     .await;
-    refused(&format!(
-        "INSERT INTO postings (posting_id, order_id, account_id, amount_minor, currency, kind, created_at_ms, transfer_id) \
-         VALUES ('p-w', 'o-w', '{to_account}', {amount}, 156, 'funding', 0, '{transfer_id}')"
+    refused(&posting_sql(
+        "w",
+        "funding",
+        &to_account,
+        amount,
+        &transfer_id,
     ))
     .await;
     refused("UPDATE postings SET amount_minor = amount_minor + 1").await;
     refused("DELETE FROM postings").await;
     // A transfer names two known accounts, and an account with transfers is kept.
-    refused(
-        "INSERT INTO transfers (transfer_id, order_id, kind, from_account, to_account, amount_minor, currency, created_at_ms) \
-         VALUES ('t-u', 'o-u', 'sale', 'payer-1', 'no-such-account', 10, 156, 0)",
-    )
+    refused(&transfer_sql(
+        "u",
+        "sale",
+        "payer-1",
+        "no-such-account",
+        10,
+        156,
+    ))
     .await;
-    refused(
-        "INSERT INTO transfers (transfer_id, order_id, kind, from_account, to_account, amount_minor, currency, created_at_ms) \
-         VALUES ('t-v', 'o-v', 'sale', 'no-such-account', 'payer-1', 10, 156, 0)",
-    )
+    refused(&transfer_sql(
+        "v",
+        "sale",
+        "no-such-account",
+        "payer-1",
+        10,
+        156,
+    ))
     .await;
     refused(&format!(
         "DELETE FROM accounts WHERE account_id = '{to_account}'"
@@ -704,11 +737,7 @@ async fn the_database_enforces_the_money_rules(backend: Backend) {
     .await
     .unwrap();
     let mixed = tx
-        .execute(
-            "INSERT INTO transfers (transfer_id, order_id, kind, from_account, to_account, amount_minor, currency, created_at_ms) \
-             VALUES ('t-x', 'o-x', 'sale', 'payer-1', 'usd-1', 10, 156, 0)",
-            &[],
-        )
+        .execute(&transfer_sql("x", "sale", "payer-1", "usd-1", 10, 156), &[])
         .await;
     assert!(
         mixed.is_err(),
@@ -976,14 +1005,8 @@ async fn an_account_cannot_go_while_a_transfer_from_it_is_written() {
     .unwrap();
     tx.commit().await.unwrap();
     let mut writer = s.store.begin().await.unwrap();
-    writer
-        .execute(
-            "INSERT INTO transfers (transfer_id, order_id, kind, from_account, to_account, amount_minor, currency, created_at_ms) \
-             VALUES ('t-eur', 'o-eur', 'funding', 'funding-978', 'eur-1', 100, 978, 0)",
-            &[],
-        )
-        .await
-        .unwrap();
+    let transfer = transfer_sql("eur", "funding", "funding-978", "eur-1", 100, 978);
+    writer.execute(&transfer, &[]).await.unwrap();
     let delete = async || {
         let mut tx = s.store.begin().await.unwrap();
         tx.execute("SET LOCAL lock_timeout = '200ms'", &[])

@@ -5,7 +5,10 @@
 --   transfer's own trigger writes (pg_trigger_depth() > 1): a WHEN clause now skips its call
 --   for any posting inserted from inside a trigger; a posting inserted by a statement of its
 --   own is still checked against its transfer, and an update or delete of any posting is still
---   refused, by a trigger of its own.
+--   refused, by a trigger of its own. (The function's own depth test is now reached only by
+--   a trigger that calls it without this clause; it is left rather than the function restated.)
+-- * posbridge_post_transfer is restated whole below (PL/pgSQL has no partial change): migration
+--   14's body with the unknown-account refusal and the funding account's key-share lock.
 -- * The foreign key from a posting to its account repeated what is enforced already: a posting
 --   is a leg of its transfer (by construction from the trigger, by the leg check otherwise),
 --   and postings never change.
