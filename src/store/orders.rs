@@ -384,22 +384,27 @@ pub async fn apply(tx: &mut Tx, apply: Apply<'_>) -> Result<Order, ApplyError> {
         "a transition is applied to the state it was decided for"
     );
     let now = now_ms();
-    let updated = match tx.dialect() {
-        Dialect::Postgres => move_later(tx, &apply, now).await?,
-        Dialect::Sqlite => move_now(tx, &apply, now).await?,
-    };
     let detail = match apply.note {
         Some(note) => format!("{}: {note}", transition.detail),
         None => transition.detail.to_owned(),
     };
-    record_event(
-        tx,
-        &order.order_id,
-        Some(transition.from),
-        transition.to,
-        &detail,
-    )
-    .await?;
+    let event = Event {
+        event_id: new_id(),
+        order_id: &order.order_id,
+        from: Some(transition.from),
+        to: transition.to,
+        detail: &detail,
+        at_ms: now,
+    };
+    let updated = match tx.dialect() {
+        Dialect::Postgres => move_later(tx, &apply, &event).await?,
+        Dialect::Sqlite => {
+            let updated = move_now(tx, &apply, now).await?;
+            insert_event(tx, &event).await?;
+            updated
+        }
+    };
+    event_recorded(tx, &event);
     for work in &transition.work {
         do_work(tx, &apply, *work).await?;
     }
@@ -455,23 +460,39 @@ fn moved_set(paid: bool) -> &'static str {
     }
 }
 
-/// PostgreSQL: the state change travels with the transaction's next statement or its commit
-/// (no round trip of its own), and the order as it now stands is made here from the row read
-/// under its lock and the values written. Its check is the database's: a change of no row
-/// (the order not in the state expected) raises an error there, which aborts the transaction,
-/// so nothing sent with it commits (migration 16).
-async fn move_later(tx: &mut Tx, apply: &Apply<'_>, now: i64) -> Result<Order, ApplyError> {
-    let values = moved_columns(apply, now);
+/// PostgreSQL: the state change and its event row, one statement, travel with the transaction's
+/// next statement or its commit (no round trip of their own), and the order as it now stands is
+/// made here from the row read under its lock and the values written. Its check is the
+/// database's: a change of no row (the order not in the state expected) raises an error there,
+/// which aborts the transaction, so nothing sent with it commits (migration 16).
+async fn move_later(
+    tx: &mut Tx,
+    apply: &Apply<'_>,
+    event: &Event<'_>,
+) -> Result<Order, ApplyError> {
+    let mut values = moved_columns(apply, event.at_ms);
+    // The event row is written by the same statement, from the changed row: no change, no
+    // event (and the check's error aborts the transaction anyway). Its states and time are the
+    // change's own parameters ($2, $3, $5).
+    assert!(
+        event.from == Some(apply.transition.from) && event.to == apply.transition.to,
+        "the event is the transition's"
+    );
+    let first = values.len() + 1;
+    values.extend([event.event_id.as_str().into(), event.detail.into()]);
     let sql = format!(
-        "WITH moved AS (UPDATE orders SET {} WHERE order_id = $1 AND state = $2 RETURNING 1) \
+        "WITH moved AS (UPDATE orders SET {} WHERE order_id = $1 AND state = $2 RETURNING order_id), \
+         event AS (INSERT INTO order_events (event_id, order_id, from_state, to_state, detail, at_ms) \
+         SELECT ${first}, order_id, $2, $3, ${}, $5 FROM moved) \
          SELECT posbridge_expect_moved((SELECT COUNT(*) FROM moved), $1, $2)",
-        moved_set(apply.paid.is_some())
+        moved_set(apply.paid.is_some()),
+        first + 1,
     );
     tx.execute_later(&sql, &values).await?;
     let mut updated = apply.order.clone();
     updated.state = apply.transition.to;
     updated.response_code = Some(recorded_code(apply).as_str().to_owned());
-    updated.updated_at_ms = now;
+    updated.updated_at_ms = event.at_ms;
     if let Some(paid) = apply.paid {
         updated.rrn = Some(paid.rrn.to_owned());
         updated.auth_code = paid.auth_code.map(str::to_owned);
@@ -572,6 +593,48 @@ async fn local_parties(tx: &mut Tx, order: &Order) -> Result<(String, String), J
     Ok((row.text(0)?, payer))
 }
 
+/// One row of `order_events`: the first one (creation) or a state change.
+struct Event<'a> {
+    event_id: String,
+    order_id: &'a str,
+    from: Option<OrderState>,
+    to: OrderState,
+    detail: &'a str,
+    at_ms: i64,
+}
+
+/// An event's columns: event id, order id, from and to state, detail, time.
+fn event_values(event: &Event<'_>) -> Vec<Value> {
+    vec![
+        event.event_id.as_str().into(),
+        event.order_id.into(),
+        event.from.map(OrderState::as_str).into(),
+        event.to.as_str().into(),
+        event.detail.into(),
+        event.at_ms.into(),
+    ]
+}
+
+/// Writes an event row by a statement of its own.
+async fn insert_event(tx: &mut Tx, event: &Event<'_>) -> Result<(), JournalError> {
+    tx.execute_later(
+        "INSERT INTO order_events (event_id, order_id, from_state, to_state, detail, at_ms) VALUES ($1, $2, $3, $4, $5, $6)",
+        &event_values(event),
+    )
+    .await
+}
+
+/// What follows an event row once its transaction commits: the change's announcement (a held
+/// terminal request may wait on it, here or on another gateway; a creation wakes nobody, as
+/// nobody waits on an order before it exists) and the count of orders reaching its state.
+fn event_recorded(tx: &mut Tx, event: &Event<'_>) {
+    if event.from.is_some() {
+        tx.announce_order(event.order_id);
+    }
+    let to = event.to;
+    tx.after_commit(move || crate::infra::metrics::record_order_state(to.as_str()));
+}
+
 /// Writes an order's event row: the first one (creation) and every state change.
 pub async fn record_event(
     tx: &mut Tx,
@@ -580,23 +643,15 @@ pub async fn record_event(
     to: OrderState,
     detail: &str,
 ) -> Result<(), JournalError> {
-    tx.execute_later(
-        "INSERT INTO order_events (event_id, order_id, from_state, to_state, detail, at_ms) VALUES ($1, $2, $3, $4, $5, $6)",
-        &[
-            new_id().into(),
-            order_id.into(),
-            from.map(OrderState::as_str).into(),
-            to.as_str().into(),
-            detail.into(),
-            now_ms().into(),
-        ],
-    )
-    .await?;
-    if from.is_some() {
-        // A held terminal request may wait on it, here or on another gateway (a creation
-        // wakes nobody: nobody waits on an order before it exists).
-        tx.announce_order(order_id);
-    }
-    tx.after_commit(move || crate::infra::metrics::record_order_state(to.as_str()));
+    let event = Event {
+        event_id: new_id(),
+        order_id,
+        from,
+        to,
+        detail,
+        at_ms: now_ms(),
+    };
+    insert_event(tx, &event).await?;
+    event_recorded(tx, &event);
     Ok(())
 }
