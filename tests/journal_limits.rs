@@ -245,7 +245,7 @@ on_both_journals!(
 /// another.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_order_change_is_announced_after_its_commit_and_only_then() {
-    use posbridge::store::journal::db::listen_for_orders;
+    use posbridge::store::journal::db::{Announcement, listen_for_orders};
     let journal = TestJournal::new(Backend::Postgres);
     let store = journal::open(&journal.config).await.unwrap();
     let (heard_tx, mut heard) = tokio::sync::mpsc::unbounded_channel::<String>();
@@ -280,17 +280,27 @@ async fn an_order_change_is_announced_after_its_commit_and_only_then() {
     tx.commit().await.unwrap();
     let first = heard.recv().await.unwrap();
     let second = heard.recv().await.unwrap();
+    let (first, second) = (Announcement::parse(&first), Announcement::parse(&second));
     assert_eq!(
-        (first.as_str(), second.as_str()),
+        (first.order_id, second.order_id),
         ("committed-1", "committed-2")
     );
+    // Each names its announcer: this store, which hears them as its own; another store on the
+    // same journal does not.
+    assert!(store.announced_here(&first) && store.announced_here(&second));
+    let other = journal::open(&journal.config).await.unwrap();
+    assert!(!other.announced_here(&first));
+    assert!(!store.announced_here(&Announcement::parse("committed-1")));
     // A later commit's announcement is the next thing heard: nothing of the rollback came
     // between, nor a second committed-1.
     let mut tx = store.begin().await.unwrap();
     tx.announce_order("marker");
     tx.execute("SELECT 1", &[]).await.unwrap();
     tx.commit().await.unwrap();
-    assert_eq!(heard.recv().await.unwrap(), "marker");
+    assert_eq!(
+        Announcement::parse(&heard.recv().await.unwrap()).order_id,
+        "marker"
+    );
     assert!(heard.try_recv().is_err(), "nothing else was announced");
     let triggers = store
         .read(

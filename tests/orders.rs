@@ -1268,9 +1268,70 @@ on_both_journals!(
     super::a_state_change_on_a_stale_order_commits_nothing
 );
 
-/// The journal's notification of a commit this gateway made (it arrives after the commit, and
-/// so after the waiters were handed the order) does not make them read a final order back; it
-/// does make them read an order that is not final, which another gateway may have moved.
+/// Every committed change of an order wakes this gateway's waiters from the journal's store,
+/// whichever code committed it: here a transition applied in a bare transaction of the store, as
+/// the forwarder's background work (standby recovery, late approvals, reversal answers) applies
+/// its changes, with no call to the notifier; on SQLite, which has no notifications, such a
+/// change had waited for the waiters' periodic re-read. A rolled-back change wakes nobody; a
+/// change committed with the order hands the order to the waiters.
+async fn a_committed_change_wakes_the_waiters_from_the_store(backend: Backend) {
+    use futures_util::FutureExt;
+    use posbridge::domain::lifecycle::{self, Event, Verdict};
+    use posbridge::store::orders::{self as order_store, Apply};
+    let journal = TestJournal::new(backend);
+    let s = seeded(&journal).await;
+    let order = s.orders.create(new_order("000097", 300)).await.unwrap();
+    let notifier = s.orders.notifier();
+    let watch = notifier.subscribe(&order.order_id);
+    let sequence = notifier.sequence();
+    let mut tx = s.orders.store().begin().await.unwrap();
+    tx.announce_order(&order.order_id);
+    tx.query("SELECT 1", &[]).await.unwrap();
+    drop(tx);
+    assert_eq!(notifier.sequence(), sequence, "a rollback wakes nobody");
+    {
+        let woken = watch.notified();
+        tokio::pin!(woken);
+        woken.as_mut().enable();
+        let mut tx = s.orders.store().begin().await.unwrap();
+        let context = order_store::context(&mut tx, &order).await.unwrap();
+        let Verdict::Move(transition) = lifecycle::next(order.state(), Event::Expire, &context)
+        else {
+            panic!("CREATED expires");
+        };
+        order_store::apply(&mut tx, Apply::new(&order, &transition, &context))
+            .await
+            .unwrap();
+        assert!(
+            woken.as_mut().now_or_never().is_none(),
+            "nobody is woken before the commit"
+        );
+        tx.commit().await.unwrap();
+        assert!(woken.now_or_never().is_some(), "the commit woke the waiter");
+    }
+    assert!(watch.latest().is_none(), "told to read the order");
+    assert!(notifier.changed_since(&order.order_id, sequence));
+    let expired = s.orders.order(&order.order_id).await.unwrap().unwrap();
+    assert_eq!(expired.state(), OrderState::Expired);
+    let mut tx = s.orders.store().begin().await.unwrap();
+    tx.announce_order_as(&expired);
+    tx.query("SELECT 1", &[]).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(
+        watch.latest(),
+        Some(expired),
+        "handed the order as committed"
+    );
+    notifier.release(&order.order_id, watch);
+}
+on_both_journals!(
+    a_committed_change_wakes_the_waiters_from_the_store,
+    super::a_committed_change_wakes_the_waiters_from_the_store
+);
+
+/// A journal notification (another gateway's change of the order) does not make the waiters
+/// read back a final order this gateway committed; it does make them read an order that is not
+/// final, which the other gateway may have moved.
 #[tokio::test]
 async fn a_notification_keeps_a_final_order_committed_here() {
     let journal = TestJournal::new(Backend::Sqlite);

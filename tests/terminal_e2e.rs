@@ -704,6 +704,49 @@ async fn a_held_terminal_on_one_gateway_hears_of_a_payment_through_another() {
     a.stop().await;
 }
 
+/// A gateway does not hear its own announcements: its commits woke its waiters already, and
+/// hearing them again had cost a read of the order. Gateway A takes a payment of its own, then
+/// one through gateway B: A hears B's alone (notifications arrive in commit order, so its own,
+/// had it heard it, would have come first).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_hears_the_other_gateways_announcements_not_its_own() {
+    let journal = TestJournal::new(Backend::Postgres);
+    let a = start_with(&journal, |_| {}).await;
+    let b = restart(&journal).await;
+    let notifier = a.seeded.orders.notifier().clone();
+    eventually("gateway A listens", || notifier.resumptions() >= 1).await;
+    let before = notifier.changes_from_elsewhere();
+    let mut terminal = terminal_client(&a).await;
+    terminal.sign_on().await.unwrap();
+    for (n, wallet) in [wallet_client(&a), wallet_client(&b)].iter().enumerate() {
+        let order = terminal.request_order(cny(100 + n as i64)).await.unwrap();
+        let paid = wallet
+            .pay(
+                order.payload.as_deref().unwrap(),
+                PAYER_PAN,
+                Some(PAYER_PIN),
+                &format!("own-{n}"),
+                None,
+            )
+            .await
+            .unwrap();
+        assert_eq!(paid.response_code(), Some("00"));
+        let receipt = terminal.query_result(&order.voucher).await.unwrap();
+        assert_eq!(receipt.response_code, "00", "{receipt:?}");
+    }
+    eventually("gateway A hears B's payment", || {
+        notifier.changes_from_elsewhere() > before
+    })
+    .await;
+    assert_eq!(
+        notifier.changes_from_elsewhere(),
+        before + 1,
+        "A heard B's announcement and not its own"
+    );
+    b.stop().await;
+    a.stop().await;
+}
+
 /// A TCP relay to PostgreSQL the test can cut: while cut, every relayed connection is closed
 /// and new ones are refused.
 struct CuttableRelay {

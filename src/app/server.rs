@@ -137,6 +137,7 @@ pub async fn run(
             std::sync::Arc::clone(gateway.orders.registry()),
         );
         let settings = gateway.config.journal.clone();
+        let store = gateway.orders.store().clone();
         let stop = stop_rx.clone();
         tasks.spawn(async move {
             crate::store::journal::db::listen_for_orders(
@@ -144,7 +145,13 @@ pub async fn run(
                 move |payload| match payload {
                     // A terminal, wallet app or merchant changed (the registry tables' trigger).
                     crate::store::journal::REGISTRY_CHANGED => registry.clear(),
-                    order_id => notifier.changed_elsewhere(order_id),
+                    payload => {
+                        let heard = crate::store::journal::db::Announcement::parse(payload);
+                        // This gateway's own changes woke its waiters at their commit.
+                        if !store.announced_here(&heard) {
+                            notifier.changed_elsewhere(heard.order_id);
+                        }
+                    }
                 },
                 move || {
                     registry_resumed.clear();

@@ -1,15 +1,16 @@
 //! Wakes the requests a terminal holds open (result query, held sale) when their order changes.
 //!
-//! Changes made by this gateway wake its waiters directly; changes made by another gateway on the
-//! same PostgreSQL journal arrive as notifications (`changed_elsewhere`). Notifications sent while
+//! Changes made by this gateway wake its waiters directly, from the journal's store after each
+//! commit that announced them (whichever code committed it); changes made by another gateway on
+//! the same PostgreSQL journal arrive as notifications (`changed_elsewhere`), and this gateway's
+//! own announcements are not heard again. Notifications sent while
 //! the listening connection was down are lost, so when it is listening again every waiter
 //! re-reads its order at once (`resumed`); a waiter also re-reads on its periodic interval, the
 //! last safety net.
 //!
 //! A change made here hands its waiters the order as committed ([`OrderNotifier::changed_to`]),
 //! so they need not read it back; a change learnt any other way makes them read it, except that
-//! a final order this gateway committed is kept (the notification of its own commit arrives
-//! after it, and a final order ends every wait). Every change also moves a sequence number
+//! a final order this gateway committed is kept (a final order ends every wait). Every change also moves a sequence number
 //! ([`OrderNotifier::sequence`]) and is remembered among the last [`RECENT`] changes: a waiter
 //! that read its order before subscribing trusts that read if its order is not among the changes
 //! learnt since ([`OrderNotifier::changed_since`]), whatever other orders changed meanwhile.
@@ -53,8 +54,7 @@ impl Watch {
     }
 
     /// A change learnt from the journal's notification: the waiters read the order, unless this
-    /// gateway committed it final (a final order ends every wait, and the notification is most
-    /// often that very commit's, arriving after it).
+    /// gateway committed it final (a final order ends every wait).
     fn wake_to_read(&self) {
         let mut latest = self
             .latest
@@ -139,8 +139,8 @@ impl OrderNotifier {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// An order changed in the shared journal, as its PostgreSQL notification says (this
-    /// gateway's own changes are announced too, and waking twice is harmless).
+    /// An order changed in the shared journal, as another gateway's PostgreSQL notification
+    /// says.
     pub fn changed_elsewhere(&self, order_id: &str) {
         self.remote.fetch_add(1, Ordering::Relaxed);
         let mut state = self.state();

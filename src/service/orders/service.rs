@@ -392,11 +392,19 @@ impl OrderService {
         let registry = Arc::new(crate::registry::cache::RegistryCache::new(
             settings.registry_cache,
         ));
+        let notifier = Arc::new(OrderNotifier::default());
+        // Every committed change of an order wakes this gateway's waiters from the store, from
+        // whichever path committed it (payments, the forwarder's background work, expiry).
+        let wake = Arc::clone(&notifier);
+        store.wake_orders_with(Arc::new(move |order_id, order| match order {
+            Some(order) => wake.changed_to(order),
+            None => wake.changed(order_id),
+        }));
         OrderService {
             keyring: Keyring::new(store.clone(), security.clone(), Arc::clone(&registry)),
             store,
             security,
-            notifier: Arc::new(OrderNotifier::default()),
+            notifier,
             registry,
             settings: Arc::new(settings),
             upstream: None,
@@ -660,7 +668,6 @@ impl OrderService {
             Ok(Step::Done(result, changed)) => (*result, changed),
             Ok(Step::Forward(armed)) => {
                 tx.commit().await?;
-                self.notifier.changed(&armed.order.order_id);
                 return self.forward_sale(*armed, &request, &pan_hash).await;
             }
             Err(OrderError::Refused { code, reason }) => {
@@ -674,14 +681,14 @@ impl OrderService {
         if result.code() != ResponseCode::InProgress {
             store_idempotent_result(&mut tx, &request, &result).await?;
         }
-        tx.commit().await?;
         match (changed_order, &result.order) {
             (Some(order_id), Some(order)) if order.order_id == order_id => {
-                self.notifier.changed_to(order);
+                tx.announce_order_as(order);
             }
-            (Some(order_id), _) => self.notifier.changed(&order_id),
+            (Some(order_id), _) => tx.announce_order(&order_id),
             (None, _) => {}
         }
+        tx.commit().await?;
         Ok(result)
     }
 
@@ -1042,11 +1049,11 @@ impl OrderService {
             .attempt_result(&mut tx, &order, request, pan_hash, code, &reason)
             .await?;
         store_idempotent_result(&mut tx, request, &result).await?;
-        tx.commit().await?;
         match &result.order {
-            Some(order) => self.notifier.changed_to(order),
-            None => self.notifier.changed(order_id),
+            Some(order) => tx.announce_order_as(order),
+            None => tx.announce_order(order_id),
         }
+        tx.commit().await?;
         Ok(result)
     }
 
@@ -1291,7 +1298,6 @@ impl OrderService {
         decide(&mut tx, &order, Event::Cancel, details).await?;
         let order = order_store::reload(&mut tx, order_id).await?;
         tx.commit().await?;
-        self.notifier.changed(order_id);
         Ok(Some(order))
     }
 
@@ -1371,7 +1377,6 @@ impl OrderService {
         }
         let order = order_store::reload(&mut tx, &order.order_id).await?;
         tx.commit().await?;
-        self.notifier.changed(&order.order_id);
         Ok(order)
     }
 
@@ -1413,9 +1418,6 @@ impl OrderService {
             }
         }
         tx.commit().await?;
-        for order_id in &expired {
-            self.notifier.changed(order_id);
-        }
         Ok(expired)
     }
 

@@ -7,6 +7,7 @@
 //! no sequence or time type differs between the two.
 
 use super::JournalError;
+use crate::domain::order::Order;
 use std::sync::Arc;
 
 /// A value bound to or read from a statement.
@@ -156,12 +157,40 @@ impl Store {
     /// Starts a transaction. PostgreSQL runs it at READ COMMITTED with explicit row locks where
     /// the business code needs them; SQLite takes the write lock at once (`BEGIN IMMEDIATE`).
     pub async fn begin(&self) -> Result<Tx, JournalError> {
+        let wake = self.wakes().get();
         match self {
             Store::Postgres(pg) => pg
                 .begin()
                 .await
-                .map(|tx| Tx::new(TxEngine::Pg(Box::new(tx)))),
-            Store::Sqlite(lite) => lite.begin().await.map(|tx| Tx::new(TxEngine::Sqlite(tx))),
+                .map(|tx| Tx::new(TxEngine::Pg(Box::new(tx)), wake)),
+            Store::Sqlite(lite) => lite
+                .begin()
+                .await
+                .map(|tx| Tx::new(TxEngine::Sqlite(tx), wake)),
+        }
+    }
+
+    /// Sets what this process is told, after each commit, of the orders the transaction
+    /// announced ([`Tx::announce_order`]): the one place from which this process's waiters are
+    /// woken, whichever code committed the change. Shared by the store's clones; a later call
+    /// replaces it.
+    pub fn wake_orders_with(&self, wake: Arc<OrderWake>) {
+        self.wakes().set(wake);
+    }
+
+    fn wakes(&self) -> &Wakes {
+        match self {
+            Store::Postgres(pg) => &pg.wakes,
+            Store::Sqlite(lite) => &lite.wakes,
+        }
+    }
+
+    /// Whether an announcement heard on [`order_channel`] came from this store (this process):
+    /// its changes wake this process's waiters directly, so hearing them again is not needed.
+    pub fn announced_here(&self, announcement: &Announcement<'_>) -> bool {
+        match self {
+            Store::Postgres(pg) => announcement.announcer == Some(&*pg.announcer),
+            Store::Sqlite(_) => false,
         }
     }
 
@@ -260,6 +289,61 @@ enum LaterRows {
 pub struct Tx {
     engine: TxEngine,
     after_commit: Vec<Box<dyn FnOnce() + Send>>,
+    /// The orders announced, each once, with the order as committed when it was given.
+    announced: Vec<(String, Option<Order>)>,
+    /// The store's [`OrderWake`] when the transaction began.
+    wake: Option<Arc<OrderWake>>,
+}
+
+/// What a process is told after a commit of each order the transaction announced: its id and,
+/// when the transaction gave it ([`Tx::announce_order_as`]), the order as committed.
+pub type OrderWake = dyn Fn(&str, Option<&Order>) + Send + Sync;
+
+/// A store's [`OrderWake`], shared by its clones.
+#[derive(Clone, Default)]
+struct Wakes(Arc<std::sync::RwLock<Option<Arc<OrderWake>>>>);
+
+impl Wakes {
+    fn get(&self) -> Option<Arc<OrderWake>> {
+        self.0
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    fn set(&self, wake: Arc<OrderWake>) {
+        *self
+            .0
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(wake);
+    }
+}
+
+/// An order change heard on [`order_channel`]: the payload `<order id>@<announcer>`, where the
+/// announcer names the announcing process's store; a payload without `@` is an order id alone,
+/// as announced by versions before the announcer was added.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Announcement<'a> {
+    /// The order that changed.
+    pub order_id: &'a str,
+    /// The store (process) that announced it, when it said.
+    pub announcer: Option<&'a str>,
+}
+
+impl<'a> Announcement<'a> {
+    /// Reads a notification's payload.
+    pub fn parse(payload: &'a str) -> Announcement<'a> {
+        match payload.split_once('@') {
+            Some((order_id, announcer)) => Announcement {
+                order_id,
+                announcer: Some(announcer),
+            },
+            None => Announcement {
+                order_id: payload,
+                announcer: None,
+            },
+        }
+    }
 }
 
 enum TxEngine {
@@ -268,10 +352,12 @@ enum TxEngine {
 }
 
 impl Tx {
-    fn new(engine: TxEngine) -> Tx {
+    fn new(engine: TxEngine, wake: Option<Arc<OrderWake>>) -> Tx {
         Tx {
             engine,
             after_commit: Vec::new(),
+            announced: Vec::new(),
+            wake,
         }
     }
 
@@ -281,18 +367,30 @@ impl Tx {
         self.after_commit.push(Box::new(action));
     }
 
-    /// Announces a change of the order to the other gateways sharing this PostgreSQL journal
-    /// (its id on the channel [`listen_for_orders`] listens to), once this transaction has
-    /// committed; nothing if it rolls back. The notification is sent right after the
-    /// `COMMIT`, in the same round trip but in a transaction of its own: a `NOTIFY` inside a
-    /// transaction takes PostgreSQL's one notification lock for the database at its commit and
-    /// holds it through the commit's flush to disk, which made every payment's commit wait for
-    /// the one before it. SQLite serves one gateway: nothing to announce.
+    /// Announces a change of the order once this transaction has committed, nothing if it
+    /// rolls back: to this process's waiters (the store's [`OrderWake`], called after the
+    /// commit) and, on PostgreSQL, to the other gateways sharing the journal (its id and this
+    /// store's announcer on the channel [`listen_for_orders`] listens to). That notification is
+    /// sent right after the `COMMIT`, in the same round trip but in a transaction of its own: a
+    /// `NOTIFY` inside a transaction takes PostgreSQL's one notification lock for the database
+    /// at its commit and holds it through the commit's flush to disk, which made every
+    /// payment's commit wait for the one before it. Each order is announced once.
     pub fn announce_order(&mut self, order_id: &str) {
-        if let TxEngine::Pg(tx) = &mut self.engine
-            && !tx.announce.iter().any(|known| known == order_id)
+        if !self.announced.iter().any(|(known, _)| known == order_id) {
+            self.announced.push((order_id.to_owned(), None));
+        }
+    }
+
+    /// [`Tx::announce_order`] with the order as this transaction commits it, handed to this
+    /// process's waiters so that they need not read it back.
+    pub fn announce_order_as(&mut self, order: &Order) {
+        self.announce_order(&order.order_id);
+        if let Some((_, committed)) = self
+            .announced
+            .iter_mut()
+            .find(|(known, _)| *known == order.order_id)
         {
-            tx.announce.push(order_id.to_owned());
+            *committed = Some(order.clone());
         }
     }
 
@@ -367,12 +465,23 @@ impl Tx {
         let Tx {
             engine,
             after_commit,
+            announced,
+            wake,
         } = self;
         // Refused: the transaction is dropped unfinished, so it rolls back.
         injected_commit_refusal()?;
         match engine {
-            TxEngine::Pg(tx) => (*tx).commit().await?,
+            TxEngine::Pg(tx) => {
+                let ids = announced.iter().map(|(id, _)| id.clone()).collect();
+                (*tx).commit(ids).await?;
+            }
             TxEngine::Sqlite(tx) => tx.commit()?,
+        }
+        // Committed, even should its acknowledgement be lost below: the waiters are woken.
+        if let Some(wake) = wake {
+            for (order_id, order) in &announced {
+                wake(order_id, order.as_ref());
+            }
         }
         injected_commit_loss()?;
         for action in after_commit {
@@ -414,18 +523,21 @@ impl Tx {
 pub struct PgStore {
     pool: deadpool_postgres::Pool,
     schema: Arc<str>,
+    wakes: Wakes,
+    /// Names this store in its announcements ([`Announcement`]): random, one per store opened.
+    announcer: Arc<str>,
 }
 
 /// The PostgreSQL channel on which the gateways sharing the journal's `schema` announce order
-/// changes (payload: the order id) and registry changes (payload: [`super::REGISTRY_CHANGED`]).
+/// changes (payload: [`Announcement`]) and registry changes (payload:
+/// [`super::REGISTRY_CHANGED`]).
 pub fn order_channel(schema: &str) -> String {
     format!("posbridge_orders_{schema}")
 }
 
 /// One notification per announced order ([`Tx::announce_order`]) on [`order_channel`] of the
-/// connection's schema (its search path).
-const ANNOUNCE_ORDERS: &str =
-    "SELECT pg_notify('posbridge_orders_' || current_schema(), id) FROM unnest($1::text[]) AS id";
+/// connection's schema (its search path), `$2` being the store's announcer.
+const ANNOUNCE_ORDERS: &str = "SELECT pg_notify('posbridge_orders_' || current_schema(), id || '@' || $2) FROM unnest($1::text[]) AS id";
 
 impl PgStore {
     /// Connects a pool whose connections use `schema` (created if missing) as search path.
@@ -493,6 +605,8 @@ impl PgStore {
         Ok(PgStore {
             pool,
             schema: schema.into(),
+            wakes: Wakes::default(),
+            announcer: hex::encode(crate::infra::clock::random_bytes::<8>()).into(),
         })
     }
 
@@ -518,7 +632,7 @@ impl PgStore {
             deferred: Vec::new(),
             fetched: Vec::new(),
             failed: false,
-            announce: Vec::new(),
+            announcer: Arc::clone(&self.announcer),
         })
     }
 }
@@ -546,8 +660,8 @@ pub struct PgTx {
     /// A statement failed: the transaction is lost, whatever a caller does next (deferred
     /// writes may have gone with it).
     failed: bool,
-    /// Orders whose change is announced after the commit ([`Tx::announce_order`]).
-    announce: Vec<String>,
+    /// The store's announcer, for the announcements after the commit.
+    announcer: Arc<str>,
 }
 
 impl PgTx {
@@ -638,14 +752,15 @@ impl PgTx {
             .ok_or_else(|| JournalError::Internal("a read sent ahead was taken twice".into()))
     }
 
-    async fn commit(mut self) -> Result<(), JournalError> {
+    /// Commits, and announces the orders `announce` to the other gateways.
+    async fn commit(mut self, announce: Vec<String>) -> Result<(), JournalError> {
         if !self.begun && self.deferred.is_empty() {
             // Nothing was sent: there is nothing to commit.
             return Ok(());
         }
-        let announce = std::mem::take(&mut self.announce);
+        let announcer = Arc::clone(&self.announcer);
         let committed = self
-            .run(|client| commit_and_announce(client, announce))
+            .run(|client| commit_and_announce(client, announce, &announcer))
             .await;
         let client = self
             .client
@@ -670,6 +785,7 @@ impl PgTx {
 async fn commit_and_announce(
     client: &deadpool_postgres::Object,
     announce: Vec<String>,
+    announcer: &str,
 ) -> Result<(), JournalError> {
     let commit = async { client.batch_execute("COMMIT").await.map_err(pg_error) };
     if announce.is_empty() {
@@ -681,7 +797,7 @@ async fn commit_and_announce(
             .await
             .map_err(pg_error)?;
         client
-            .execute(&statement, &[&announce])
+            .execute(&statement, &[&announce, &announcer])
             .await
             .map_err(pg_error)
     };
@@ -882,6 +998,7 @@ fn pool_error(error: deadpool_postgres::PoolError) -> JournalError {
 #[derive(Clone)]
 pub struct SqliteStore {
     connection: Arc<tokio::sync::Mutex<rusqlite::Connection>>,
+    wakes: Wakes,
 }
 
 impl SqliteStore {
@@ -907,6 +1024,7 @@ impl SqliteStore {
             .map_err(lite_error)?;
         Ok(SqliteStore {
             connection: Arc::new(tokio::sync::Mutex::new(connection)),
+            wakes: Wakes::default(),
         })
     }
 
