@@ -172,8 +172,8 @@ impl Store {
 
     /// Sets what this process is told, after each commit, of the orders the transaction
     /// announced ([`Tx::announce_order`]): the one place from which this process's waiters are
-    /// woken, whichever code committed the change. Shared by the store's clones; a later call
-    /// replaces it.
+    /// woken, whichever code committed the change. Shared by the store's clones and set once
+    /// (by the order service): a later call is refused with a warning.
     pub fn wake_orders_with(&self, wake: Arc<OrderWake>) {
         self.wakes().set(wake);
     }
@@ -299,23 +299,20 @@ pub struct Tx {
 /// when the transaction gave it ([`Tx::announce_order_as`]), the order as committed.
 pub type OrderWake = dyn Fn(&str, Option<&Order>) + Send + Sync;
 
-/// A store's [`OrderWake`], shared by its clones.
+/// A store's [`OrderWake`], shared by its clones; set once, read without a lock by every
+/// transaction.
 #[derive(Clone, Default)]
-struct Wakes(Arc<std::sync::RwLock<Option<Arc<OrderWake>>>>);
+struct Wakes(Arc<std::sync::OnceLock<Arc<OrderWake>>>);
 
 impl Wakes {
     fn get(&self) -> Option<Arc<OrderWake>> {
-        self.0
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone()
+        self.0.get().cloned()
     }
 
     fn set(&self, wake: Arc<OrderWake>) {
-        *self
-            .0
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(wake);
+        if self.0.set(wake).is_err() {
+            tracing::warn!("the journal's order wake-up was set already; the first one stays");
+        }
     }
 }
 
@@ -384,13 +381,15 @@ impl Tx {
     /// [`Tx::announce_order`] with the order as this transaction commits it, handed to this
     /// process's waiters so that they need not read it back.
     pub fn announce_order_as(&mut self, order: &Order) {
-        self.announce_order(&order.order_id);
-        if let Some((_, committed)) = self
+        match self
             .announced
             .iter_mut()
             .find(|(known, _)| *known == order.order_id)
         {
-            *committed = Some(order.clone());
+            Some((_, committed)) => *committed = Some(order.clone()),
+            None => self
+                .announced
+                .push((order.order_id.clone(), Some(order.clone()))),
         }
     }
 
